@@ -1,0 +1,176 @@
+"""The agent: the resources with a lifetime (journal, adapter, dispatcher, housekeeping) and the two listeners.
+
+Start order is what makes the agent safe to restart at any moment: the ops listener comes up first (so an
+operator sees ``/readyz`` say "not ready" during recovery), then the journal opens, the adapter starts, every
+unfinished entry is queued again, and only then does the mutual-TLS listener accept new work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from adapters.base import Adapter
+from adapters.profile import load_profile
+from bridge import catalog, protocol, tls
+from bridge.config import BridgeConfig
+from bridge.dispatcher import Dispatcher
+from bridge.journal import Journal
+from bridge.logs import get_logger
+from bridge.metrics import Metrics
+
+log = get_logger("bridge.agent")
+
+
+def build_adapter(cfg: BridgeConfig) -> Adapter:
+    profile = load_profile(cfg.his.profile, known_operations=frozenset(catalog.OPERATIONS), overrides=cfg.his.overrides)
+    return profile.build_adapter()
+
+
+class Agent:
+    def __init__(self, cfg: BridgeConfig, *, adapter: Adapter | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.signing_key = protocol.load_signing_key(cfg.signing.key_id, cfg.signing.key)
+        self.client_keys = {c.key_id: protocol.load_verify_key(c.key_id, c.public_key) for c in cfg.signing.clients}
+        self.identity_policy = tls.IdentityPolicy.build(
+            [c.cn for c in cfg.tls.allowed_clients if c.cn],
+            [c.spki_sha256 for c in cfg.tls.allowed_clients if c.spki_sha256],
+        )
+        self.adapter = adapter or build_adapter(cfg)
+        self.journal = Journal(cfg.journal.path, max_batch=cfg.journal.max_batch, on_commit=self.metrics.on_commit)
+        self.dispatcher = Dispatcher(self.journal, self.adapter, cfg.dispatch, self.metrics)
+        self.ready = False
+        self._housekeeping: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.journal.open()
+        await self.adapter.start()
+        await self.dispatcher.start()
+        self._housekeeping = [
+            asyncio.create_task(self._refresh_gauges(), name="gauges"),
+            asyncio.create_task(self._prune(), name="prune"),
+        ]
+        for name, path in (("server", self.cfg.tls.cert), ("client_ca", self.cfg.tls.client_ca)):
+            self.metrics.cert_expiry_days.labels(name).set(tls.days_to_expiry(tls.load_certificate(path)))
+        self.ready = True
+        self.metrics.ready.set(1)
+
+    async def stop(self) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        for task in self._housekeeping:
+            task.cancel()
+        await asyncio.gather(*self._housekeeping, return_exceptions=True)
+        await self.dispatcher.stop()
+        await self.adapter.close()
+        await self.journal.close()
+
+    async def refresh_gauges(self) -> None:
+        counts, oldest = await self.journal.stats()
+        for state, n in counts.items():
+            self.metrics.journal_entries.labels(state).set(n)
+        self.metrics.journal_oldest_pending.set(time.time() - oldest if oldest else 0)
+
+    async def _refresh_gauges(self) -> None:
+        while True:
+            try:
+                await self.refresh_gauges()
+            except Exception:
+                log.exception("gauge_refresh_failed")
+            await asyncio.sleep(5)
+
+    async def _prune(self) -> None:
+        jcfg = self.cfg.journal
+        while True:
+            await asyncio.sleep(jcfg.prune_interval_s)
+            cutoff = time.time() - jcfg.retention_days * 86400
+            try:
+                while (n := await self.journal.prune(cutoff, jcfg.prune_batch)) > 0:
+                    self.metrics.pruned.inc(n)
+                    if n < jcfg.prune_batch:
+                        break
+                    await asyncio.sleep(0.05)  # let live writes between the batches
+            except Exception:
+                log.exception("prune_failed")
+
+
+@dataclass
+class RunningAgent:
+    agent: Agent
+    api_url: str
+    ops_url: str
+    _runners: list[web.AppRunner]
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+
+
+def _split(hostport: str) -> tuple[str, int]:
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp exposes no public accessor for the bound port when listening on port 0
+    assert server is not None and server.sockets
+    return int(server.sockets[0].getsockname()[1])
+
+
+async def start_agent(cfg: BridgeConfig, *, adapter: Adapter | None = None) -> RunningAgent:
+    """Start both listeners and the agent; port 0 in the config picks free ports (tests, benchmarks)."""
+    from bridge.api import create_api_app
+    from bridge.ops_api import create_ops_app
+
+    agent = Agent(cfg, adapter=adapter)
+    ops_runner = web.AppRunner(create_ops_app(agent), access_log=None)
+    await ops_runner.setup()
+    ops_host, ops_port = _split(cfg.server.ops_listen)
+    ops_site = web.TCPSite(ops_runner, ops_host, ops_port)
+    await ops_site.start()
+    ops_url = f"http://{ops_host}:{_bound_port(ops_site)}"
+
+    api_runner = web.AppRunner(create_api_app(agent), access_log=None, shutdown_timeout=5)
+    try:
+        await api_runner.setup()
+    except BaseException:
+        await ops_runner.cleanup()
+        raise
+    host, port = _split(cfg.server.listen)
+    ssl_ctx = tls.server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca)
+    site = web.TCPSite(api_runner, host, port, ssl_context=ssl_ctx, backlog=1024)
+    await site.start()
+    url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    api_url = f"https://{url_host}:{_bound_port(site)}"
+    log.info("serving", api=api_url, ops=ops_url, hospital=cfg.hospital, endpoint=agent.adapter.endpoint)
+    return RunningAgent(agent, api_url, ops_url, [ops_runner, api_runner])
+
+
+async def serve(cfg: BridgeConfig) -> None:
+    """Run until SIGTERM or SIGINT."""
+    import signal
+
+    running = await start_agent(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await running.stop()
+
+
+@contextlib.asynccontextmanager
+async def agent_lifetime(agent: Agent) -> AsyncIterator[None]:
+    await agent.start()
+    try:
+        yield
+    finally:
+        await agent.stop()

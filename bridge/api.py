@@ -1,0 +1,251 @@
+"""The signed API on the mutual-TLS listener: the request path as a pipeline of small middlewares.
+
+    sign response → errors → client identity → concurrency limit → authenticate → handler
+
+Only catalog operations exist here: the agent is never a general proxy into the intranet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from bridge import catalog, openapi, protocol, tls
+from bridge.agent import Agent, agent_lifetime
+from bridge.dispatcher import HisUnavailable, ReadFailed
+from bridge.errors import AUTH_STATUS, ApiError
+from bridge.journal import Entry, JournalUnavailable, RequestConflict, State
+from bridge.logs import get_logger
+from bridge.version import agent_version
+
+log = get_logger("bridge.api")
+
+AGENT = web.AppKey("agent", Agent)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(status: int, body: dict[str, Any]) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps(body, ensure_ascii=False).encode(), content_type="application/json"
+    )
+
+
+def _operation_label(request: web.Request) -> str:
+    name = request.match_info.get("operation")
+    if name in catalog.OPERATIONS:
+        return name
+    return "status" if "request_id" in request.match_info else "other"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    agent = request.app[AGENT]
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as e:
+        response = _json(e.status, e.body())
+    except web.HTTPRequestEntityTooLarge as e:
+        response = _json(413, ApiError(413, "body_too_large", e.text or "request body too large").body())
+    except web.HTTPNotFound:
+        response = _json(404, ApiError(404, "not_found", f"no such resource {request.path}").body())
+    except web.HTTPMethodNotAllowed:
+        response = _json(405, ApiError(405, "method_not_allowed", f"{request.method} not allowed here").body())
+    except JournalUnavailable as e:
+        log.error("journal_unavailable", error=str(e))
+        agent.metrics.journal_errors.inc()
+        response = _json(
+            503,
+            ApiError(503, "journal_unavailable", "the agent cannot write its journal; nothing was accepted").body(),
+        )
+    except Exception:
+        log.exception("internal_error", path=request.path)
+        response = _json(500, ApiError(500, "internal", "internal error; nothing was accepted").body())
+    op = _operation_label(request)
+    code = response.status
+    if isinstance(response, web.Response) and response.content_type == "application/json" and code >= 400:
+        code = json.loads(response.body)["error"]["code"]  # type: ignore[arg-type]
+    agent.metrics.requests.labels(op, str(code)).inc()
+    agent.metrics.request_seconds.labels(op).observe(time.perf_counter() - started)
+    return response
+
+
+@web.middleware
+async def sign_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Sign every answer over the request's nonce, errors included, so the caller can trust even a refusal."""
+    response = await handler(request)
+    if isinstance(response, web.Response) and response.body is not None:
+        nonce = request.headers.get(protocol.HEADER_NONCE, "")[:64]
+        body = bytes(response.body)  # type: ignore[arg-type]
+        response.headers.update(protocol.sign_response(request.app[AGENT].signing_key, response.status, nonce, body))
+    return response
+
+
+def identity_middleware_factory() -> Callable[..., Any]:
+    slots: dict[str, asyncio.Semaphore] = {}
+
+    @web.middleware
+    async def identity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        agent = request.app[AGENT]
+        identity = tls.peer_identity(request.transport.get_extra_info("ssl_object") if request.transport else None)
+        if identity is None or not agent.identity_policy.allows(identity):
+            agent.metrics.auth_failures.labels("client_not_allowed").inc()
+            who = identity.cn if identity else None
+            raise ApiError(403, "client_not_allowed", f"client certificate {who!r} is not an allowed identity")
+        request["client_id"] = identity.client_id
+        sem = slots.setdefault(identity.client_id, asyncio.Semaphore(agent.cfg.server.per_client_concurrency))
+        if sem.locked():
+            raise ApiError(
+                429,
+                "too_many_requests",
+                f"more than {agent.cfg.server.per_client_concurrency} concurrent requests from this client",
+            )
+        async with sem:
+            return await handler(request)
+
+    return identity_middleware
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    agent = request.app[AGENT]
+    if request.path == "/openapi.json":
+        return await handler(request)
+    if not agent.ready:
+        raise ApiError(503, "not_ready", "the agent is recovering its journal")
+    body = await request.read()
+    try:
+        verified = protocol.verify_request(
+            agent.client_keys,
+            request.method,
+            request.path_qs,
+            request.headers,
+            body,
+            window_s=agent.cfg.signing.timestamp_window_s,
+        )
+    except protocol.EnvelopeError as e:
+        agent.metrics.auth_failures.labels(e.code).inc()
+        raise ApiError(AUTH_STATUS.get(e.code, 401), e.code, e.message) from None
+    expires = verified.timestamp + agent.cfg.signing.timestamp_window_s + 60
+    if not await agent.journal.remember_nonce(verified.key_id, verified.nonce, expires):
+        agent.metrics.auth_failures.labels("replayed_nonce").inc()
+        raise ApiError(409, "replayed_nonce", "this nonce was already used; sign every attempt afresh")
+    request["body"] = body
+    request["key_id"] = verified.key_id
+    return await handler(request)
+
+
+def _parse(request: web.Request, op: catalog.Operation) -> catalog.Strict:
+    try:
+        data = json.loads(request["body"])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, "malformed_json", f"body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "malformed_json", "body must be a JSON object")
+    try:
+        return op.input.model_validate(data)
+    except ValidationError as e:
+        details = [{"field": ".".join(str(p) for p in err["loc"]), "problem": err["msg"]} for err in e.errors()]
+        raise ApiError(422, "schema_violation", f"{op.name}: {len(details)} invalid field(s)", details) from None
+
+
+def _write_answer(entry: Entry) -> web.Response:
+    status = {State.done: "done", State.failed: "failed"}.get(entry.state, "pending")
+    body = {
+        "status": status,
+        "state": entry.state.value,
+        "request_id": entry.request_id,
+        "journal_id": entry.seq,
+        "operation": entry.operation,
+        "result": entry.result if entry.state is State.done else None,
+        "error": entry.error if entry.state is not State.done else None,
+    }
+    return _json(200 if status != "pending" else 202, body)
+
+
+async def handle_operation(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    name = request.match_info["operation"]
+    op = catalog.get(name)
+    if op is None:
+        raise ApiError(404, "unknown_operation", f"{name[:64]!r} is not a catalog operation")
+    params = _parse(request, op)
+    params_json = params.model_dump(mode="json")
+    if not op.write:
+        try:
+            result = await agent.dispatcher.read(name, params_json)
+        except HisUnavailable as e:
+            raise ApiError(503, "his_unavailable", str(e)) from None
+        except ReadFailed as e:
+            if e.error.get("kind") == "permanent":
+                return _json(200, {"status": "failed", "operation": name, "result": None, "error": e.error})
+            code = "his_timeout" if e.error.get("code") == "his_timeout" else "his_error"
+            raise ApiError(504 if code == "his_timeout" else 502, code, e.error.get("message", ""), e.error) from None
+        return _json(200, {"status": "done", "operation": name, "result": result, "error": None})
+
+    digest = hashlib.sha256(
+        json.dumps([name, params_json], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
+    try:
+        entry, created = await agent.journal.accept(
+            request_id=params.request_id,  # type: ignore[attr-defined]
+            client_id=request["client_id"],
+            operation=name,
+            business_key=params.trade_no,  # type: ignore[attr-defined]
+            body_sha256=digest,
+            params=params_json,
+        )
+    except RequestConflict as e:
+        raise ApiError(
+            409,
+            "request_conflict",
+            f"request_id {e.entry.request_id} was used for a different {e.entry.operation} request",
+            {"journal_id": e.entry.seq},
+        ) from None
+    if created:
+        agent.dispatcher.submit(entry)
+    if entry.state in (State.done, State.failed):
+        return _write_answer(entry)
+    finished = await agent.dispatcher.wait(entry.seq, agent.cfg.dispatch.sync_deadline_s)
+    if finished is None:
+        finished = await agent.journal.get_seq(entry.seq) or entry
+    return _write_answer(finished)
+
+
+async def handle_status(request: web.Request) -> web.Response:
+    agent = request.app[AGENT]
+    request_id = request.match_info["request_id"]
+    entry = await agent.journal.get(request_id)
+    if entry is None:
+        raise ApiError(404, "not_found", f"no journal entry for request_id {request_id[:64]!r}")
+    return _write_answer(entry)
+
+
+def create_api_app(agent: Agent) -> web.Application:
+    app = web.Application(
+        client_max_size=agent.cfg.server.max_body_bytes,
+        middlewares=[sign_middleware, error_middleware, identity_middleware_factory(), auth_middleware],
+    )
+    app[AGENT] = agent
+
+    async def lifetime(_app: web.Application) -> Any:
+        async with agent_lifetime(agent):
+            yield
+
+    app.cleanup_ctx.append(lifetime)
+    app.router.add_post("/v1/ops/{operation}", handle_operation)
+    app.router.add_get("/v1/operations/{request_id}", handle_status)
+    document = openapi.build(agent_version())
+
+    async def openapi_json(_request: web.Request) -> web.Response:
+        return _json(200, document)
+
+    app.router.add_get("/openapi.json", openapi_json)
+    return app

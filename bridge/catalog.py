@@ -1,0 +1,303 @@
+"""The operation catalog: the only calls the bridge will make into a HIS, the same for every hospital.
+
+Each operation has a strict input and output schema. Money is an integer number of fen; strings are bounded;
+unknown fields are refused so that a typo in the caller never silently drops data. Writes carry a caller-chosen
+``request_id`` (the idempotency key) and a ``trade_no`` (the business key that orders calls for one trade).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Fen = Annotated[int, Field(ge=0, le=10_000_000_000, strict=True, description="amount in fen (1/100 yuan)")]
+PositiveFen = Annotated[int, Field(gt=0, le=10_000_000_000, strict=True, description="amount in fen, > 0")]
+Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$")]
+Text = Annotated[str, Field(max_length=200)]
+RequestId = Annotated[
+    str,
+    Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="caller-chosen idempotency key"),
+]
+
+
+class Channel(StrEnum):
+    wechat = "wechat"
+    alipay = "alipay"
+    unionpay = "unionpay"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class WriteInput(Strict):
+    request_id: RequestId
+    trade_no: Code = Field(description="platform trade number; calls for one trade run in arrival order")
+
+
+class PaidWrite(WriteInput):
+    patient_id: Code
+    amount_fen: PositiveFen
+    channel: Channel
+    channel_trade_no: Code
+    paid_at: dt.datetime
+
+
+# --- reads -------------------------------------------------------------------------------------------------
+
+
+class PatientQueryIn(Strict):
+    card_no: Code | None = None
+    id_card_no: Annotated[str, Field(pattern=r"^[0-9]{17}[0-9Xx]$")] | None = None
+    phone: Annotated[str, Field(pattern=r"^\+?[0-9]{6,20}$")] | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> PatientQueryIn:
+        if not (self.card_no or self.id_card_no or self.phone):
+            raise ValueError("give at least one of card_no, id_card_no, phone")
+        return self
+
+
+class PatientQueryOut(Strict):
+    found: bool
+    patient_id: Code | None = None
+    name: Text | None = None
+    gender: Literal["M", "F", "U"] | None = None
+    birth_date: dt.date | None = None
+    card_no: Code | None = None
+    phone: Annotated[str, Field(max_length=20)] | None = None
+
+
+class BillsUnpaidIn(Strict):
+    patient_id: Code
+
+
+class Bill(Strict):
+    bill_no: Code
+    dept_name: Text | None = None
+    amount_fen: Fen
+    created_at: dt.datetime | None = None
+
+
+class BillsUnpaidOut(Strict):
+    bills: Annotated[list[Bill], Field(max_length=500)]
+
+
+class TradeCheckIn(Strict):
+    trade_no: Code
+    operation: str = Field(description="the write operation whose effect is being checked")
+    refund_no: Code | None = None
+
+
+class TradeCheckOut(Strict):
+    found: bool
+    receipt_no: Code | None = None
+    amount_fen: Fen | None = None
+    status: Annotated[str, Field(max_length=32)] | None = None
+
+
+class ReconFetchIn(Strict):
+    date: dt.date
+    page: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    page_size: Annotated[int, Field(ge=1, le=1000)] = 500
+
+
+class ReconRecord(Strict):
+    trade_no: Code
+    kind: Literal["registration", "charge", "prepay", "refund"]
+    receipt_no: Code | None = None
+    amount_fen: Fen
+    channel: Channel | None = None
+    channel_trade_no: Code | None = None
+    refund_no: Code | None = None
+    time: dt.datetime
+
+
+class ReconFetchOut(Strict):
+    records: Annotated[list[ReconRecord], Field(max_length=1000)]
+    total: Annotated[int, Field(ge=0)]
+    has_more: bool
+
+
+# --- writes ------------------------------------------------------------------------------------------------
+
+
+class RegistrationLockIn(WriteInput):
+    patient_id: Code
+    schedule_id: Code
+
+
+class RegistrationLockOut(Strict):
+    lock_id: Code
+    amount_fen: Fen
+    expires_at: dt.datetime | None = None
+
+
+class RegistrationUnlockIn(WriteInput):
+    lock_id: Code
+
+
+class RegistrationUnlockOut(Strict):
+    unlocked: bool
+
+
+class RegistrationCommitIn(PaidWrite):
+    schedule_id: Code
+    lock_id: Code | None = None
+
+
+class ReceiptOut(Strict):
+    receipt_no: Code
+
+
+class RegistrationCommitOut(ReceiptOut):
+    visit_no: Code | None = None
+
+
+class ChargeCommitIn(PaidWrite):
+    bill_nos: Annotated[list[Code], Field(min_length=1, max_length=200)]
+
+
+class PrepayCommitIn(PaidWrite):
+    inpatient_no: Code
+
+
+class PrepayCommitOut(ReceiptOut):
+    balance_fen: Fen | None = None
+
+
+class RefundApplyIn(WriteInput):
+    refund_no: Code
+    amount_fen: PositiveFen
+    reason: Text | None = None
+
+
+class RefundApplyOut(Strict):
+    refundable_fen: Fen
+    his_refund_id: Code | None = None
+
+
+class RefundWritebackIn(WriteInput):
+    refund_no: Code
+    amount_fen: PositiveFen
+    channel_refund_no: Code
+    refunded_at: dt.datetime
+
+
+# --- the catalog -------------------------------------------------------------------------------------------
+
+
+def _receipt(check: TradeCheckOut) -> dict[str, Any]:
+    return {"receipt_no": check.receipt_no}
+
+
+def _refund_apply(check: TradeCheckOut) -> dict[str, Any]:
+    return {"refundable_fen": check.amount_fen or 0, "his_refund_id": check.receipt_no}
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    summary: str
+    input: type[Strict]
+    output: type[Strict]
+    write: bool
+    from_check: Callable[[TradeCheckOut], dict[str, Any]] | None = None
+    """How a found ``trade.check`` answer stands in for this write's result when the write was in doubt."""
+
+    def check_input(self, params: Strict) -> TradeCheckIn:
+        return TradeCheckIn(
+            trade_no=params.trade_no,  # type: ignore[attr-defined]
+            operation=self.name,
+            refund_no=getattr(params, "refund_no", None),
+        )
+
+
+OPERATIONS: dict[str, Operation] = {
+    op.name: op
+    for op in [
+        Operation(
+            "patient.query",
+            "Find a patient by card, ID card or phone.",
+            PatientQueryIn,
+            PatientQueryOut,
+            False,
+        ),
+        Operation("bills.unpaid", "A patient's unpaid outpatient bills.", BillsUnpaidIn, BillsUnpaidOut, False),
+        Operation(
+            "trade.check",
+            "Did the HIS record this trade's write? Its receipt number or not found.",
+            TradeCheckIn,
+            TradeCheckOut,
+            False,
+        ),
+        Operation(
+            "recon.fetch",
+            "One page of the HIS's records of one day, for reconciliation.",
+            ReconFetchIn,
+            ReconFetchOut,
+            False,
+        ),
+        Operation(
+            "registration.lock",
+            "Hold a registration slot while the patient pays.",
+            RegistrationLockIn,
+            RegistrationLockOut,
+            True,
+            lambda c: {"lock_id": c.receipt_no, "amount_fen": c.amount_fen or 0},
+        ),
+        Operation(
+            "registration.unlock",
+            "Release a held slot (payment abandoned).",
+            RegistrationUnlockIn,
+            RegistrationUnlockOut,
+            True,
+            lambda c: {"unlocked": True},
+        ),
+        Operation(
+            "registration.commit",
+            "Record a paid registration.",
+            RegistrationCommitIn,
+            RegistrationCommitOut,
+            True,
+            _receipt,
+        ),
+        Operation("charge.commit", "Record paid outpatient bills.", ChargeCommitIn, ReceiptOut, True, _receipt),
+        Operation(
+            "prepay.commit",
+            "Record a paid inpatient deposit.",
+            PrepayCommitIn,
+            PrepayCommitOut,
+            True,
+            _receipt,
+        ),
+        Operation(
+            "refund.apply",
+            "Ask the HIS to cancel; returns the refundable amount.",
+            RefundApplyIn,
+            RefundApplyOut,
+            True,
+            _refund_apply,
+        ),
+        Operation(
+            "refund.writeback",
+            "Record the channel's refund serial in the HIS.",
+            RefundWritebackIn,
+            ReceiptOut,
+            True,
+            _receipt,
+        ),
+    ]
+}
+
+WRITE_OPERATIONS = frozenset(name for name, op in OPERATIONS.items() if op.write)
+READ_OPERATIONS = frozenset(name for name, op in OPERATIONS.items() if not op.write)
+
+
+def get(name: str) -> Operation | None:
+    return OPERATIONS.get(name)

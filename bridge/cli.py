@@ -1,0 +1,234 @@
+"""``his-bridge``: serve, check, journal, certs.
+
+Exit codes: 0 success, 1 a check found a problem, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bridge import catalog, logs
+
+
+def _load_config(path: str) -> Any:
+    from bridge.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"config error:\n{e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bridge.agent import serve
+    from bridge.journal import JournalCorrupt
+
+    cfg = _load_config(args.config)
+    logs.configure(cfg.logging.level, cfg.logging.format == "json")
+    try:
+        asyncio.run(serve(cfg))
+    except JournalCorrupt as e:
+        print(f"journal error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config, its keys and certificates, and the profile against the catalog."""
+    from adapters.profile import ProfileError, load_profile
+    from bridge import protocol, tls
+
+    cfg = _load_config(args.config)
+    problems: list[str] = []
+    notes: list[str] = []
+    try:
+        protocol.load_signing_key(cfg.signing.key_id, cfg.signing.key)
+        for c in cfg.signing.clients:
+            protocol.load_verify_key(c.key_id, c.public_key)
+    except (OSError, ValueError) as e:
+        problems.append(f"signing key: {e}")
+    for name, path in (("server certificate", cfg.tls.cert), ("platform CA", cfg.tls.client_ca)):
+        try:
+            days = tls.days_to_expiry(tls.load_certificate(path))
+            (problems if days < 0 else notes).append(f"{name} {path}: {days:.0f} days to expiry")
+        except (OSError, ValueError) as e:
+            problems.append(f"{name} {path}: {e}")
+    try:
+        profile = load_profile(
+            cfg.his.profile, known_operations=frozenset(catalog.OPERATIONS), overrides=cfg.his.overrides
+        )
+        missing = sorted(set(catalog.OPERATIONS) - set(profile.operations))
+        if missing:
+            problems.append(f"profile {cfg.his.profile} does not bind: {', '.join(missing)}")
+        if "trade.check" not in profile.operations:
+            problems.append("profile binds no trade.check: in-doubt writes could never be resolved")
+        notes.append(f"profile {profile.name} ({profile.protocol}): {len(profile.operations)} operations bound")
+    except ProfileError as e:
+        problems.append(f"profile: {e}")
+    for n in notes:
+        print(f"OK    {n}")
+    for p in problems:
+        print(f"FAIL  {p}")
+    print("config OK" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def cmd_certs_dev(args: argparse.Namespace) -> int:
+    from bridge.certs import make_dev_certs
+
+    out = Path(args.out)
+    try:
+        certs = make_dev_certs(out, hospital=args.hospital, hosts=tuple(args.host or ("localhost", "127.0.0.1")))
+    except FileExistsError as e:
+        print(f"refusing to overwrite {e.filename}", file=sys.stderr)
+        return 2
+    print(f"development CA, certificates and signing keys written to {certs.dir}")
+    return 0
+
+
+def _journal_admin(args: argparse.Namespace) -> Any:
+    from bridge.journal_admin import AdminError, JournalAdmin
+
+    path = Path(args.journal) if args.journal else _load_config(args.config).journal.path
+    try:
+        return JournalAdmin(path)
+    except AdminError as e:
+        print(f"journal error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_journal(args: argparse.Namespace) -> int:
+    from bridge.journal import State
+    from bridge.journal_admin import AdminError, entry_text
+
+    admin = _journal_admin(args)
+    try:
+        if args.action == "list":
+            state = State(args.state) if args.state else None
+            for entry in admin.list(state, args.limit, args.before):
+                print(entry_text(entry))
+        elif args.action == "show":
+            print(entry_text(admin.find(args.ref), full=True))
+        elif args.action == "retry":
+            print(entry_text(admin.retry(args.ref, args.note)))
+        elif args.action == "quarantine":
+            print(entry_text(admin.quarantine(args.ref, args.note)))
+        elif args.action == "resolve":
+            result = json.loads(args.result) if args.result else None
+            print(entry_text(admin.resolve(args.ref, args.outcome, args.note, result)))
+    except AdminError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except json.JSONDecodeError as e:
+        print(f"error: --result is not JSON: {e}", file=sys.stderr)
+        return 2
+    finally:
+        admin.close()
+    return 0
+
+
+def cmd_try(args: argparse.Namespace) -> int:
+    """Dry run: show what one operation would put on the wire (and with --send, send it)."""
+    from adapters.profile import ProfileError, load_profile
+
+    op = catalog.get(args.operation)
+    if op is None:
+        print(f"unknown operation {args.operation!r}; known: {', '.join(catalog.OPERATIONS)}", file=sys.stderr)
+        return 2
+    try:
+        params = op.input.model_validate_json(Path(args.input).read_text(encoding="utf-8")).model_dump(mode="json")
+        profile = load_profile(args.profile, known_operations=frozenset(catalog.OPERATIONS))
+    except (OSError, ValueError, ProfileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        adapter = profile.build_adapter()
+        await adapter.start()
+        try:
+            preview = await adapter.preview(args.operation, params)
+            print(f"# {preview.protocol} -> {preview.target}")
+            for k, v in preview.details.items():
+                print(f"# {k}: {v}")
+            print(preview.payload)
+            if args.send:
+                result = await adapter.call(args.operation, params)
+                print("# mapped result")
+                print(
+                    json.dumps(op.output.model_validate(result).model_dump(mode="json"), ensure_ascii=False, indent=2)
+                )
+        finally:
+            await adapter.close()
+        return 0
+
+    return asyncio.run(run())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="his-bridge", description="HIS Bridge agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the agent")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", help="validate config, keys, certificates and profile")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("try", help="dry run of one operation against a profile")
+    p.add_argument("operation")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--input", required=True, help="JSON file with the operation's input")
+    p.add_argument("--send", action="store_true", help="also send it and print the mapped result")
+    p.set_defaults(func=cmd_try)
+
+    p = sub.add_parser("certs", help="certificates")
+    csub = p.add_subparsers(dest="certs_command", required=True)
+    d = csub.add_parser("dev", help="create a development CA, server/client certificates and signing keys")
+    d.add_argument("--out", required=True)
+    d.add_argument("--hospital", default="H001")
+    d.add_argument("--host", action="append", help="server certificate host names / IPs (repeatable)")
+    d.set_defaults(func=cmd_certs_dev)
+
+    p = sub.add_parser("journal", help="inspect and act on the journal")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config")
+    src.add_argument("--journal", help="path of the journal file")
+    jsub = p.add_subparsers(dest="action", required=True)
+    j = jsub.add_parser("list")
+    j.add_argument("--state", choices=["accepted", "in_flight", "done", "failed", "unknown", "quarantined"])
+    j.add_argument("--limit", type=int, default=50)
+    j.add_argument("--before", type=int, help="only entries with a journal id below this (paging)")
+    j = jsub.add_parser("show")
+    j.add_argument("ref", help="journal id or request id")
+    j = jsub.add_parser("retry", help="give an entry fresh attempts (in-doubt ones are checked first)")
+    j.add_argument("ref")
+    j.add_argument("--note")
+    j = jsub.add_parser("quarantine", help="stop retrying an entry")
+    j.add_argument("ref")
+    j.add_argument("--note")
+    j = jsub.add_parser("resolve", help="close an entry by hand after checking the HIS")
+    j.add_argument("ref")
+    j.add_argument("--as", dest="outcome", choices=["done", "failed"], required=True)
+    j.add_argument("--note", required=True)
+    j.add_argument("--result", help="JSON result in the operation's output shape (for --as done)")
+    p.set_defaults(func=cmd_journal)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        logs.configure("warning", json=True)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

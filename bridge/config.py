@@ -1,0 +1,166 @@
+"""The agent's configuration: one TOML file per hospital, validated before anything starts.
+
+Paths are resolved against the config file's folder so that an installed agent's config can name
+``certs/server.key`` and mean the file beside it. Secrets are never in the file itself: keys live in their own
+files (mode 0600), and any string may be taken from the environment with ``${env:NAME}``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_ENV_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    pass
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _hostport(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return value
+
+
+class ServerConfig(_Section):
+    listen: str = "0.0.0.0:8443"
+    ops_listen: str = "127.0.0.1:9109"
+    """Plain-HTTP listener for /metrics, /healthz and /readyz: keep it on loopback or a monitoring network."""
+    max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
+    per_client_concurrency: Annotated[int, Field(ge=1, le=10_000)] = 64
+
+    _check = field_validator("listen", "ops_listen")(_hostport)
+
+
+class ClientIdentity(_Section):
+    cn: str | None = None
+    spki_sha256: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ClientIdentity:
+        if bool(self.cn) == bool(self.spki_sha256):
+            raise ValueError("give exactly one of cn or spki_sha256")
+        return self
+
+
+class TlsConfig(_Section):
+    cert: Path
+    key: Path
+    client_ca: Path
+    allowed_clients: Annotated[list[ClientIdentity], Field(min_length=1)]
+
+
+class PeerKey(_Section):
+    key_id: str
+    public_key: Path
+
+
+class SigningConfig(_Section):
+    key_id: str
+    key: Path
+    """The bridge's own private key, which signs every response."""
+    timestamp_window_s: Annotated[int, Field(ge=30, le=3600)] = 300
+    clients: Annotated[list[PeerKey], Field(min_length=1)]
+
+
+class JournalConfig(_Section):
+    path: Path = Path("var/journal.sqlite3")
+    retention_days: Annotated[float, Field(gt=0)] = 30
+    prune_interval_s: Annotated[float, Field(gt=0)] = 600
+    prune_batch: Annotated[int, Field(ge=1, le=100_000)] = 500
+    max_batch: Annotated[int, Field(ge=1, le=10_000)] = 256
+    """At most this many journal writes share one commit."""
+
+
+class DispatchConfig(_Section):
+    sync_deadline_s: Annotated[float, Field(gt=0, le=120)] = 8
+    """How long a write call waits for the HIS before answering ``pending``."""
+    his_timeout_s: Annotated[float, Field(gt=0, le=600)] = 15
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 10
+    """Attempts before an entry is quarantined for an operator."""
+    backoff_base_s: Annotated[float, Field(gt=0)] = 0.5
+    backoff_max_s: Annotated[float, Field(gt=0)] = 60
+    breaker_failures: Annotated[int, Field(ge=1)] = 5
+    breaker_reset_s: Annotated[float, Field(gt=0)] = 15
+    read_concurrency: Annotated[int, Field(ge=1, le=1000)] = 32
+
+
+class HisConfig(_Section):
+    profile: Path
+    overrides: dict[str, str] = {}
+    """Profile settings replaced at load time, e.g. ``{"soap.base_url" = "http://10.1.2.3"}``."""
+
+
+class LoggingConfig(_Section):
+    level: str = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class BridgeConfig(_Section):
+    hospital: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")]
+    server: ServerConfig = ServerConfig()
+    tls: TlsConfig
+    signing: SigningConfig
+    journal: JournalConfig = JournalConfig()
+    dispatch: DispatchConfig = DispatchConfig()
+    his: HisConfig
+    logging: LoggingConfig = LoggingConfig()
+    source: Path | None = None
+
+
+def _expand_env(value: Any) -> Any:
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"environment variable {name} is not set")
+            return os.environ[name]
+
+        return _ENV_RE.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    return value
+
+
+def _resolve_paths(cfg: BridgeConfig, base: Path) -> BridgeConfig:
+    def r(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p)
+
+    cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca = r(cfg.tls.cert), r(cfg.tls.key), r(cfg.tls.client_ca)
+    cfg.signing.key = r(cfg.signing.key)
+    for c in cfg.signing.clients:
+        c.public_key = r(c.public_key)
+    cfg.journal.path = r(cfg.journal.path)
+    cfg.his.profile = r(cfg.his.profile)
+    return cfg
+
+
+def load_config(path: str | Path) -> BridgeConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        cfg = BridgeConfig.model_validate(_expand_env(raw))
+    except ValidationError as e:
+        lines = [f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    cfg.source = path
+    return _resolve_paths(cfg, path.parent.resolve())

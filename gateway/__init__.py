@@ -1,0 +1,1 @@
+"""The cloud gateway (channels, orders, refunds, reconciliation). Not built yet: see the open gateway issue."""
