@@ -108,8 +108,8 @@ class RunningAgent:
     _runners: list[web.AppRunner]
 
     async def stop(self) -> None:
-        for runner in reversed(self._runners):
-            await runner.cleanup()
+        while self._runners:
+            await self._runners.pop().cleanup()
 
 
 def _split(hostport: str) -> tuple[str, int]:

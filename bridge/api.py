@@ -28,6 +28,8 @@ from bridge.version import agent_version
 log = get_logger("bridge.api")
 
 AGENT = web.AppKey("agent", Agent)
+CLIENT_ID = web.RequestKey("client_id", str)
+BODY = web.RequestKey("body", bytes)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -99,7 +101,7 @@ def identity_middleware_factory() -> Callable[..., Any]:
             agent.metrics.auth_failures.labels("client_not_allowed").inc()
             who = identity.cn if identity else None
             raise ApiError(403, "client_not_allowed", f"client certificate {who!r} is not an allowed identity")
-        request["client_id"] = identity.client_id
+        request[CLIENT_ID] = identity.client_id
         sem = slots.setdefault(identity.client_id, asyncio.Semaphore(agent.cfg.server.per_client_concurrency))
         if sem.locked():
             raise ApiError(
@@ -137,14 +139,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not await agent.journal.remember_nonce(verified.key_id, verified.nonce, expires):
         agent.metrics.auth_failures.labels("replayed_nonce").inc()
         raise ApiError(409, "replayed_nonce", "this nonce was already used; sign every attempt afresh")
-    request["body"] = body
-    request["key_id"] = verified.key_id
+    request[BODY] = body
     return await handler(request)
 
 
 def _parse(request: web.Request, op: catalog.Operation) -> catalog.Strict:
     try:
-        data = json.loads(request["body"])
+        data = json.loads(request[BODY])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, "malformed_json", f"body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
@@ -166,6 +167,7 @@ def _write_answer(entry: Entry) -> web.Response:
         "operation": entry.operation,
         "result": entry.result if entry.state is State.done else None,
         "error": entry.error if entry.state is not State.done else None,
+        "note": entry.note,
     }
     return _json(200 if status != "pending" else 202, body)
 
@@ -196,7 +198,7 @@ async def handle_operation(request: web.Request) -> web.Response:
     try:
         entry, created = await agent.journal.accept(
             request_id=params.request_id,  # type: ignore[attr-defined]
-            client_id=request["client_id"],
+            client_id=request[CLIENT_ID],
             operation=name,
             business_key=params.trade_no,  # type: ignore[attr-defined]
             body_sha256=digest,

@@ -15,8 +15,14 @@ from bridge.dispatcher import Dispatcher, HisUnavailable
 from bridge.journal import Journal, State
 from bridge.metrics import Metrics
 
-PAID = {"patient_id": "P1", "amount_fen": 100, "channel": "wechat", "channel_trade_no": "W1",
-        "paid_at": "2026-11-25T10:00:00+08:00", "bill_nos": ["B1"]}
+PAID = {
+    "patient_id": "P1",
+    "amount_fen": 100,
+    "channel": "wechat",
+    "channel_trade_no": "W1",
+    "paid_at": "2026-11-25T10:00:00+08:00",
+    "bill_nos": ["B1"],
+}
 
 
 class ScriptedHis(Adapter):
@@ -66,8 +72,14 @@ async def rig(tmp_path):
     journal = Journal(tmp_path / "j.sqlite3")
     await journal.open()
     his = ScriptedHis()
-    cfg = DispatchConfig(backoff_base_s=0.01, backoff_max_s=0.02, max_attempts=4, breaker_failures=3,
-                         breaker_reset_s=0.05, his_timeout_s=1)
+    cfg = DispatchConfig(
+        backoff_base_s=0.01,
+        backoff_max_s=0.02,
+        max_attempts=4,
+        breaker_failures=3,
+        breaker_reset_s=0.05,
+        his_timeout_s=1,
+    )
     dispatcher = Dispatcher(journal, his, cfg, Metrics(), sweep_interval_s=0.05)
     await dispatcher.start()
     yield journal, his, dispatcher
@@ -77,8 +89,9 @@ async def rig(tmp_path):
 
 async def submit(journal, dispatcher, rid, trade):
     params = {"request_id": rid, "trade_no": trade, **PAID}
-    entry, _ = await journal.accept(request_id=rid, client_id="c", operation="charge.commit", business_key=trade,
-                                    body_sha256=rid, params=params)
+    entry, _ = await journal.accept(
+        request_id=rid, client_id="c", operation="charge.commit", business_key=trade, body_sha256=rid, params=params
+    )
     dispatcher.submit(entry)
     return entry
 
@@ -151,8 +164,15 @@ async def test_breaker_opens_and_refuses_reads_then_recovers(rig):
     with pytest.raises(HisUnavailable):
         await dispatcher.read("patient.query", {"card_no": "C1"})
     await asyncio.sleep(0.06)
-    assert await dispatcher.read("patient.query", {"card_no": "C1"}) == {"found": False, "patient_id": None,
-        "name": None, "gender": None, "birth_date": None, "card_no": None, "phone": None}
+    assert await dispatcher.read("patient.query", {"card_no": "C1"}) == {
+        "found": False,
+        "patient_id": None,
+        "name": None,
+        "gender": None,
+        "birth_date": None,
+        "card_no": None,
+        "phone": None,
+    }
 
 
 async def test_recovery_treats_in_flight_as_in_doubt(tmp_path):
@@ -161,8 +181,14 @@ async def test_recovery_treats_in_flight_as_in_doubt(tmp_path):
     his = ScriptedHis()
     his.applied.append(("charge.commit", "T7"))  # the HIS applied it before the crash
     params = {"request_id": "req-00007", "trade_no": "T7", **PAID}
-    entry, _ = await journal.accept(request_id="req-00007", client_id="c", operation="charge.commit",
-                                    business_key="T7", body_sha256="x", params=params)
+    entry, _ = await journal.accept(
+        request_id="req-00007",
+        client_id="c",
+        operation="charge.commit",
+        business_key="T7",
+        body_sha256="x",
+        params=params,
+    )
     await journal.update(entry.seq, State.in_flight, attempts_delta=1)
     cfg = DispatchConfig(backoff_base_s=0.01, backoff_max_s=0.02)
     dispatcher = Dispatcher(journal, his, cfg, Metrics())

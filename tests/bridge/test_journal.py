@@ -7,8 +7,14 @@ from bridge.journal import APPLICATION_ID, Journal, JournalCorrupt, RequestConfl
 
 
 async def _accept(j: Journal, rid: str, key: str = "T1", digest: str = "d1", op: str = "charge.commit"):
-    return await j.accept(request_id=rid, client_id="c", operation=op, business_key=key, body_sha256=digest,
-                          params={"request_id": rid, "trade_no": key})
+    return await j.accept(
+        request_id=rid,
+        client_id="c",
+        operation=op,
+        business_key=key,
+        body_sha256=digest,
+        params={"request_id": rid, "trade_no": key},
+    )
 
 
 @pytest.fixture

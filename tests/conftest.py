@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from bridge.agent import RunningAgent, start_agent
+from bridge.certs import DevCerts, make_dev_certs
+from bridge.config import load_config
+from sandbox.cli import start_sandbox_his
+from tests.support.rig import bridge_config_toml, make_client
+
+
+@pytest.fixture(scope="session")
+def dev_certs(tmp_path_factory) -> DevCerts:
+    return make_dev_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+async def his(tmp_path):
+    sandbox = await start_sandbox_his(db_path=tmp_path / "his.sqlite3")
+    yield sandbox
+    await sandbox.close()
+
+
+@pytest.fixture
+async def bridge_factory(tmp_path, dev_certs, his):
+    """Start agents against the sandbox HIS; each call may change the config. All are stopped at the end."""
+    started: list[RunningAgent] = []
+
+    async def start(**kwargs) -> RunningAgent:
+        path = tmp_path / f"bridge-{len(started)}.toml"
+        journal = kwargs.pop("journal", tmp_path / "journal.sqlite3")
+        path.write_text(bridge_config_toml(dev_certs, journal, his.base_url, **kwargs))
+        running = await start_agent(load_config(path))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop()
+
+
+@pytest.fixture
+async def bridge(bridge_factory):
+    return await bridge_factory()
+
+
+@pytest.fixture
+async def client(bridge, dev_certs):
+    async with make_client(dev_certs, bridge.api_url) as c:
+        yield c

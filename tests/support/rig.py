@@ -1,0 +1,98 @@
+"""Building blocks for tests and benchmarks that run the real agent against the real sandbox HIS."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+from bridge import protocol, tls
+from bridge.certs import DevCerts
+from bridge.client import BridgeClient
+
+REPO = Path(__file__).resolve().parents[2]
+SANDBOX_PROFILE = REPO / "config" / "profiles" / "sandbox-soap.toml"
+
+
+def bridge_config_toml(
+    certs: DevCerts,
+    journal: Path,
+    his_url: str,
+    *,
+    listen: str = "127.0.0.1:0",
+    ops_listen: str = "127.0.0.1:0",
+    extra: str = "",
+    dispatch: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
+) -> str:
+    dispatch = {
+        "sync_deadline_s": 5,
+        "his_timeout_s": 5,
+        "backoff_base_s": 0.05,
+        "backoff_max_s": 0.5,
+        "breaker_reset_s": 0.5,
+        **(dispatch or {}),
+    }
+    server = {"listen": listen, "ops_listen": ops_listen, **(server or {})}
+
+    def table(values: dict[str, Any]) -> str:
+        return "\n".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in values.items())
+
+    return f"""
+hospital = "H001"
+
+[server]
+{table(server)}
+
+[tls]
+cert = "{certs.server_cert}"
+key = "{certs.server_key}"
+client_ca = "{certs.ca_cert}"
+allowed_clients = [{{ cn = "platform-gateway" }}]
+
+[signing]
+key_id = "bridge-H001"
+key = "{certs.bridge_signing_key}"
+clients = [{{ key_id = "platform", public_key = "{certs.platform_signing_pub}" }}]
+
+[journal]
+path = "{journal}"
+
+[dispatch]
+{table(dispatch)}
+
+[his]
+profile = "{SANDBOX_PROFILE}"
+overrides = {{ "soap.base_url" = "{his_url}" }}
+
+[logging]
+level = "warning"
+{extra}
+"""
+
+
+def client_ssl(certs: DevCerts, *, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    return tls.client_context(certs.ca_cert, cert or certs.client_cert, key or certs.client_key)
+
+
+def make_client(certs: DevCerts, url: str, **kwargs: Any) -> BridgeClient:
+    return BridgeClient(
+        url,
+        signing_key=protocol.load_signing_key("platform", certs.platform_signing_key),
+        bridge_key=protocol.load_verify_key("bridge-H001", certs.bridge_signing_pub),
+        ssl_context=kwargs.pop("ssl_context", None) or client_ssl(certs),
+        **kwargs,
+    )
+
+
+def prepay(trade_no: str, request_id: str | None = None, amount_fen: int = 100) -> dict[str, Any]:
+    return {
+        "request_id": request_id or f"req-{trade_no}",
+        "trade_no": trade_no,
+        "patient_id": "P0003",
+        "inpatient_no": "Z0001",
+        "amount_fen": amount_fen,
+        "channel": "wechat",
+        "channel_trade_no": f"W{trade_no}",
+        "paid_at": "2026-11-25T10:00:00+08:00",
+    }
