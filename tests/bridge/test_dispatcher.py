@@ -11,7 +11,7 @@ import pytest
 
 from adapters.base import Adapter, InDoubtError, PermanentError, RetryableError, WirePreview
 from bridge.config import DispatchConfig
-from bridge.dispatcher import Dispatcher, HisUnavailable
+from bridge.dispatcher import Dispatcher, HisUnavailable, ReadFailed
 from bridge.journal import Journal, State
 from bridge.metrics import Metrics
 
@@ -156,10 +156,10 @@ async def test_same_trade_runs_in_arrival_order_one_at_a_time(rig):
 
 
 async def test_breaker_opens_and_refuses_reads_then_recovers(rig):
-    journal, his, dispatcher = rig
+    _, his, dispatcher = rig
     his.script = ["down"] * 3
     for _ in range(3):
-        with pytest.raises(Exception):
+        with pytest.raises(ReadFailed):
             await dispatcher.read("patient.query", {"card_no": "C1"})
     with pytest.raises(HisUnavailable):
         await dispatcher.read("patient.query", {"card_no": "C1"})
