@@ -28,7 +28,12 @@ log = get_logger("bridge.agent")
 
 
 def build_adapter(cfg: BridgeConfig) -> Adapter:
-    profile = load_profile(cfg.his.profile, known_operations=frozenset(catalog.OPERATIONS), overrides=cfg.his.overrides)
+    profile = load_profile(
+        cfg.his.profile,
+        known_operations=frozenset(catalog.OPERATIONS),
+        read_operations=catalog.READ_OPERATIONS,
+        overrides=cfg.his.overrides,
+    )
     return profile.build_adapter()
 
 

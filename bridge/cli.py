@@ -61,7 +61,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             problems.append(f"{name} {path}: {e}")
     try:
         profile = load_profile(
-            cfg.his.profile, known_operations=frozenset(catalog.OPERATIONS), overrides=cfg.his.overrides
+            cfg.his.profile,
+            known_operations=frozenset(catalog.OPERATIONS),
+            read_operations=catalog.READ_OPERATIONS,
+            overrides=cfg.his.overrides,
         )
         missing = sorted(set(catalog.OPERATIONS) - set(profile.operations))
         if missing:
@@ -143,7 +146,9 @@ def cmd_try(args: argparse.Namespace) -> int:
         return 2
     try:
         params = op.input.model_validate_json(Path(args.input).read_text(encoding="utf-8")).model_dump(mode="json")
-        profile = load_profile(args.profile, known_operations=frozenset(catalog.OPERATIONS))
+        profile = load_profile(
+            args.profile, known_operations=frozenset(catalog.OPERATIONS), read_operations=catalog.READ_OPERATIONS
+        )
     except (OSError, ValueError, ProfileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
