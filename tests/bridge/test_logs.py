@@ -1,0 +1,29 @@
+import json
+
+import structlog
+
+from bridge import logs
+
+
+def test_patient_fields_and_free_text_are_masked(capsys):
+    logs.configure("info", json=True)
+    try:
+        structlog.get_logger("t").info(
+            "lookup",
+            name="张三丰",
+            id_card_no="110105198503120011",
+            phone="13800000001",
+            detail={"patient_name": "李四", "note": "callback 13912345678, id 44030519781130003X"},
+            message="HIS said: 患者 110105198503120011 not found",
+            amount_fen=1250,
+        )
+    finally:
+        structlog.reset_defaults()
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["name"] == "张**"
+    assert line["id_card_no"] == "110************011"
+    assert line["phone"] == "138*****001"
+    assert line["detail"]["patient_name"] == "李*"
+    assert line["detail"]["note"] == "callback 139****5678, id 440305********003X"
+    assert line["message"] == "HIS said: 患者 110105********0011 not found"
+    assert line["amount_fen"] == 1250
