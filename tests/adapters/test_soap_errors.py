@@ -16,11 +16,12 @@ from adapters.profile import ProfileError, load_profile
 from adapters.soap import SoapAdapter
 from bridge import catalog
 from sandbox.cli import start_sandbox_his
+from tests.support.rig import SHARED_FIXTURES
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "config" / "profiles" / "sandbox-soap.toml"
 SANDBOX_WSDL = ROOT / "sandbox" / "his" / "HisService.wsdl"
-QUYI_WSDL = Path("/work/shared/fixtures/wsdl/quyiServiceNo.wsdl")
+QUYI_WSDL = SHARED_FIXTURES / "wsdl" / "quyiServiceNo.wsdl"
 
 Behaviour = Callable[[asyncio.StreamWriter, bytes], Awaitable[None]]
 

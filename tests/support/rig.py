@@ -12,6 +12,8 @@ from bridge.client import BridgeClient
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX_PROFILE = REPO / "config" / "profiles" / "sandbox-soap.toml"
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+"""The published vectors and samples handed to the project; CI lays ``shared/`` beside the clone."""
 
 
 def bridge_config_toml(
