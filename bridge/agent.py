@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from adapters.base import Adapter
+from adapters.base import Adapter, AdapterError
 from adapters.profile import load_profile
 from bridge import catalog, protocol, tls
 from bridge.config import BridgeConfig
@@ -55,7 +55,11 @@ class Agent:
 
     async def start(self) -> None:
         await self.journal.open()
-        await self.adapter.start()
+        try:
+            await self.adapter.start()
+        except AdapterError as e:
+            # A HIS that is down must not keep the agent from journaling writes; the adapter starts on first use.
+            log.warning("his_unreachable_at_start", endpoint=self.adapter.endpoint, error=e.message)
         await self.dispatcher.start()
         self._housekeeping = [
             asyncio.create_task(self._refresh_gauges(), name="gauges"),

@@ -389,3 +389,36 @@ async def test_not_ready_until_recovery_completes(bridge_factory, dev_certs):
     assert status == 503 and body["error"]["code"] == "not_ready"
     async with aiohttp.ClientSession() as session, session.get(bridge.ops_url + "/readyz") as r:
         assert r.status == 503
+
+
+async def test_agent_starts_while_the_his_is_down_and_delivers_when_it_comes_up(tmp_path, dev_certs):
+    import socket
+
+    from bridge.agent import start_agent
+    from bridge.config import load_config
+    from sandbox.cli import start_sandbox_his
+    from tests.support.rig import bridge_config_toml
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "down.toml"
+    config.write_text(
+        bridge_config_toml(
+            dev_certs, tmp_path / "down.sqlite3", f"http://127.0.0.1:{port}", dispatch={"sync_deadline_s": 0.3}
+        )
+    )
+    bridge = await start_agent(load_config(config))
+    try:
+        async with make_client(dev_certs, bridge.api_url) as client:
+            pending = await client.call("prepay.commit", prepay("T-LATE"))
+            assert pending.http_status == 202
+            his = await start_sandbox_his(port=port, db_path=tmp_path / "late-his.sqlite3")
+            try:
+                final = await client.wait_for("req-T-LATE", timeout_s=15, poll_s=0.1)
+                assert final.status == "done"
+                assert his.state.application_count(trade_no="T-LATE") == 1
+            finally:
+                await his.close()
+    finally:
+        await bridge.stop()
