@@ -8,9 +8,10 @@ bridge passes in (``adapters`` never imports ``bridge``).
 
 Layout (see ``config/profiles/sandbox-soap.toml`` for a commented example)::
 
-    [profile]        name, protocol ("soap"), description, timezone (HIS local zone, Asia/Shanghai)
+    [profile]        name, protocol ("soap", "hl7", "dbproc"), description, timezone (HIS local zone)
     [soap]           base_url, wsdl, endpoint, binding, wsdl_cache, timeouts, max_connections,
                      username/password (HTTP basic auth), verify_tls, ca_file
+    [hl7] [dbproc]   the other protocols' settings, validated by their adapter modules (``PROTOCOLS``)
     [vars]           constants for templates, as {{ vars.NAME }} (operator id, terminal id, hospital code)
     [code_tables.T]  our value = "HIS code"; templates use {{ x | code("T") }}, reply fields code = "T"
     [operations."catalog.name"]
@@ -20,7 +21,7 @@ Layout (see ``config/profiles/sandbox-soap.toml`` for a commented example)::
                      fault_in_doubt, fields (name = "xpath" or {xpath|value, type, format, code, required,
                      default}), lists (name = {xpath, fields})
 
-Only ``[soap]`` string values may reference the environment, as ``${env:NAME}`` or ``${env:NAME:-default}``,
+Only the protocol section's string values may reference the environment, as ``${env:NAME}`` or ``${env:NAME:-default}``,
 so that secrets stay out of the repository and out of dry-run previews. ``overrides`` (dotted keys such as
 ``soap.base_url``) replace values after that, which is how a test points a profile at a sandbox on a random
 port. When ``base_url`` is set, a ``wsdl`` or ``endpoint`` starting with ``/`` is a path on that server; any
@@ -30,6 +31,7 @@ other non-URL ``wsdl`` (and ``wsdl_cache``, ``ca_file``) is a file path relative
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import tomllib
@@ -72,7 +74,7 @@ Scalar = str | int | bool
 
 class ProfileMeta(_Model):
     name: str = Field(min_length=1, max_length=64)
-    protocol: Literal["soap"]
+    protocol: Literal["soap", "hl7", "dbproc"]
     description: str | None = None
     timezone: str = "Asia/Shanghai"
 
@@ -121,6 +123,8 @@ class ListSpec(_Model):
 
 
 class ResponseSpec(_Model):
+    format: Literal["xml", "hl7", "rows"] | None = None
+    """How the reply is read; by default the protocol's own (SOAP: xml, HL7: hl7, stored procedures: rows)."""
     result: str | None = None
     namespaces: dict[str, str] = {}
     success: str
@@ -142,15 +146,64 @@ class OperationSpec(_Model):
 class ProfileSpec(_Model):
     profile: ProfileMeta
     soap: SoapSettings | None = None
+    hl7: dict[str, Any] | None = None
+    """Validated by the HL7 adapter's own settings model (see ``PROTOCOLS``)."""
+    dbproc: dict[str, Any] | None = None
+    """Validated by the stored-procedure adapter's own settings model (see ``PROTOCOLS``)."""
     vars: dict[str, Scalar] = {}
     code_tables: dict[str, dict[str, str]] = {}
     operations: dict[str, OperationSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _protocol_section(self) -> ProfileSpec:
-        if self.profile.protocol == "soap" and self.soap is None:
-            raise ValueError("protocol 'soap' needs a [soap] section")
+        protocol = self.profile.protocol
+        if getattr(self, protocol) is None:
+            raise ValueError(f"protocol {protocol!r} needs a [{protocol}] section")
+        others = [name for name in PROTOCOLS if name != protocol and getattr(self, name) is not None]
+        if others:
+            raise ValueError(f"protocol {protocol!r} takes no [{'], ['.join(others)}] section")
         return self
+
+
+# --- protocols ---------------------------------------------------------------------------------------------
+
+
+def _import(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class ProtocolSupport:
+    """What the loader needs to know of one protocol; its adapter and settings are imported only when used,
+    so a SOAP-only installation never imports pyodbc."""
+
+    adapter: str
+    """``module:Class`` of the adapter, constructed with the loaded :class:`Profile`."""
+    reply_format: str
+    settings: str | None = None
+    """``module:Model`` validating the protocol's section; it may define ``resolve(base_dir, problems)``
+    returning a copy with paths made absolute. SOAP's model lives here."""
+
+
+PROTOCOLS: dict[str, ProtocolSupport] = {
+    "soap": ProtocolSupport("adapters.soap:SoapAdapter", "xml"),
+    "hl7": ProtocolSupport("adapters.hl7:Hl7Adapter", "hl7", "adapters.hl7:Hl7Settings"),
+    "dbproc": ProtocolSupport("adapters.dbproc:DbprocAdapter", "rows", "adapters.dbproc:DbprocSettings"),
+}
+
+EXTRACTORS: dict[str, str] = {
+    "xml": "adapters.mapping.extract:XmlExtractor",
+    "hl7": "adapters.mapping.hl7:Hl7Extractor",
+    "rows": "adapters.mapping.rows:RowExtractor",
+}
+"""Reply formats: ``module:Class`` constructed with the operation's :class:`ResponseSpec`'s namespaces."""
+
+
+def make_extractor(fmt: str, response: ResponseSpec) -> Extractor:
+    if fmt == "xml":
+        return XmlExtractor(response.namespaces)
+    return _import(EXTRACTORS[fmt])()
 
 
 # --- the loaded profile ------------------------------------------------------------------------------------
@@ -166,6 +219,8 @@ class Profile:
     spec: ProfileSpec
     bindings: Mapping[str, OperationBinding]
     filters: Filters
+    settings: BaseModel | None = None
+    """The protocol section (``[soap]``, ``[hl7]``, ``[dbproc]``), validated, with paths resolved."""
     operations: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -179,11 +234,8 @@ class Profile:
         return self.spec.soap
 
     def build_adapter(self) -> Adapter:
-        if self.protocol == "soap":
-            from adapters.soap import SoapAdapter
-
-            return SoapAdapter(self)
-        raise ValueError(f"protocol {self.protocol!r} is not supported")
+        adapter_class = _import(PROTOCOLS[self.protocol].adapter)
+        return adapter_class(self)  # type: ignore[no-any-return]
 
 
 def load_profile(
@@ -215,7 +267,7 @@ def load_profile(
     raw = _substitute_env(raw, environ if environ is not None else os.environ, problems)
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
-    _refuse_env_outside_soap(raw, problems)
+    _refuse_env_outside_sections(raw, problems)
     if problems:
         raise ProfileError(label, problems)
     try:
@@ -223,8 +275,9 @@ def load_profile(
     except ValidationError as exc:
         raise ProfileError(label, [_pydantic_problem(error) for error in exc.errors()]) from None
 
+    settings = _protocol_settings(spec, file.parent.resolve(), problems)
     if spec.soap is not None:
-        spec = spec.model_copy(update={"soap": _resolve_soap(spec.soap, file.parent.resolve(), problems)})
+        spec = spec.model_copy(update={"soap": settings})
     try:
         tz = ZoneInfo(spec.profile.timezone)
     except (ZoneInfoNotFoundError, ValueError):
@@ -242,12 +295,30 @@ def load_profile(
         if known is not None and name not in known:
             problems.append(f"{where}: unknown operation (the catalog has: {', '.join(sorted(known))})")
             continue
-        binding = _compile_operation(name, op, where, env, filters, codes, name not in reads, problems)
+        fmt = op.response.format or PROTOCOLS[spec.profile.protocol].reply_format
+        binding = _compile_operation(name, op, where, env, filters, codes, name not in reads, problems, fmt)
         if binding is not None:
             bindings[name] = binding
     if problems:
         raise ProfileError(label, problems)
-    return Profile(spec.profile.name, spec.profile.protocol, file, spec, bindings, filters)
+    return Profile(spec.profile.name, spec.profile.protocol, file, spec, bindings, filters, settings)
+
+
+def _protocol_settings(spec: ProfileSpec, base_dir: Path, problems: list[str]) -> BaseModel | None:
+    protocol = spec.profile.protocol
+    if protocol == "soap":
+        assert spec.soap is not None
+        return _resolve_soap(spec.soap, base_dir, problems)
+    support = PROTOCOLS[protocol]
+    assert support.settings is not None
+    model = _import(support.settings)
+    try:
+        settings = model.model_validate(getattr(spec, protocol))
+    except ValidationError as exc:
+        problems.extend(_pydantic_problem({**e, "loc": (protocol, *e["loc"])}) for e in exc.errors())
+        return None
+    resolve = getattr(settings, "resolve", None)
+    return resolve(base_dir, problems) if resolve is not None else settings
 
 
 # --- compiling one operation -------------------------------------------------------------------------------
@@ -262,6 +333,7 @@ def _compile_operation(
     codes: CodeTables,
     write: bool,
     problems: list[str],
+    fmt: str = "xml",
 ) -> OperationBinding | None:
     before = len(problems)
     sources: dict[str, str] = {}
@@ -274,7 +346,7 @@ def _compile_operation(
 
     response = op.response
     rwhere = f"{where}.response"
-    extractor = XmlExtractor(response.namespaces)
+    extractor = make_extractor(fmt, response)
 
     def compile_path(path: str, at: str) -> Any:
         try:
@@ -362,38 +434,43 @@ def _loc(parts: Iterable[Any]) -> str:
 
 
 def _substitute_env(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
-    soap = raw.get("soap")
-    if not isinstance(soap, dict):
-        return raw
-    resolved = dict(soap)
-    for key, value in soap.items():
-        if not isinstance(value, str):
+    """Resolve ``${env:NAME}`` in the protocol sections, the only place a secret (a password, a
+    connection string) may come from."""
+    out = dict(raw)
+    for section in PROTOCOLS:
+        values = raw.get(section)
+        if not isinstance(values, dict):
             continue
+        resolved = dict(values)
+        for key, value in values.items():
+            if not isinstance(value, str):
+                continue
 
-        def replace(match: re.Match[str], key: str = key) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in environ:
-                return environ[name]
-            if default is not None:
-                return default
-            problems.append(f"soap.{_key(key)}: environment variable {name} is not set")
-            return ""
+            def replace(match: re.Match[str], key: str = key, section: str = section) -> str:
+                name, default = match.group(1), match.group(2)
+                if name in environ:
+                    return environ[name]
+                if default is not None:
+                    return default
+                problems.append(f"{section}.{_key(key)}: environment variable {name} is not set")
+                return ""
 
-        resolved[key] = _ENV_REF.sub(replace, value)
-    return {**raw, "soap": resolved}
+            resolved[key] = _ENV_REF.sub(replace, value)
+        out[section] = resolved
+    return out
 
 
-def _refuse_env_outside_soap(raw: Any, problems: list[str], path: tuple[str, ...] = ()) -> None:
+def _refuse_env_outside_sections(raw: Any, problems: list[str], path: tuple[str, ...] = ()) -> None:
     if isinstance(raw, dict):
         for key, value in raw.items():
-            if path == () and key == "soap":
+            if path == () and key in PROTOCOLS:
                 continue
-            _refuse_env_outside_soap(value, problems, (*path, str(key)))
+            _refuse_env_outside_sections(value, problems, (*path, str(key)))
     elif isinstance(raw, list):
         for index, value in enumerate(raw):
-            _refuse_env_outside_soap(value, problems, (*path, str(index)))
+            _refuse_env_outside_sections(value, problems, (*path, str(index)))
     elif isinstance(raw, str) and "${env:" in raw:
-        problems.append(f"{_loc(path)}: environment references are only allowed in [soap]")
+        problems.append(f"{_loc(path)}: environment references are only allowed in [{'], ['.join(PROTOCOLS)}]")
 
 
 _DOTTED_PART = re.compile(r'"([^"]*)"|([^.]+)')

@@ -147,5 +147,10 @@ def test_toml_syntax_and_missing_files(tmp_path: Path) -> None:
 
 
 def test_unsupported_protocol(tmp_path: Path) -> None:
-    text = problems(write(tmp_path, MINIMAL.replace('protocol = "soap"', 'protocol = "hl7"')))
+    text = problems(write(tmp_path, MINIMAL.replace('protocol = "soap"', 'protocol = "corba"')))
     assert "profile.protocol:" in text
+
+
+def test_protocol_needs_its_own_section_and_no_other(tmp_path: Path) -> None:
+    text = problems(write(tmp_path, MINIMAL.replace('protocol = "soap"', 'protocol = "hl7"')))
+    assert "needs a [hl7] section" in text
