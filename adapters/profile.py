@@ -182,14 +182,17 @@ class ProtocolSupport:
     """``module:Class`` of the adapter, constructed with the loaded :class:`Profile`."""
     reply_format: str
     settings: str | None = None
+    escape: str | None = None
+    """How templates escape values: None is XML, ``"verbatim"`` none (bound SQL parameters), or
+    ``module:function`` applied to each value."""
     """``module:Model`` validating the protocol's section; it may define ``resolve(base_dir, problems)``
     returning a copy with paths made absolute. SOAP's model lives here."""
 
 
 PROTOCOLS: dict[str, ProtocolSupport] = {
     "soap": ProtocolSupport("adapters.soap:SoapAdapter", "xml"),
-    "hl7": ProtocolSupport("adapters.hl7:Hl7Adapter", "hl7", "adapters.hl7:Hl7Settings"),
-    "dbproc": ProtocolSupport("adapters.dbproc:DbprocAdapter", "rows", "adapters.dbproc:DbprocSettings"),
+    "hl7": ProtocolSupport("adapters.hl7:Hl7Adapter", "hl7", "adapters.hl7:Hl7Settings", "adapters.mapping.hl7:escape"),
+    "dbproc": ProtocolSupport("adapters.dbproc:DbprocAdapter", "rows", "adapters.dbproc:DbprocSettings", "verbatim"),
 }
 
 EXTRACTORS: dict[str, str] = {
@@ -286,7 +289,8 @@ def load_profile(
 
     codes = CodeTables(spec.code_tables)
     filters = Filters(codes, tz)
-    env = TemplateEnvironment(filters, spec.vars)
+    escape = PROTOCOLS[spec.profile.protocol].escape
+    env = TemplateEnvironment(filters, spec.vars, _import(escape) if escape and ":" in escape else escape)
     known = frozenset(known_operations) if known_operations is not None else None
     reads = frozenset(read_operations or ())
     bindings: dict[str, OperationBinding] = {}

@@ -1,8 +1,8 @@
 """Request bodies rendered from sandboxed Jinja2 templates written in the profile.
 
 Templates are authored by HIS vendor engineers, so they run in an immutable sandbox (no attribute tricks, no
-mutation of the inputs). They mostly produce XML that travels inside a string parameter, so values are
-XML-escaped automatically; a template that must emit a value verbatim can wrap it in
+mutation of the inputs). For SOAP they mostly produce XML that travels inside a string parameter, so values
+are XML-escaped automatically (other protocols bring their own escaping, see :class:`TemplateEnvironment`); a template that must emit a value verbatim can wrap it in
 ``{% autoescape false %}…{% endautoescape %}``. A missing field is an error naming it rather than an empty
 element, and ``None`` (an optional catalog field left out) renders as empty text rather than ``None``.
 """
@@ -35,14 +35,37 @@ def _strict(function: Callable[..., Any]) -> Callable[..., Any]:
     return apply
 
 
-class TemplateEnvironment:
-    """The sandboxed Jinja2 environment of one profile, with its filters and variables."""
+Escape = Callable[[str], str]
 
-    def __init__(self, filters: Filters, variables: Mapping[str, Any] | None = None) -> None:
+
+class TemplateEnvironment:
+    """The sandboxed Jinja2 environment of one profile, with its filters and variables.
+
+    ``escape`` says how a value is made safe for the protocol's text: ``None`` is XML autoescaping (SOAP); a
+    function is applied to every value a template outputs but never to the template's own text (HL7 escapes
+    its separators, so a patient name containing ``^`` or ``|`` cannot shift fields); ``"verbatim"`` leaves
+    values as they are, for stored-procedure parameters, which are bound and never spliced into SQL.
+    """
+
+    def __init__(
+        self, filters: Filters, variables: Mapping[str, Any] | None = None, escape: Escape | str | None = None
+    ) -> None:
+        if escape is None:
+            finalize: Callable[[Any], Any] = _finalize
+        elif escape == "verbatim":
+            finalize = _finalize
+        elif callable(escape):
+            function = escape
+
+            def finalize(value: Any) -> Any:
+                return "" if value is None else function(str(value))
+
+        else:
+            raise ValueError(f"unknown escape {escape!r}")
         self.env = ImmutableSandboxedEnvironment(
-            autoescape=True,
+            autoescape=escape is None,
             undefined=jinja2.StrictUndefined,
-            finalize=_finalize,
+            finalize=finalize,
             keep_trailing_newline=False,
         )
         self.env.filters.update({name: _strict(f) for name, f in filters.template_filters().items()})
