@@ -3,8 +3,9 @@
 Templates are authored by HIS vendor engineers, so they run in an immutable sandbox (no attribute tricks, no
 mutation of the inputs). For SOAP they mostly produce XML that travels inside a string parameter, so values
 are XML-escaped automatically (other protocols bring their own escaping, see :class:`TemplateEnvironment`);
-a template that must emit a value verbatim can wrap it in ``{% autoescape false %}…{% endautoescape %}``. A missing field is an error naming it rather than an empty
-element, and ``None`` (an optional catalog field left out) renders as empty text rather than ``None``.
+a template that must emit a value verbatim can wrap it in ``{% autoescape false %}…{% endautoescape %}``.
+A missing field is an error naming it rather than an empty element, and ``None`` (an optional catalog field
+left out) renders as empty text rather than ``None``.
 """
 
 from __future__ import annotations
