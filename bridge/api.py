@@ -30,6 +30,7 @@ log = get_logger("bridge.api")
 AGENT = web.AppKey("agent", Agent)
 CLIENT_ID = web.RequestKey("client_id", str)
 BODY = web.RequestKey("body", bytes)
+ERROR_CODE = web.ResponseKey("error_code", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -46,35 +47,38 @@ def _operation_label(request: web.Request) -> str:
     return "status" if "request_id" in request.match_info else "other"
 
 
+def _error(e: ApiError) -> web.Response:
+    response = _json(e.status, e.body())
+    response[ERROR_CODE] = e.code
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a JSON error with a stable code, and count every answer by that code."""
     agent = request.app[AGENT]
     started = time.perf_counter()
     try:
         response = await handler(request)
     except ApiError as e:
-        response = _json(e.status, e.body())
+        response = _error(e)
     except web.HTTPRequestEntityTooLarge as e:
-        response = _json(413, ApiError(413, "body_too_large", e.text or "request body too large").body())
+        response = _error(ApiError(413, "body_too_large", e.text or "request body too large"))
     except web.HTTPNotFound:
-        response = _json(404, ApiError(404, "not_found", f"no such resource {request.path}").body())
+        response = _error(ApiError(404, "not_found", f"no such resource {request.path}"))
     except web.HTTPMethodNotAllowed:
-        response = _json(405, ApiError(405, "method_not_allowed", f"{request.method} not allowed here").body())
+        response = _error(ApiError(405, "method_not_allowed", f"{request.method} not allowed here"))
     except JournalUnavailable as e:
         log.error("journal_unavailable", error=str(e))
         agent.metrics.journal_errors.inc()
-        response = _json(
-            503,
-            ApiError(503, "journal_unavailable", "the agent cannot write its journal; nothing was accepted").body(),
+        response = _error(
+            ApiError(503, "journal_unavailable", "the agent cannot write its journal; nothing was accepted")
         )
     except Exception:
         log.exception("internal_error", path=request.path)
-        response = _json(500, ApiError(500, "internal", "internal error; nothing was accepted").body())
+        response = _error(ApiError(500, "internal", "internal error; nothing was accepted"))
     op = _operation_label(request)
-    code = response.status
-    if isinstance(response, web.Response) and response.content_type == "application/json" and code >= 400:
-        code = json.loads(response.body)["error"]["code"]  # type: ignore[arg-type]
-    agent.metrics.requests.labels(op, str(code)).inc()
+    agent.metrics.requests.labels(op, str(response.get(ERROR_CODE, response.status))).inc()
     agent.metrics.request_seconds.labels(op).observe(time.perf_counter() - started)
     return response
 
