@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import ssl
 from dataclasses import dataclass
@@ -76,6 +77,13 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> PeerIdent
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return None
+    return _identity_of(der)
+
+
+@functools.lru_cache(maxsize=64)
+def _identity_of(der: bytes) -> PeerIdentity:
+    """Cached by the certificate's bytes: parsing it and hashing its key on every request cost more than the
+    rest of the identity check, and a caller presents the same certificate on every request."""
     cert = x509.load_der_x509_certificate(der)
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     cn = str(cns[0].value) if cns else None
