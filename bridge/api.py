@@ -21,7 +21,7 @@ from bridge import catalog, openapi, protocol, tls
 from bridge.agent import Agent, agent_lifetime
 from bridge.dispatcher import HisUnavailable, ReadFailed
 from bridge.errors import AUTH_STATUS, ApiError
-from bridge.journal import Entry, JournalUnavailable, RequestConflict, State
+from bridge.journal import Entry, JournalUnavailable, NonceReplayed, RequestConflict, State
 from bridge.logs import get_logger
 from bridge.version import agent_version
 
@@ -30,6 +30,7 @@ log = get_logger("bridge.api")
 AGENT = web.AppKey("agent", Agent)
 CLIENT_ID = web.RequestKey("client_id", str)
 BODY = web.RequestKey("body", bytes)
+NONCE = web.RequestKey("nonce", tuple)
 ERROR_CODE = web.ResponseKey("error_code", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -139,12 +140,28 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     except protocol.EnvelopeError as e:
         agent.metrics.auth_failures.labels(e.code).inc()
         raise ApiError(AUTH_STATUS.get(e.code, 401), e.code, e.message) from None
-    expires = verified.timestamp + agent.cfg.signing.timestamp_window_s + 60
-    if not await agent.journal.remember_nonce(verified.key_id, verified.nonce, expires):
-        agent.metrics.auth_failures.labels("replayed_nonce").inc()
-        raise ApiError(409, "replayed_nonce", "this nonce was already used; sign every attempt afresh")
+    nonce = (verified.key_id, verified.nonce, verified.timestamp + agent.cfg.signing.timestamp_window_s + 60)
     request[BODY] = body
+    request[NONCE] = nonce
+    if _is_write(request):
+        return await handler(request)  # the nonce is remembered in the same commit as the journal entry
+    await _remember_nonce(request)
     return await handler(request)
+
+
+def _is_write(request: web.Request) -> bool:
+    return request.method == "POST" and request.match_info.get("operation") in catalog.WRITE_OPERATIONS
+
+
+async def _remember_nonce(request: web.Request) -> None:
+    agent = request.app[AGENT]
+    if not await agent.journal.remember_nonce(*request[NONCE]):
+        raise _replayed(agent)
+
+
+def _replayed(agent: Agent) -> ApiError:
+    agent.metrics.auth_failures.labels("replayed_nonce").inc()
+    return ApiError(409, "replayed_nonce", "this nonce was already used; sign every attempt afresh")
 
 
 def _parse(request: web.Request, op: catalog.Operation) -> catalog.Strict:
@@ -182,7 +199,12 @@ async def handle_operation(request: web.Request) -> web.Response:
     op = catalog.get(name)
     if op is None:
         raise ApiError(404, "unknown_operation", f"{name[:64]!r} is not a catalog operation")
-    params = _parse(request, op)
+    try:
+        params = _parse(request, op)
+    except ApiError:
+        if op.write:
+            await _remember_nonce(request)  # a refused write still spends its nonce
+        raise
     params_json = params.model_dump(mode="json")
     if not op.write:
         try:
@@ -207,7 +229,10 @@ async def handle_operation(request: web.Request) -> web.Response:
             business_key=params.trade_no,  # type: ignore[attr-defined]
             body_sha256=digest,
             params=params_json,
+            nonce=request[NONCE],
         )
+    except NonceReplayed:
+        raise _replayed(agent) from None
     except RequestConflict as e:
         raise ApiError(
             409,

@@ -56,6 +56,10 @@ class JournalCorrupt(JournalError):
     """The file is not a journal of ours, or is damaged; it is never silently replaced."""
 
 
+class NonceReplayed(JournalError):
+    """The request's nonce was already used."""
+
+
 class RequestConflict(JournalError):
     """The request id is already journaled with a different operation or body."""
 
@@ -268,20 +272,19 @@ class Journal:
                 return
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        """Run a batch in one transaction and one fsync. A job raises only before it has written anything (a
+        conflict is detected on a no-op insert), so a failing job needs no savepoint; a SQLite error fails
+        the whole batch and nothing of it is kept."""
         outcomes: list[tuple[bool, Any]] = []
         started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
-                conn.execute("SAVEPOINT job")
                 try:
                     outcomes.append((True, job.fn(conn)))
-                    conn.execute("RELEASE job")
-                except sqlite3.OperationalError:
+                except sqlite3.Error:
                     raise
                 except Exception as e:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
                     outcomes.append((False, e))
             conn.execute("COMMIT")
         except sqlite3.Error as e:
@@ -290,14 +293,16 @@ class Journal:
             except sqlite3.Error:
                 pass
             err = JournalUnavailable(f"journal cannot commit: {e}")
-            for job in batch:
-                job.loop.call_soon_threadsafe(_settle, job.future, False, err)
-            return
-        self.commits += 1
-        if self._on_commit is not None:
-            self._on_commit(time.perf_counter() - started, len(batch))
+            outcomes = [(False, err)] * len(batch)
+        else:
+            self.commits += 1
+            if self._on_commit is not None:
+                self._on_commit(time.perf_counter() - started, len(batch))
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for job, (ok, value) in zip(batch, outcomes, strict=True):
-            job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+            by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+        for loop, settled in by_loop.items():
+            loop.call_soon_threadsafe(_settle_all, settled)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer is None:
@@ -323,19 +328,23 @@ class Journal:
         business_key: str,
         body_sha256: str,
         params: dict[str, Any],
+        nonce: tuple[str, str, float] | None = None,
     ) -> tuple[Entry, bool]:
         """Journal a write, or return the entry already journaled under its request id.
 
         Returns ``(entry, created)``. A request id reused for a different operation or body raises
-        :class:`RequestConflict`.
+        :class:`RequestConflict`. ``nonce`` (key id, nonce, expiry) is remembered in the same commit; a
+        replayed one raises :class:`NonceReplayed` and journals nothing.
         """
         now = self._clock()
         params_json = json.dumps(params, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
         def run(conn: sqlite3.Connection) -> tuple[Entry, bool]:
-            cur = conn.execute(
+            if nonce is not None and not _insert_nonce(conn, *nonce):
+                raise NonceReplayed()
+            row = conn.execute(
                 "INSERT INTO entries(request_id, client_id, operation, business_key, body_sha256, params, state,"
-                " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(request_id) DO NOTHING",
+                " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(request_id) DO NOTHING RETURNING *",
                 (
                     request_id,
                     client_id,
@@ -347,12 +356,13 @@ class Journal:
                     now,
                     now,
                 ),
-            )
-            row = conn.execute("SELECT * FROM entries WHERE request_id = ?", (request_id,)).fetchone()
-            entry = Entry.from_row(row)
-            if cur.rowcount == 0 and (entry.body_sha256 != body_sha256 or entry.operation != operation):
+            ).fetchone()
+            if row is not None:
+                return Entry.from_row(row), True
+            entry = Entry.from_row(conn.execute("SELECT * FROM entries WHERE request_id = ?", (request_id,)).fetchone())
+            if entry.body_sha256 != body_sha256 or entry.operation != operation:
                 raise RequestConflict(entry)
-            return entry, cur.rowcount == 1
+            return entry, False
 
         return await self._write(run)
 
@@ -375,13 +385,12 @@ class Journal:
         expected = [s.value for s in expect] if expect is not None else None
 
         def run(conn: sqlite3.Connection) -> Entry | None:
-            row = conn.execute("SELECT state FROM entries WHERE seq = ?", (seq,)).fetchone()
-            if row is None or (expected is not None and row["state"] not in expected):
-                return None
-            conn.execute(
+            row = conn.execute(
                 "UPDATE entries SET state = ?, attempts = CASE WHEN ? THEN 0 ELSE attempts + ? END,"
                 " result = COALESCE(?, result), error = ?, next_attempt_at = ?, note = COALESCE(?, note),"
-                " updated_at = ? WHERE seq = ?",
+                " updated_at = ? WHERE seq = ?"
+                + (f" AND state IN ({','.join('?' * len(expected))})" if expected else "")
+                + " RETURNING *",
                 (
                     state.value,
                     reset_attempts,
@@ -392,23 +401,16 @@ class Journal:
                     note,
                     now,
                     seq,
+                    *(expected or ()),
                 ),
-            )
-            return Entry.from_row(conn.execute("SELECT * FROM entries WHERE seq = ?", (seq,)).fetchone())
+            ).fetchone()
+            return Entry.from_row(row) if row is not None else None
 
         return await self._write(run)
 
     async def remember_nonce(self, key_id: str, nonce: str, expires_at: float) -> bool:
         """Record a nonce durably; False if it was seen before (a replay)."""
-
-        def run(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "INSERT INTO nonces(key_id, nonce, expires_at) VALUES (?,?,?) ON CONFLICT DO NOTHING",
-                (key_id, nonce, expires_at),
-            )
-            return cur.rowcount == 1
-
-        return await self._write(run)
+        return await self._write(lambda conn: _insert_nonce(conn, key_id, nonce, expires_at))
 
     async def prune(self, older_than: float, batch: int) -> int:
         """Delete one bounded batch of finished entries last touched before ``older_than``, and expired
@@ -514,10 +516,21 @@ def list_entries(conn: sqlite3.Connection, state: State | None, *, limit: int, b
     return [Entry.from_row(r) for r in conn.execute(sql, args)]
 
 
-def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.done():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
+def _insert_nonce(conn: sqlite3.Connection, key_id: str, nonce: str, expires_at: float) -> bool:
+    cur = conn.execute(
+        "INSERT INTO nonces(key_id, nonce, expires_at) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+        (key_id, nonce, expires_at),
+    )
+    return cur.rowcount == 1
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    """Answer a batch in its commit order with one wake-up of the loop: that order is the journal's, which is
+    what keeps calls of one trade in arrival order."""
+    for fut, ok, value in settled:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)

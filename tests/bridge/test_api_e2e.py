@@ -422,3 +422,13 @@ async def test_agent_starts_while_the_his_is_down_and_delivers_when_it_comes_up(
                 await his.close()
     finally:
         await bridge.stop()
+
+
+@pytest.mark.parametrize("body", [json.dumps(prepay("T-REPLAY-W")).encode(), b'{"broken": '])
+async def test_a_write_spends_its_nonce_even_when_refused(bridge, dev_certs, his, body):
+    status, _, _, headers = await raw_post(bridge, dev_certs, "/v1/ops/prepay.commit", body)
+    assert status in (200, 400)
+    replay = {k: v for k, v in headers.items() if k.startswith("X-HB")}
+    status, answer, _, _ = await raw_post(bridge, dev_certs, "/v1/ops/prepay.commit", body, headers=replay)
+    assert (status, answer["error"]["code"]) == (409, "replayed_nonce")
+    assert his.state.application_count() <= 1
