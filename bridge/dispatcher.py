@@ -35,6 +35,10 @@ from bridge.metrics import Metrics
 log = get_logger("bridge.dispatcher")
 
 
+class _Stopping(Exception):
+    """Raised inside a lane to end it when the dispatcher stops."""
+
+
 class HisUnavailable(Exception):
     """The breaker is open: the HIS is not being called right now."""
 
@@ -80,6 +84,7 @@ class Dispatcher:
         self._waiters: dict[int, list[asyncio.Future[Entry]]] = {}
         self._read_slots = asyncio.Semaphore(cfg.read_concurrency)
         self._sweeper: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -90,16 +95,29 @@ class Dispatcher:
         log.info("recovered", entries=recovered)
         return recovered
 
-    async def stop(self) -> None:
-        """Stop delivering. An entry cut mid-call stays ``in_flight`` and is treated as in doubt on restart."""
-        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop delivering: calls already sent to the HIS get ``grace_s`` (default: the HIS timeout) to come back
+        and be journaled; nothing new is sent. An entry still cut mid-call stays ``in_flight`` and is treated as
+        in doubt on restart."""
+        self._closing.set()
         if self._sweeper is not None:
-            tasks.append(self._sweeper)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            self._sweeper.cancel()
+        lanes = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        if lanes:
+            _, late = await asyncio.wait(lanes, timeout=self.cfg.his_timeout_s if grace_s is None else grace_s)
+            for task in late:
+                task.cancel()
+        await asyncio.gather(*lanes, *([self._sweeper] if self._sweeper else []), return_exceptions=True)
         self._lanes.clear()
         self._known.clear()
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay``, or end the lane at once if the dispatcher is stopping."""
+        try:
+            await asyncio.wait_for(self._closing.wait(), delay)
+        except TimeoutError:
+            return
+        raise _Stopping
 
     async def sweep(self) -> int:
         """Queue unfinished entries that no lane holds; returns how many were queued."""
@@ -179,6 +197,8 @@ class Dispatcher:
                         self._blocked.setdefault(key, entry.seq)
                 lane.items.pop(0)
                 self._known.discard(seq)
+        except _Stopping:
+            pass
         finally:
             for seq, _ in lane.items:
                 self._known.discard(seq)
@@ -209,6 +229,8 @@ class Dispatcher:
                 if entry.state is not State.accepted:
                     continue
             await self.breaker.wait_allowed()
+            if self._closing.is_set():
+                raise _Stopping
             sent = await self.journal.update(entry.seq, State.in_flight, expect=[State.accepted], attempts_delta=1)
             if sent is None:
                 return await self._current(entry)
@@ -219,7 +241,7 @@ class Dispatcher:
                 self._notify(entry)
                 return entry
             if entry.state is State.accepted:
-                await asyncio.sleep(self._backoff(entry.attempts))
+                await self._pause(self._backoff(entry.attempts))
 
     async def _current(self, entry: Entry) -> Entry:
         return await self.journal.get_seq(entry.seq) or entry
@@ -258,7 +280,7 @@ class Dispatcher:
         Waits one backoff first: a HIS that timed out may still be finishing the original call, and asking
         too early would read "not found" and resend a write that is about to land.
         """
-        await asyncio.sleep(self._backoff(max(entry.attempts, 1)))
+        await self._pause(self._backoff(max(entry.attempts, 1)))
         if entry.state is State.in_flight:
             entry = await self.journal.update(entry.seq, State.unknown, expect=[State.in_flight]) or entry
             if entry.state is not State.unknown:

@@ -197,3 +197,23 @@ async def test_recovery_treats_in_flight_as_in_doubt(tmp_path):
     assert done.state is State.done and his.calls == ["trade.check"]
     await dispatcher.stop()
     await journal.close()
+
+
+async def test_stop_lets_a_sent_call_finish_and_sends_nothing_new(tmp_path):
+    journal = Journal(tmp_path / "g.sqlite3")
+    await journal.open()
+    his = ScriptedHis()
+    his.gate = asyncio.Event()
+    dispatcher = Dispatcher(journal, his, DispatchConfig(backoff_base_s=0.01, backoff_max_s=0.02), Metrics())
+    await dispatcher.start()
+    first = await submit(journal, dispatcher, "req-g0001", "TG")
+    second = await submit(journal, dispatcher, "req-g0002", "TG")
+    await asyncio.sleep(0.05)
+    stopping = asyncio.create_task(dispatcher.stop(grace_s=5))
+    await asyncio.sleep(0.05)
+    his.gate.set()  # the HIS answers the call that was already out
+    await stopping
+    assert (await journal.get_seq(first.seq)).state is State.done
+    assert (await journal.get_seq(second.seq)).state is State.accepted  # left for the next start, not sent
+    assert his.calls == ["charge.commit"]
+    await journal.close()
