@@ -48,6 +48,9 @@ class Agent:
             [c.spki_sha256 for c in cfg.tls.allowed_clients if c.spki_sha256],
         )
         self.adapter = adapter or build_adapter(cfg)
+        if hasattr(self.adapter, "on_event"):
+            events = self.metrics.adapter_events
+            self.adapter.on_event = lambda event, detail: events.labels(self.adapter.endpoint, event, detail).inc()
         self.journal = Journal(cfg.journal.path, max_batch=cfg.journal.max_batch, on_commit=self.metrics.on_commit)
         self.dispatcher = Dispatcher(self.journal, self.adapter, cfg.dispatch, self.metrics)
         self.ready = False

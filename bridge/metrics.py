@@ -69,6 +69,12 @@ class Metrics:
         )
         self.journal_errors = Counter("hisbridge_journal_errors", "Journal commits that failed.", registry=r)
         self.transitions = Counter("hisbridge_journal_transitions", "Entries reaching a state.", ["state"], registry=r)
+        self.adapter_events = Counter(
+            "hisbridge_adapter_events",
+            "Protocol events an adapter reports (HL7: ack code, ae_retry, ack_timeout, undecodable, ...).",
+            ["endpoint", "event", "detail"],
+            registry=r,
+        )
         self.in_doubt_resolved = Counter(
             "hisbridge_in_doubt_resolved",
             "In-doubt entries resolved by the HIS status query.",
