@@ -86,3 +86,8 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     async def preview(self, operation: str, params: dict[str, Any]) -> WirePreview:
         """Render the call exactly as it would be sent, without sending it."""
+
+    async def call_raw(self, operation: str, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """``call``, plus the reply as the profile's mapping read it, so that ``his-bridge try --send`` can show
+        a vendor engineer what their paths ran against. ``None`` when an adapter cannot show it."""
+        return await self.call(operation, params), None

@@ -269,6 +269,11 @@ class SoapAdapter(Adapter):
         )
 
     async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        result, _ = await self.call_raw(operation, params)
+        return result
+
+    async def call_raw(self, operation: str, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """The raw reply is the result string: the document the profile's XPaths read."""
         binding, _, args = await self._prepare(operation, params)
         spec = self.profile.spec.operations[operation].response
         assert self._service is not None
@@ -278,7 +283,8 @@ class SoapAdapter(Adapter):
                 result = await self._service[binding.call](**args)
         except Exception as exc:
             raise self._classify(binding, spec.fault_in_doubt, exc) from exc
-        return binding.reply(_result_text(binding, spec.result, result))
+        text = _result_text(binding, spec.result, result)
+        return binding.reply(text), text
 
     def _classify(self, binding: OperationBinding, fault_in_doubt: bool, exc: Exception) -> Exception:
         where = f"{binding.operation} ({binding.call} at {self.address})"

@@ -1,6 +1,6 @@
-"""``his-bridge``: serve, check, journal, certs.
+"""``his-bridge``: serve, check, try, journal, certs.
 
-Exit codes: 0 success, 1 a check found a problem, 2 bad usage or configuration.
+Exit codes: 0 success, 1 a check found a problem or `try --send` failed, 2 bad usage or configuration.
 """
 
 from __future__ import annotations
@@ -39,14 +39,87 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    """Validate the config, its keys and certificates, and the profile against the catalog."""
+def _overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs; a VALUE that reads as a TOML value (``true``, ``5``, ``"x"``) is taken as one,
+    anything else as text, so ``--set soap.base_url=http://10.0.0.5`` needs no quoting."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _check_profile(path: str | Path, overrides: dict[str, Any], problems: list[str], notes: list[str]) -> None:
+    """A profile must bind every catalog operation; a local WSDL is also loaded to check calls and parameters."""
     from adapters.profile import ProfileError, load_profile
+
+    try:
+        profile = load_profile(
+            path,
+            known_operations=frozenset(catalog.OPERATIONS),
+            read_operations=catalog.READ_OPERATIONS,
+            overrides=overrides,
+        )
+    except ProfileError as e:
+        problems.append(f"profile: {e}")
+        return
+    missing = sorted(set(catalog.OPERATIONS) - set(profile.operations))
+    if missing:
+        problems.append(f"profile {path} does not bind: {', '.join(missing)}")
+    if "trade.check" not in profile.operations:
+        problems.append("profile binds no trade.check: in-doubt writes could never be resolved")
+    notes.append(f"profile {profile.name} ({profile.protocol}): {len(profile.operations)} operations bound")
+    if profile.protocol == "soap":
+        wsdl = profile.soap.wsdl
+        if wsdl.startswith(("http://", "https://")):
+            notes.append(f"WSDL {wsdl} not fetched here (`his-bridge try` loads it)")
+            return
+        try:
+            asyncio.run(_start_and_close(profile.build_adapter()))
+            notes.append(f"WSDL {wsdl}: every call and parameter exists")
+        except ProfileError as e:
+            problems.append(f"profile against its WSDL: {e}")
+        except Exception as e:
+            problems.append(f"WSDL {wsdl}: {type(e).__name__}: {e}")
+
+
+async def _start_and_close(adapter: Any) -> None:
+    await adapter.start()
+    await adapter.close()
+
+
+def _report(problems: list[str], notes: list[str], what: str) -> int:
+    for n in notes:
+        print(f"OK    {n}")
+    for p in problems:
+        print(f"FAIL  {p}")
+    print(f"{what} OK" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config, its keys and certificates, and the profile against the catalog; or, with
+    ``--profile``, one profile alone, without a config, keys or a running HIS (for a vendor engineer)."""
     from bridge import protocol, tls
 
-    cfg = _load_config(args.config)
     problems: list[str] = []
     notes: list[str] = []
+    try:
+        overrides = _overrides(args.set)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.profile:
+        _check_profile(args.profile, overrides, problems, notes)
+        return _report(problems, notes, "profile")
+    cfg = _load_config(args.config)
     try:
         protocol.load_signing_key(cfg.signing.key_id, cfg.signing.key)
         for c in cfg.signing.clients:
@@ -59,27 +132,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             (problems if days < 0 else notes).append(f"{name} {path}: {days:.0f} days to expiry")
         except (OSError, ValueError) as e:
             problems.append(f"{name} {path}: {e}")
-    try:
-        profile = load_profile(
-            cfg.his.profile,
-            known_operations=frozenset(catalog.OPERATIONS),
-            read_operations=catalog.READ_OPERATIONS,
-            overrides=cfg.his.overrides,
-        )
-        missing = sorted(set(catalog.OPERATIONS) - set(profile.operations))
-        if missing:
-            problems.append(f"profile {cfg.his.profile} does not bind: {', '.join(missing)}")
-        if "trade.check" not in profile.operations:
-            problems.append("profile binds no trade.check: in-doubt writes could never be resolved")
-        notes.append(f"profile {profile.name} ({profile.protocol}): {len(profile.operations)} operations bound")
-    except ProfileError as e:
-        problems.append(f"profile: {e}")
-    for n in notes:
-        print(f"OK    {n}")
-    for p in problems:
-        print(f"FAIL  {p}")
-    print("config OK" if not problems else f"{len(problems)} problem(s)")
-    return 1 if problems else 0
+    _check_profile(cfg.his.profile, {**cfg.his.overrides, **overrides}, problems, notes)
+    return _report(problems, notes, "config")
 
 
 def cmd_certs_dev(args: argparse.Namespace) -> int:
@@ -137,7 +191,9 @@ def cmd_journal(args: argparse.Namespace) -> int:
 
 
 def cmd_try(args: argparse.Namespace) -> int:
-    """Dry run: show what one operation would put on the wire (and with --send, send it)."""
+    """Dry run: show what one operation would put on the wire; with --send, send it and show the reply as
+    received and as mapped. The output is stable for a given input, so it can be kept as a golden file."""
+    from adapters.base import AdapterError
     from adapters.profile import ProfileError, load_profile
 
     op = catalog.get(args.operation)
@@ -147,7 +203,10 @@ def cmd_try(args: argparse.Namespace) -> int:
     try:
         params = op.input.model_validate_json(Path(args.input).read_text(encoding="utf-8")).model_dump(mode="json")
         profile = load_profile(
-            args.profile, known_operations=frozenset(catalog.OPERATIONS), read_operations=catalog.READ_OPERATIONS
+            args.profile,
+            known_operations=frozenset(catalog.OPERATIONS),
+            read_operations=catalog.READ_OPERATIONS,
+            overrides=_overrides(args.set),
         )
     except (OSError, ValueError, ProfileError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -155,19 +214,36 @@ def cmd_try(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         adapter = profile.build_adapter()
-        await adapter.start()
         try:
+            await adapter.start()
             preview = await adapter.preview(args.operation, params)
             print(f"# {preview.protocol} -> {preview.target}")
             for k, v in preview.details.items():
-                print(f"# {k}: {v}")
-            print(preview.payload)
-            if args.send:
-                result = await adapter.call(args.operation, params)
-                print("# mapped result")
-                print(
-                    json.dumps(op.output.model_validate(result).model_dump(mode="json"), ensure_ascii=False, indent=2)
-                )
+                if isinstance(v, dict):
+                    for name, value in v.items():
+                        print(f"# {k}.{name}:")
+                        print(value)
+                else:
+                    print(f"# {k}: {v}")
+            print("# on the wire")
+            print(preview.payload.rstrip("\n"))
+            if not args.send:
+                return 0
+            try:
+                result, raw = await adapter.call_raw(args.operation, params)
+            except AdapterError as e:
+                print(f"# failed ({e.kind.value}) {e.code}: {e.message}")
+                if e.raw is not None:
+                    print("# reply")
+                    print(e.raw)
+                return 1
+            print("# reply")
+            print(raw if raw is not None else "(this adapter does not show its raw reply)")
+            print("# mapped result")
+            print(json.dumps(op.output.model_validate(result).model_dump(mode="json"), ensure_ascii=False, indent=2))
+        except (AdapterError, ProfileError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         finally:
             await adapter.close()
         return 0
@@ -183,15 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("check", help="validate config, keys, certificates and profile")
-    p.add_argument("--config", required=True)
+    set_help = "override a profile value, e.g. soap.base_url=http://10.0.0.5:8089 (repeatable)"
+    p = sub.add_parser("check", help="validate config, keys, certificates and profile (or a profile alone)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", help="the agent config: keys, certificates and its profile")
+    what.add_argument("--profile", help="a profile alone; needs no config, keys or running HIS")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("try", help="dry run of one operation against a profile")
     p.add_argument("operation")
     p.add_argument("--profile", required=True)
     p.add_argument("--input", required=True, help="JSON file with the operation's input")
-    p.add_argument("--send", action="store_true", help="also send it and print the mapped result")
+    p.add_argument("--send", action="store_true", help="also send it; print the reply and the mapped result")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=cmd_try)
 
     p = sub.add_parser("certs", help="certificates")

@@ -14,6 +14,7 @@ import logging
 import re
 from collections.abc import Callable
 from decimal import Decimal
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12_ENV = "http://www.w3.org/2003/05/soap-envelope"
 WSDL_SOAP = "http://schemas.xmlsoap.org/wsdl/soap/"
+WSDL_SOAP12 = "http://schemas.xmlsoap.org/wsdl/soap12/"
 TNS = "http://tempuri.org/"
 ENDPOINT = "/his/HisService.asmx"
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -146,7 +148,7 @@ class _Request:
         return int(value)
 
 
-def _add(parent: etree._Element, tag: str, value: Any = None) -> etree._Element:
+def add_element(parent: etree._Element, tag: str, value: Any = None) -> etree._Element:
     child = etree.SubElement(parent, tag)
     if value is not None:
         child.text = str(value)
@@ -160,7 +162,7 @@ Handler = Callable[[HisState, _Request, etree._Element], None]
 
 def _query_patient(state: HisState, req: _Request, out: etree._Element) -> None:
     p = state.query_patient(req.text("CardNo"), req.text("IdCardNo"), req.text("Phone"))
-    patient = _add(out, "Patient")
+    patient = add_element(out, "Patient")
     for tag, key in (
         ("PatientId", "patient_id"),
         ("Name", "name"),
@@ -169,24 +171,24 @@ def _query_patient(state: HisState, req: _Request, out: etree._Element) -> None:
         ("CardNo", "card_no"),
         ("Phone", "phone"),
     ):
-        _add(patient, tag, p[key])
+        add_element(patient, tag, p[key])
 
 
 def _unpaid_bills(state: HisState, req: _Request, out: etree._Element) -> None:
-    bills = _add(out, "Bills")
+    bills = add_element(out, "Bills")
     for b in state.unpaid_bills(req.required("PatientId")):
-        bill = _add(bills, "Bill")
-        _add(bill, "BillNo", b["bill_no"])
-        _add(bill, "DeptName", b["dept_name"])
-        _add(bill, "Amount", fen_to_yuan(b["amount_fen"]))
-        _add(bill, "CreatedAt", b["created_at"])
+        bill = add_element(bills, "Bill")
+        add_element(bill, "BillNo", b["bill_no"])
+        add_element(bill, "DeptName", b["dept_name"])
+        add_element(bill, "Amount", fen_to_yuan(b["amount_fen"]))
+        add_element(bill, "CreatedAt", b["created_at"])
 
 
 def _lock(state: HisState, req: _Request, out: etree._Element) -> None:
     r = state.lock_registration(req.required("TradeNo"), req.required("PatientId"), req.required("ScheduleId"))
-    _add(out, "LockId", r["lock_id"])
-    _add(out, "Amount", fen_to_yuan(r["amount_fen"]))
-    _add(out, "ExpireTime", r["expire_time"])
+    add_element(out, "LockId", r["lock_id"])
+    add_element(out, "Amount", fen_to_yuan(r["amount_fen"]))
+    add_element(out, "ExpireTime", r["expire_time"])
 
 
 def _unlock(state: HisState, req: _Request, out: etree._Element) -> None:
@@ -206,25 +208,25 @@ def _paid(req: _Request) -> dict[str, Any]:
 
 def _commit_registration(state: HisState, req: _Request, out: etree._Element) -> None:
     r = state.commit_registration(schedule_id=req.required("ScheduleId"), lock_id=req.text("LockId"), **_paid(req))
-    _add(out, "ReceiptNo", r["receipt_no"])
-    _add(out, "VisitNo", r["visit_no"])
+    add_element(out, "ReceiptNo", r["receipt_no"])
+    add_element(out, "VisitNo", r["visit_no"])
 
 
 def _commit_charge(state: HisState, req: _Request, out: etree._Element) -> None:
     r = state.commit_charge(bill_nos=req.texts("BillNos/BillNo"), **_paid(req))
-    _add(out, "ReceiptNo", r["receipt_no"])
+    add_element(out, "ReceiptNo", r["receipt_no"])
 
 
 def _commit_prepay(state: HisState, req: _Request, out: etree._Element) -> None:
     r = state.commit_prepay(inpatient_no=req.required("InpatientNo"), **_paid(req))
-    _add(out, "ReceiptNo", r["receipt_no"])
-    _add(out, "Balance", fen_to_yuan(r["balance_fen"]))
+    add_element(out, "ReceiptNo", r["receipt_no"])
+    add_element(out, "Balance", fen_to_yuan(r["balance_fen"]))
 
 
 def _apply_refund(state: HisState, req: _Request, out: etree._Element) -> None:
     r = state.apply_refund(req.required("TradeNo"), req.required("RefundNo"), req.fen("Amount"), req.text("Reason"))
-    _add(out, "RefundableAmount", fen_to_yuan(r["refundable_fen"]))
-    _add(out, "HisRefundId", r["his_refund_id"])
+    add_element(out, "RefundableAmount", fen_to_yuan(r["refundable_fen"]))
+    add_element(out, "HisRefundId", r["his_refund_id"])
 
 
 def _writeback_refund(state: HisState, req: _Request, out: etree._Element) -> None:
@@ -235,34 +237,34 @@ def _writeback_refund(state: HisState, req: _Request, out: etree._Element) -> No
         req.required("ChannelRefundNo"),
         req.time("RefundTime"),
     )
-    _add(out, "ReceiptNo", r["receipt_no"])
+    add_element(out, "ReceiptNo", r["receipt_no"])
 
 
 def _check_trade(state: HisState, req: _Request, out: etree._Element) -> None:
     operation = req.required("Operation")
     operation = SOAP_OPERATIONS.get(operation, operation)
     r = state.check_trade(req.required("TradeNo"), operation, req.text("RefundNo"))
-    _add(out, "Found", "1" if r["found"] else "0")
-    _add(out, "ReceiptNo", r["receipt_no"])
-    _add(out, "Amount", None if r["amount_fen"] is None else fen_to_yuan(r["amount_fen"]))
-    _add(out, "Status", r["status"])
+    add_element(out, "Found", "1" if r["found"] else "0")
+    add_element(out, "ReceiptNo", r["receipt_no"])
+    add_element(out, "Amount", None if r["amount_fen"] is None else fen_to_yuan(r["amount_fen"]))
+    add_element(out, "Status", r["status"])
 
 
 def _fetch_recon(state: HisState, req: _Request, out: etree._Element) -> None:
     r = state.recon(req.date("Date"), req.integer("PageNo", 1), req.integer("PageSize", 500))
-    _add(out, "Total", r["total"])
-    _add(out, "HasMore", "1" if r["has_more"] else "0")
-    records = _add(out, "Records")
+    add_element(out, "Total", r["total"])
+    add_element(out, "HasMore", "1" if r["has_more"] else "0")
+    records = add_element(out, "Records")
     for rec in r["records"]:
-        record = _add(records, "Record")
-        _add(record, "TradeNo", rec["trade_no"])
-        _add(record, "Kind", rec["kind"])
-        _add(record, "ReceiptNo", rec["receipt_no"])
-        _add(record, "Amount", fen_to_yuan(rec["amount_fen"]))
-        _add(record, "PayMode", rec["pay_mode"])
-        _add(record, "ChannelTradeNo", rec["channel_trade_no"])
-        _add(record, "RefundNo", rec["refund_no"])
-        _add(record, "Time", rec["time"])
+        record = add_element(records, "Record")
+        add_element(record, "TradeNo", rec["trade_no"])
+        add_element(record, "Kind", rec["kind"])
+        add_element(record, "ReceiptNo", rec["receipt_no"])
+        add_element(record, "Amount", fen_to_yuan(rec["amount_fen"]))
+        add_element(record, "PayMode", rec["pay_mode"])
+        add_element(record, "ChannelTradeNo", rec["channel_trade_no"])
+        add_element(record, "RefundNo", rec["refund_no"])
+        add_element(record, "Time", rec["time"])
 
 
 HANDLERS: dict[str, Handler] = {
@@ -282,8 +284,8 @@ HANDLERS: dict[str, Handler] = {
 
 def inner_response(code: str = "0", message: str = "成功") -> etree._Element:
     root = etree.Element("Response")
-    _add(root, "ResultCode", code)
-    _add(root, "ResultMsg", message)
+    add_element(root, "ResultCode", code)
+    add_element(root, "ResultMsg", message)
     return root
 
 
@@ -307,56 +309,109 @@ def call_operation(state: HisState, operation: str, in_xml: str) -> str:
 # --- the SOAP envelope -------------------------------------------------------------------------------------
 
 
-def parse_envelope(body: bytes, soap_action: str | None) -> tuple[str, str]:
-    """The operation name and the ``inXml`` string of a SOAP 1.1 request."""
+def read_envelope(body: bytes, *, soap12: bool = False) -> tuple[str, etree._Element]:
+    """The envelope namespace (the SOAP version) and the first element of the Body.
+
+    A service that serves only SOAP 1.1 answers a 1.2 envelope with ``VersionMismatch``, as ASMX does when
+    its 1.2 protocol is switched off.
+    """
     root = parse_xml(body, "SOAP envelope")
-    if root.tag == f"{{{SOAP12_ENV}}}Envelope":
+    versions = (SOAP_ENV, SOAP12_ENV) if soap12 else (SOAP_ENV,)
+    ns = etree.QName(root).namespace
+    if root.tag == f"{{{SOAP12_ENV}}}Envelope" and not soap12:
         raise SoapFault("soap:VersionMismatch", "SOAP 1.2 is not served here; use SOAP 1.1 (text/xml)")
-    if root.tag != f"{{{SOAP_ENV}}}Envelope":
-        raise SoapFault("soap:Client", f"not a SOAP 1.1 envelope: root element is {root.tag}")
-    soap_body = root.find(f"{{{SOAP_ENV}}}Body")
+    if etree.QName(root).localname != "Envelope" or ns not in versions:
+        wanted = "SOAP 1.1 or 1.2" if soap12 else "SOAP 1.1"
+        raise SoapFault("soap:Client", f"not a {wanted} envelope: root element is {root.tag}")
+    soap_body = root.find(f"{{{ns}}}Body")
     if soap_body is None:
         raise SoapFault("soap:Client", "SOAP envelope has no Body")
     elements = [child for child in soap_body if isinstance(child.tag, str)]
     if not elements:
         raise SoapFault("soap:Client", "SOAP Body is empty")
-    qname = etree.QName(elements[0])
-    operation = qname.localname
-    if qname.namespace != TNS or operation not in HANDLERS:
-        raise SoapFault("soap:Client", f"Server did not recognize the request element {elements[0].tag}.")
-    action = (soap_action or "").strip().strip('"')
+    return str(ns), elements[0]
+
+
+def soap_action(request: web.Request, version: str) -> str:
+    """The action the client named: the ``SOAPAction`` header (1.1) or the ``action`` media-type parameter (1.2)."""
+    if version == SOAP12_ENV:
+        header = Message()
+        header["content-type"] = request.headers.get("Content-Type", "")
+        action = header.get_param("action")
+        return action.strip() if isinstance(action, str) else ""
+    return (request.headers.get("SOAPAction") or "").strip().strip('"')
+
+
+def check_action(action: str, operation: str) -> None:
+    """ASMX refuses a ``SOAPAction`` that names another operation than the body; an empty one is accepted."""
     if action and action != TNS + operation:
         raise SoapFault(
             "soap:Client",
             f"Server did not recognize the value of HTTP Header SOAPAction: {action} (body is {operation}).",
         )
-    in_xml = elements[0].find(f"{{{TNS}}}inXml")
+
+
+def parse_envelope(body: bytes, soap_action: str | None) -> tuple[str, str]:
+    """The operation name and the ``inXml`` string of a SOAP 1.1 request to HisService."""
+    _, element = read_envelope(body)
+    qname = etree.QName(element)
+    operation = qname.localname
+    if qname.namespace != TNS or operation not in HANDLERS:
+        raise SoapFault("soap:Client", f"Server did not recognize the request element {element.tag}.")
+    check_action((soap_action or "").strip().strip('"'), operation)
+    in_xml = element.find(f"{{{TNS}}}inXml")
     return operation, "" if in_xml is None or in_xml.text is None else in_xml.text
 
 
-def _envelope(payload: etree._Element) -> bytes:
+def _envelope(payload: etree._Element, version: str = SOAP_ENV) -> bytes:
     nsmap = {
-        "soap": SOAP_ENV,
+        "soap": version,
         "xsi": "http://www.w3.org/2001/XMLSchema-instance",
         "xsd": "http://www.w3.org/2001/XMLSchema",
     }
-    envelope = etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap=nsmap)
-    etree.SubElement(envelope, f"{{{SOAP_ENV}}}Body").append(payload)
+    envelope = etree.Element(f"{{{version}}}Envelope", nsmap=nsmap)
+    etree.SubElement(envelope, f"{{{version}}}Body").append(payload)
     return etree.tostring(envelope, xml_declaration=True, encoding="utf-8")
 
 
-def result_response(operation: str, inner: str) -> web.Response:
+def _content_type(version: str) -> str:
+    return "application/soap+xml" if version == SOAP12_ENV else "text/xml"
+
+
+def result_response(operation: str, inner: str, version: str = SOAP_ENV) -> web.Response:
     wrapper = etree.Element(f"{{{TNS}}}{operation}Response", nsmap={None: TNS})
     etree.SubElement(wrapper, f"{{{TNS}}}{operation}Result").text = inner
-    return web.Response(body=_envelope(wrapper), content_type="text/xml", charset="utf-8")
+    return web.Response(body=_envelope(wrapper, version), content_type=_content_type(version), charset="utf-8")
 
 
-def fault_response(fault: SoapFault) -> web.Response:
-    node = etree.Element(f"{{{SOAP_ENV}}}Fault")
-    _add(node, "faultcode", fault.faultcode)
-    _add(node, "faultstring", fault.message)
-    _add(node, "detail")
-    return web.Response(status=500, body=_envelope(node), content_type="text/xml", charset="utf-8")
+_SOAP12_CODES = {"soap:Client": "soap:Sender", "soap:Server": "soap:Receiver"}
+
+
+def fault_response(fault: SoapFault, version: str = SOAP_ENV) -> web.Response:
+    """HTTP 500 with a SOAP fault in the request's SOAP version (1.2 renames Client/Server to Sender/Receiver)."""
+    node = etree.Element(f"{{{version}}}Fault")
+    if version == SOAP12_ENV:
+        code = etree.SubElement(node, f"{{{version}}}Code")
+        add_element(code, f"{{{version}}}Value", _SOAP12_CODES.get(fault.faultcode, fault.faultcode))
+        reason = etree.SubElement(node, f"{{{version}}}Reason")
+        add_element(reason, f"{{{version}}}Text", fault.message).set("{http://www.w3.org/XML/1998/namespace}lang", "en")
+        etree.SubElement(node, f"{{{version}}}Detail")
+    else:
+        add_element(node, "faultcode", fault.faultcode)
+        add_element(node, "faultstring", fault.message)
+        add_element(node, "detail")
+    body = _envelope(node, version)
+    return web.Response(status=500, body=body, content_type=_content_type(version), charset="utf-8")
+
+
+def wsdl_response(wsdl: bytes, location: str) -> web.Response:
+    """A WSDL with every ``soap:address`` and ``soap12:address`` pointing at ``location``."""
+    document = parse_xml(wsdl, "WSDL")
+    for tag in (f"{{{WSDL_SOAP}}}address", f"{{{WSDL_SOAP12}}}address"):
+        for address in document.iter(tag):
+            address.set("location", location)
+    body = etree.tostring(document, xml_declaration=True, encoding="utf-8")
+    return web.Response(body=body, content_type="text/xml", charset="utf-8")
 
 
 def _drop_connection(request: web.Request) -> None:
@@ -399,12 +454,7 @@ async def soap_post(request: web.Request) -> web.StreamResponse:
 
 async def soap_get(request: web.Request) -> web.Response:
     if any(key.lower() == "wsdl" for key in request.query):
-        wsdl = parse_xml(request.app[_WSDL_KEY], "WSDL")
-        location = f"{request.scheme}://{request.host}{ENDPOINT}"
-        for address in wsdl.iter(f"{{{WSDL_SOAP}}}address"):
-            address.set("location", location)
-        body = etree.tostring(wsdl, xml_declaration=True, encoding="utf-8")
-        return web.Response(body=body, content_type="text/xml", charset="utf-8")
+        return wsdl_response(request.app[_WSDL_KEY], f"{request.scheme}://{request.host}{ENDPOINT}")
     items = "".join(f"<li>{op}</li>" for op in HANDLERS)
     html = (
         "<html><head><title>HisService</title></head><body><h1>HisService (sandbox HIS)</h1>"
