@@ -7,6 +7,7 @@ import json
 from aiohttp import web
 
 from sandbox.his.faults import FaultBook, FaultRule, FaultRuleError
+from sandbox.his.mllp import MLLP_OPERATIONS
 from sandbox.his.state import SOAP_OPERATIONS, HisState
 
 STATE_KEY = web.AppKey("his_state", HisState)
@@ -27,7 +28,7 @@ async def add_fault(request: web.Request) -> web.Response:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return _error(400, f"body must be JSON: {exc}")
     try:
-        rule = FaultRule.from_json(data, SOAP_OPERATIONS)
+        rule = FaultRule.from_json(data, [*SOAP_OPERATIONS, *MLLP_OPERATIONS])
     except FaultRuleError as exc:
         return _error(400, str(exc))
     request.app[FAULTS_KEY].add(rule)

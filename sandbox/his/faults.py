@@ -1,6 +1,7 @@
 """Fault injection: make the sandbox HIS slow, busy, broken or forgetful on purpose.
 
-Rules match a SOAP operation name or ``*``. The first matching rule, in the order added, takes the call; a rule
+Rules match a SOAP operation name, for MLLP a catalog operation name (``charge.commit``) or an HL7 message type
+(``DFT^P03``), or ``*``. The first matching rule, in the order added, takes the call; a rule
 with a ``count`` retires after that many calls. Every rule may also carry ``latency_ms``, a delay before it
 acts, so "slow, then lose the reply" is one rule.
 """
@@ -28,6 +29,10 @@ class FaultMode(StrEnum):
     """Answer ``ResultCode=error_code`` without applying."""
     http_500 = "http_500"
     """Answer a SOAP fault with HTTP 500 without applying."""
+    no_ack = "no_ack"
+    """MLLP only: apply the message and never answer it (the connection stays open)."""
+    wrong_ack_id = "wrong_ack_id"
+    """MLLP only: apply the message and answer with an MSA-2 that is not its MSH-10."""
 
 
 class FaultRuleError(ValueError):
