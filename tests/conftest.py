@@ -6,6 +6,13 @@ from bridge.agent import RunningAgent, start_agent
 from bridge.certs import DevCerts, make_dev_certs
 from bridge.config import load_config
 from sandbox.cli import start_sandbox_his
+from tests.support.db_fixtures import (  # noqa: F401 - fixtures for the stored-procedure tests
+    mariadb_server,
+    postgres_server,
+    sandbox_db,
+    sandbox_mariadb,
+    sandbox_pg,
+)
 from tests.support.rig import bridge_config_toml, make_client
 
 
