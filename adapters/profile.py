@@ -21,6 +21,27 @@ Layout (see ``config/profiles/sandbox-soap.toml`` for a commented example)::
                      fault_in_doubt, fields (name = "xpath" or {xpath|value, type, format, code, required,
                      default}), lists (name = {xpath, fields})
 
+Stored procedures (``protocol = "dbproc"``, see ``config/profiles/dbproc-*.toml``) read ``call`` as the
+procedure name (checked against an SQL identifier pattern) and ``request`` as its parameters IN ORDER (TOML
+tables keep their order), always bound, never spliced into SQL. They add, per operation or per step::
+
+        types        parameter = str | int | decimal | date | datetime (how the rendered text is bound;
+                     empty text binds NULL)
+        routine      "procedure" | "function" (the default depends on [dbproc] dialect)
+        out          OUT parameter names, read back as out.NAME (MariaDB: CALL p(?, @x); SELECT @x)
+        refcursors   true: the function returns refcursors, each fetched as one result set (PostgreSQL)
+        steps        instead of call/request: [{call, request, types, out, routine, refcursors, repeat_over,
+                     success, error_code, error_message, save}, …], run in order on one connection in one
+                     transaction; repeat_over = "bill_nos" runs a step once per item ({{ item }}); save =
+                     {session = "session_id"} keeps a column for later steps ({{ saved.session }}); a step's
+                     success rule failing stops the sequence and rolls it back; response reads the last step
+        session_key  the input field whose calls never interleave (default trade_no)
+
+Their reply paths are column names (``status``, ``set[2].amount``, ``set[-1].status``, ``out.out_xml``; lists
+take ``set[N]``) and success rules read like ``status = 'T'`` or ``flag in T,1`` (``adapters.mapping.rows``).
+With ``response.format = "xml"`` and ``response.result`` naming the column (or ``out.NAME``) that holds an XML
+document, the reply paths are XPath into that document, as for SOAP.
+
 Only the protocol section's string values may reference the environment, as ``${env:NAME}`` or ``${env:NAME:-default}``,
 so that secrets stay out of the repository and out of dry-run previews. ``overrides`` (dotted keys such as
 ``soap.base_url``) replace values after that, which is how a test points a profile at a sandbox on a random
@@ -44,7 +65,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from adapters.mapping.binding import OperationBinding
+from adapters.mapping.binding import OperationBinding, StepBinding
 from adapters.mapping.extract import Extractor, FieldRule, ListRule, ReplyRule, XmlExtractor
 from adapters.mapping.filters import FIELD_TYPES, CodeTables, Filters
 from adapters.mapping.templates import RequestTemplate, TemplateEnvironment
@@ -137,10 +158,51 @@ class ResponseSpec(_Model):
     lists: dict[str, ListSpec] = {}
 
 
-class OperationSpec(_Model):
+ParamType = Literal["str", "int", "decimal", "date", "datetime"]
+"""How a stored-procedure parameter is bound: the rendered text converted exactly (``decimal`` for yuan
+amounts, ``date``/``datetime`` from the ``date``/``datetime`` filters' text); empty text binds SQL NULL."""
+
+
+class CallOptions(_Model):
+    """Stored-procedure details of one call (``[dbproc]`` profiles only)."""
+
+    types: dict[str, ParamType] = {}
+    out: list[str] = []
+    routine: Literal["procedure", "function"] | None = None
+    refcursors: bool = False
+
+
+class StepSpec(CallOptions):
+    """One call of a multi-call sequence; the operation's ``response`` reads the last step's reply."""
+
     call: str = Field(min_length=1)
     request: dict[str, str] = {}
+    repeat_over: str | None = None
+    success: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    save: dict[str, str] = {}
+
+
+class OperationSpec(CallOptions):
+    call: str | None = Field(None, min_length=1)
+    request: dict[str, str] = {}
+    steps: list[StepSpec] = []
+    session_key: str | None = None
     response: ResponseSpec
+
+    @model_validator(mode="after")
+    def _call_or_steps(self) -> OperationSpec:
+        if (self.call is None) == (not self.steps):
+            raise ValueError("give exactly one of call (one HIS call) or steps (a sequence of calls)")
+        if self.steps and (self.request or self.types or self.out or self.routine or self.refcursors):
+            raise ValueError("with steps, request/types/out/routine/refcursors belong to each step")
+        return self
+
+    def dbproc_only(self) -> list[str]:
+        """The keys set that only stored procedures understand."""
+        keys = [k for k in ("types", "out", "routine", "refcursors", "steps", "session_key") if getattr(self, k)]
+        return keys
 
 
 class ProfileSpec(_Model):
@@ -162,6 +224,10 @@ class ProfileSpec(_Model):
         others = [name for name in PROTOCOLS if name != protocol and getattr(self, name) is not None]
         if others:
             raise ValueError(f"protocol {protocol!r} takes no [{'], ['.join(others)}] section")
+        if protocol != "dbproc":
+            for name, op in self.operations.items():
+                if keys := op.dbproc_only():
+                    raise ValueError(f"operations.{_key(name)}: {', '.join(keys)} apply to protocol 'dbproc' only")
         return self
 
 
@@ -183,6 +249,9 @@ class ProtocolSupport:
     reply_format: str
     settings: str | None = None
     escape: str | None = None
+    check: str | None = None
+    """``module:function(OperationSpec) -> list[str]``: the protocol's own rules for one operation (SQL
+    identifiers for stored procedures), each problem relative to the operation."""
     """How templates escape values: None is XML, ``"verbatim"`` none (bound SQL parameters), or
     ``module:function`` applied to each value."""
     """``module:Model`` validating the protocol's section; it may define ``resolve(base_dir, problems)``
@@ -192,7 +261,13 @@ class ProtocolSupport:
 PROTOCOLS: dict[str, ProtocolSupport] = {
     "soap": ProtocolSupport("adapters.soap:SoapAdapter", "xml"),
     "hl7": ProtocolSupport("adapters.hl7:Hl7Adapter", "hl7", "adapters.hl7:Hl7Settings", "adapters.mapping.hl7:escape"),
-    "dbproc": ProtocolSupport("adapters.dbproc:DbprocAdapter", "rows", "adapters.dbproc:DbprocSettings", "verbatim"),
+    "dbproc": ProtocolSupport(
+        "adapters.dbproc:DbprocAdapter",
+        "rows",
+        "adapters.dbproc:DbprocSettings",
+        "verbatim",
+        "adapters.dbproc:check_operation",
+    ),
 }
 
 EXTRACTORS: dict[str, str] = {
@@ -300,6 +375,9 @@ def load_profile(
             problems.append(f"{where}: unknown operation (the catalog has: {', '.join(sorted(known))})")
             continue
         fmt = op.response.format or PROTOCOLS[spec.profile.protocol].reply_format
+        check = PROTOCOLS[spec.profile.protocol].check
+        if check is not None:
+            problems.extend(f"{where}.{problem}" for problem in _import(check)(op))
         binding = _compile_operation(name, op, where, env, filters, codes, name not in reads, problems, fmt)
         if binding is not None:
             bindings[name] = binding
@@ -359,7 +437,11 @@ def _compile_operation(
             problems.append(f"{at}: {exc}")
             return None
 
-    success = compile_path(response.success, f"{rwhere}.success")
+    try:
+        success = extractor.compile_rule(response.success)
+    except ValueError as exc:
+        problems.append(f"{rwhere}.success: {exc}")
+        success = None
     error_code = compile_path(response.error_code, f"{rwhere}.error_code") if response.error_code else None
     error_message = compile_path(response.error_message, f"{rwhere}.error_message") if response.error_message else None
     fields = _compile_fields(response.fields, f"{rwhere}.fields", compile_path, codes, problems)
@@ -385,9 +467,60 @@ def _compile_operation(
         fields=fields,
         lists=tuple(lists),
     )
+    steps = _compile_steps(op, where, env, codes, problems)
+    if len(problems) > before:
+        return None
     request = RequestTemplate(env, sources, f"{where}.request")
     extractor_: Extractor = extractor
-    return OperationBinding(name, op.call, request, rule, extractor_, filters, write)
+    call = op.call or " -> ".join(step.call for step in steps)
+    return OperationBinding(name, call, request, rule, extractor_, filters, write, steps)
+
+
+def _compile_steps(
+    op: OperationSpec, where: str, env: TemplateEnvironment, codes: CodeTables, problems: list[str]
+) -> tuple[StepBinding, ...]:
+    """A sequence's calls; each step's reply is a set of rows, read by its own success rule and ``save``."""
+    steps = []
+    for index, step in enumerate(op.steps):
+        swhere = f"{where}.steps[{index}]"
+        sources: dict[str, str] = {}
+        for param, source in step.request.items():
+            try:
+                env.compile(source)
+                sources[param] = source
+            except ValueError as exc:
+                problems.append(f"{swhere}.request.{_key(param)}: {exc}")
+        extractor = make_extractor("rows", op.response)
+
+        def compile_path(path: str, at: str, extractor: Any = extractor) -> Any:
+            try:
+                return extractor.compile_path(path)
+            except ValueError as exc:
+                problems.append(f"{at}: {exc}")
+                return None
+
+        rule = None
+        if step.success is not None or step.save:
+            try:
+                success = extractor.compile_rule(step.success or "true")
+            except ValueError as exc:
+                problems.append(f"{swhere}.success: {exc}")
+                success = None
+            saved = {name: FieldSpec(xpath=path) for name, path in step.save.items()}
+            rule = ReplyRule(
+                success=success,
+                error_code=compile_path(step.error_code, f"{swhere}.error_code") if step.error_code else None,
+                error_message=compile_path(step.error_message, f"{swhere}.error_message")
+                if step.error_message
+                else None,
+                retryable_codes=frozenset(op.response.retryable_codes),
+                answers={},
+                fields=_compile_fields(saved, f"{swhere}.save", compile_path, codes, problems),
+                lists=(),
+            )
+        request = RequestTemplate(env, sources, f"{swhere}.request")
+        steps.append(StepBinding(step.call, request, rule, step.repeat_over))
+    return tuple(steps)
 
 
 def _compile_fields(

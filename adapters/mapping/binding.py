@@ -17,6 +17,18 @@ from adapters.mapping.templates import RequestTemplate
 
 
 @dataclass(frozen=True)
+class StepBinding:
+    """One call of a multi-call sequence (stored procedures): its request, and the rule that checks its reply
+    and saves values (a session id) for the next steps' templates as ``{{ saved.NAME }}``."""
+
+    call: str
+    request: RequestTemplate
+    rule: ReplyRule | None = None
+    repeat_over: str | None = None
+    """A list input (``bill_nos``): the step runs once per item, the item in templates as ``{{ item }}``."""
+
+
+@dataclass(frozen=True)
 class OperationBinding:
     operation: str
     call: str
@@ -26,6 +38,8 @@ class OperationBinding:
     filters: Filters
     write: bool = True
     """Unless the bridge says an operation is a read, it is treated as a write: the safe side."""
+    steps: tuple[StepBinding, ...] = ()
+    """A sequence of calls instead of ``call``/``request``; ``reply_rule`` reads the last one's reply."""
 
     def render(self, params: dict[str, Any]) -> dict[str, str]:
         return self.request.render(params)

@@ -70,6 +70,21 @@ def to_bool(value: str | int | bool) -> bool:
     raise FilterError(f"bool: {value!r} is not a recognised flag (1/0, true/false, Y/N)")
 
 
+def xml_text(value: Any) -> str:
+    """A value escaped for XML text, ``None`` as empty: for XML built where templates do not escape (an XML
+    document passed as a stored-procedure parameter)."""
+    if value is None:
+        return ""
+    text = str(value)
+    return (
+        text.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace('"', "&quot;")
+        .replace("'", "&apos;")
+    )
+
+
 def bool01(value: Any) -> str:
     """Boolean → ``"1"``/``"0"``, the flag most HIS expect."""
     return "1" if to_bool(value) else "0"
@@ -207,6 +222,7 @@ class Filters:
             "date": lambda value, fmt=HIS_DATE: format_date(value, fmt, tz=tz),
             "code": self.codes.encode,
             "bool01": bool01,
+            "xml": xml_text,
         }
 
     def convert(self, text: str, kind: str, fmt: str | None = None) -> Any:

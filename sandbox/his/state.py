@@ -274,6 +274,23 @@ class HisState:
             db.executemany("INSERT INTO inpatients VALUES (?, ?, ?, ?)", _SEED_INPATIENTS)
             return True
 
+    def add_patient(
+        self,
+        patient_id: str,
+        name: str,
+        gender: str = "U",
+        birth_date: str | None = None,
+        card_no: str | None = None,
+        id_card_no: str | None = None,
+        phone: str | None = None,
+    ) -> None:
+        """Register one more patient (tests use it for names whose encoded bytes look like separators)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO patients VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (patient_id, name, gender, birth_date, card_no, id_card_no, phone),
+            )
+
     # --- reads ---------------------------------------------------------------------------------------------
 
     def query_patient(
@@ -302,6 +319,16 @@ class HisState:
         if row is None:
             raise HisError("1001", f"住院号不存在 (inpatient {inpatient_no} not found)")
         return int(row["balance_fen"])
+
+    def receipt(self, receipt_no: str) -> dict[str, Any] | None:
+        """A payment by its receipt number, with what has been refunded of it (HIS interfaces that key on
+        receipts, such as quyi's ``GetRecieptRefundStatus``)."""
+        row = self._one(
+            "SELECT t.trade_no, t.kind, t.amount_fen, COALESCE(SUM(r.amount_fen), 0) AS refunded_fen"
+            " FROM trades t LEFT JOIN refunds r ON r.trade_id = t.id WHERE t.receipt_no = ? GROUP BY t.id",
+            (receipt_no,),
+        )
+        return dict(row) if row is not None else None
 
     # --- registration --------------------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 SANDBOX_PROFILE = REPO / "config" / "profiles" / "sandbox-soap.toml"
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 """The published vectors and samples handed to the project; CI lays ``shared/`` beside the clone."""
+QUYI_WSDL = SHARED_FIXTURES / "wsdl" / "quyiServiceNo.wsdl"
+"""A real hospital's ASMX WSDL (no licence, so never copied into the repository); the sandbox serves it."""
 
 
 def bridge_config_toml(
@@ -26,7 +28,11 @@ def bridge_config_toml(
     extra: str = "",
     dispatch: dict[str, Any] | None = None,
     server: dict[str, Any] | None = None,
+    profile: Path = SANDBOX_PROFILE,
+    overrides: dict[str, str] | None = None,
 ) -> str:
+    """An agent config for tests; ``profile`` and ``overrides`` (default: the SOAP sandbox profile pointed at
+    ``his_url``) choose the HIS."""
     dispatch = {
         "sync_deadline_s": 5,
         "his_timeout_s": 5,
@@ -36,6 +42,8 @@ def bridge_config_toml(
         **(dispatch or {}),
     }
     server = {"listen": listen, "ops_listen": ops_listen, **(server or {})}
+    his = overrides if overrides is not None else {"soap.base_url": his_url}
+    his_overrides = ", ".join(f'"{key}" = "{value}"' for key, value in his.items())
 
     def table(values: dict[str, Any]) -> str:
         return "\n".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in values.items())
@@ -64,8 +72,8 @@ path = "{journal}"
 {table(dispatch)}
 
 [his]
-profile = "{SANDBOX_PROFILE}"
-overrides = {{ "soap.base_url" = "{his_url}" }}
+profile = "{profile}"
+overrides = {{ {his_overrides} }}
 
 [logging]
 level = "warning"
