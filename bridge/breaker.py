@@ -85,6 +85,10 @@ class CircuitBreaker:
             self._opened_at = self._clock()
             self._set(BreakerState.open)
 
+    def release(self) -> None:
+        """A call that was allowed did not go out after all (an operator acted on its entry meanwhile)."""
+        self._trial_running = False
+
     def neutral(self) -> None:
         """The call ended without telling us anything about the endpoint's health (a business refusal)."""
         self._trial_running = False

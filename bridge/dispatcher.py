@@ -230,9 +230,11 @@ class Dispatcher:
                     continue
             await self.breaker.wait_allowed()
             if self._closing.is_set():
+                self.breaker.release()
                 raise _Stopping
             sent = await self.journal.update(entry.seq, State.in_flight, expect=[State.accepted], attempts_delta=1)
             if sent is None:
+                self.breaker.release()
                 return await self._current(entry)
             entry = sent
             call = await self._call(entry.operation, entry.params, op.output)

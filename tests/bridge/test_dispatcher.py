@@ -217,3 +217,17 @@ async def test_stop_lets_a_sent_call_finish_and_sends_nothing_new(tmp_path):
     assert (await journal.get_seq(second.seq)).state is State.accepted  # left for the next start, not sent
     assert his.calls == ["charge.commit"]
     await journal.close()
+
+
+def test_breaker_trial_released_when_the_call_does_not_go_out():
+    from bridge.breaker import BreakerState, CircuitBreaker
+
+    now = [0.0]
+    breaker = CircuitBreaker("his", failures=1, reset_s=10, clock=lambda: now[0])
+    breaker.failure()
+    assert breaker.state is BreakerState.open and not breaker.allow()
+    now[0] = 11
+    assert breaker.allow()  # the half-open trial
+    assert not breaker.allow()  # only one at a time
+    breaker.release()
+    assert breaker.allow()
