@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,13 +21,26 @@ from aiohttp import web
 from adapters.base import Adapter, AdapterError
 from adapters.profile import load_profile
 from bridge import catalog, protocol, tls
-from bridge.config import BridgeConfig
+from bridge.config import BridgeConfig, HisConfig
 from bridge.dispatcher import Dispatcher
-from bridge.journal import Journal
+from bridge.journal import Journal, JournalUnavailable
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
 
 log = get_logger("bridge.agent")
+
+
+def load_credentials(
+    cfg: BridgeConfig,
+) -> tuple[protocol.SigningKey, dict[str, protocol.VerifyKey], tls.IdentityPolicy]:
+    """Our response-signing key, the platform's verify keys and the allowed client identities."""
+    signing_key = protocol.load_signing_key(cfg.signing.key_id, cfg.signing.key)
+    client_keys = {c.key_id: protocol.load_verify_key(c.key_id, c.public_key) for c in cfg.signing.clients}
+    policy = tls.IdentityPolicy.build(
+        [c.cn for c in cfg.tls.allowed_clients if c.cn],
+        [c.spki_sha256 for c in cfg.tls.allowed_clients if c.spki_sha256],
+    )
+    return signing_key, client_keys, policy
 
 
 def build_adapter(cfg: BridgeConfig) -> Adapter:
@@ -41,20 +57,42 @@ class Agent:
     def __init__(self, cfg: BridgeConfig, *, adapter: Adapter | None = None) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
-        self.signing_key = protocol.load_signing_key(cfg.signing.key_id, cfg.signing.key)
-        self.client_keys = {c.key_id: protocol.load_verify_key(c.key_id, c.public_key) for c in cfg.signing.clients}
-        self.identity_policy = tls.IdentityPolicy.build(
-            [c.cn for c in cfg.tls.allowed_clients if c.cn],
-            [c.spki_sha256 for c in cfg.tls.allowed_clients if c.spki_sha256],
+        self.signing_key, self.client_keys, self.identity_policy = load_credentials(cfg)
+        self.ssl_context: ssl.SSLContext | None = None
+        """The API listener's TLS context; a reload loads renewed certificates into it for new handshakes."""
+        self.adapter = self._count_events(adapter or build_adapter(cfg))
+        self.journal = Journal(
+            cfg.journal.path,
+            max_batch=cfg.journal.max_batch,
+            on_commit=self.metrics.on_commit,
+            on_error=self.metrics.on_journal_error,
         )
-        self.adapter = adapter or build_adapter(cfg)
-        if hasattr(self.adapter, "on_event"):
-            events = self.metrics.adapter_events
-            self.adapter.on_event = lambda event, detail: events.labels(self.adapter.endpoint, event, detail).inc()
-        self.journal = Journal(cfg.journal.path, max_batch=cfg.journal.max_batch, on_commit=self.metrics.on_commit)
         self.dispatcher = Dispatcher(self.journal, self.adapter, cfg.dispatch, self.metrics)
         self.ready = False
+        self.journal_probe_s = 1.0
+        """While the journal cannot commit, how often a harmless write checks whether it can again."""
         self._housekeeping: list[asyncio.Task[None]] = []
+
+    def _count_events(self, adapter: Adapter) -> Adapter:
+        if hasattr(adapter, "on_event"):
+            events = self.metrics.adapter_events
+            adapter.on_event = lambda event, detail: events.labels(adapter.endpoint, event, detail).inc()
+        return adapter
+
+    async def swap_adapter(self, adapter: Adapter, his: HisConfig) -> Adapter:
+        """Route new calls to ``adapter``; returns the previous one once its calls in flight are back."""
+        self.adapter = self._count_events(adapter)
+        self.cfg.his = his
+        return await self.dispatcher.replace_adapter(adapter)
+
+    @property
+    def serving(self) -> bool:
+        """Recovered and able to journal new writes: what ``/readyz`` reports."""
+        return self.ready and self.journal.failing is None
+
+    def healthy(self) -> bool:
+        """What the systemd watchdog vouches for: the journal writer thread is alive."""
+        return self.journal.writer_alive
 
     async def start(self) -> None:
         await self.journal.open()
@@ -67,9 +105,9 @@ class Agent:
         self._housekeeping = [
             asyncio.create_task(self._refresh_gauges(), name="gauges"),
             asyncio.create_task(self._prune(), name="prune"),
+            asyncio.create_task(self._watch_journal(), name="journal-watch"),
         ]
-        for name, path in (("server", self.cfg.tls.cert), ("client_ca", self.cfg.tls.client_ca)):
-            self.metrics.cert_expiry_days.labels(name).set(tls.days_to_expiry(tls.load_certificate(path)))
+        self.refresh_cert_expiry()
         self.ready = True
         self.metrics.ready.set(1)
 
@@ -83,11 +121,32 @@ class Agent:
         await self.adapter.close()
         await self.journal.close()
 
+    def refresh_cert_expiry(self) -> None:
+        for name, path in (("server", self.cfg.tls.cert), ("client_ca", self.cfg.tls.client_ca)):
+            self.metrics.cert_expiry_days.labels(name).set(tls.days_to_expiry(tls.load_certificate(path)))
+
     async def refresh_gauges(self) -> None:
         counts, oldest = await self.journal.stats()
         for state, n in counts.items():
             self.metrics.journal_entries.labels(state).set(n)
         self.metrics.journal_oldest_pending.set(time.time() - oldest if oldest else 0)
+        with contextlib.suppress(OSError):
+            self.metrics.journal_disk_free.set(shutil.disk_usage(os.path.dirname(self.journal.path)).free)
+
+    async def _watch_journal(self) -> None:
+        """After a failed commit (disk full), probe until a commit succeeds, so the agent is ready again as
+        soon as space returns even if no write arrives meanwhile."""
+        while True:
+            await asyncio.sleep(self.journal_probe_s)
+            if self.journal.failing is None:
+                continue
+            try:
+                await self.journal.probe()
+                log.info("journal_writable_again")
+            except JournalUnavailable:
+                pass
+            except Exception:
+                log.exception("journal_probe_failed")
 
     async def _refresh_gauges(self) -> None:
         while True:
@@ -156,6 +215,7 @@ async def start_agent(cfg: BridgeConfig, *, adapter: Adapter | None = None) -> R
         raise
     host, port = _split(cfg.server.listen)
     ssl_ctx = tls.server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca)
+    agent.ssl_context = ssl_ctx
     site = web.TCPSite(api_runner, host, port, ssl_context=ssl_ctx, backlog=1024)
     await site.start()
     url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
@@ -165,17 +225,45 @@ async def start_agent(cfg: BridgeConfig, *, adapter: Adapter | None = None) -> R
 
 
 async def serve(cfg: BridgeConfig) -> None:
-    """Run until SIGTERM or SIGINT."""
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the HIS profile. Under systemd (``Type=notify``) it says
+    READY=1 once recovery is complete, pings the watchdog from this loop, and says STOPPING=1 on the way out."""
     import signal
 
+    from bridge import systemd
+    from bridge.reload import Reloader
+
+    notifier = systemd.Notifier.from_env()
     running = await start_agent(cfg)
+    reloader = Reloader(running.agent)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    background: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        notifier.reloading()
+        await reloader.reload()
+        notifier.ready()
+
+    def on_hup() -> None:
+        task = asyncio.create_task(reload(), name="reload")
+        background.add(task)
+        task.add_done_callback(background.discard)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    interval = systemd.watchdog_interval()
+    if interval is not None:
+        background.add(asyncio.create_task(systemd.watchdog_loop(notifier, interval, running.agent.healthy)))
+    notifier.ready()
     await stop.wait()
     log.info("stopping")
+    notifier.stopping()
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
     await running.stop()
 
 

@@ -71,9 +71,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = _error(ApiError(405, "method_not_allowed", f"{request.method} not allowed here"))
     except JournalUnavailable as e:
         log.error("journal_unavailable", error=str(e))
-        agent.metrics.journal_errors.inc()
         response = _error(
-            ApiError(503, "journal_unavailable", "the agent cannot write its journal; nothing was accepted")
+            ApiError(
+                503,
+                "journal_unavailable",
+                "the agent cannot write its journal (disk full or I/O error); nothing was accepted, retry later",
+                {"reason": agent.journal.failing or str(e)},
+            )
         )
     except Exception:
         log.exception("internal_error", path=request.path)

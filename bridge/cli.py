@@ -1,6 +1,7 @@
-"""``his-bridge``: serve, check, try, journal, certs.
+"""``his-bridge``: serve, check, try, journal, certs, init, csr, doctor.
 
 Exit codes: 0 success, 1 a check found a problem or `try --send` failed, 2 bad usage or configuration.
+``doctor`` exits with its worst finding: 0 OK, 1 WARN, 2 FAIL.
 """
 
 from __future__ import annotations
@@ -149,6 +150,72 @@ def cmd_certs_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ask(value: str | None, flag: str, prompt: str, default: str | None = None) -> str:
+    """A flag's value, or the answer to a question when run at a terminal; without either, a usage error."""
+    if value:
+        return value
+    if sys.stdin.isatty():
+        answer = input(f"{prompt}{f' [{default}]' if default else ''}: ").strip()
+        if answer or default:
+            return answer or str(default)
+    if default is not None:
+        return default
+    print(f"error: {flag} is required", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from bridge.init import InitError, InitOptions, init
+
+    try:
+        opts = InitOptions(
+            hospital=_ask(args.hospital, "--hospital", "Hospital code (as the platform knows it)"),
+            protocol=_ask(args.protocol, "--protocol", "HIS protocol (soap, hl7, dbproc)"),
+            endpoint=_ask(args.endpoint, "--endpoint", "HIS endpoint (URL, HOST:PORT or ODBC connection string)"),
+            out=Path(args.out),
+            listen=_ask(args.listen, "--listen", "Listen address for the platform", "0.0.0.0:8443"),
+            ops_listen=args.ops_listen,
+            journal=Path(args.journal),
+            profile=Path(args.profile) if args.profile else None,
+            platform_cn=args.platform_cn,
+            hosts=args.host or [],
+        )
+        written = init(opts)
+    except InitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: read {opts.out / 'README.txt'}")
+    return 0
+
+
+def cmd_csr(args: argparse.Namespace) -> int:
+    from bridge.init import InitError, next_csr
+
+    try:
+        key, csr = next_csr(Path(args.config), args.host)
+    except InitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {key} and {csr}; send the CSR to the platform CA (docs/OPERATIONS.md, rotating certificates)")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from bridge import doctor
+
+    t = doctor.Thresholds(
+        cert_warn_days=args.cert_warn_days,
+        disk_warn_bytes=int(args.disk_warn_mb * doctor.MIB),
+        disk_fail_bytes=int(args.disk_fail_mb * doctor.MIB),
+        his_timeout_s=args.his_timeout,
+    )
+    report = doctor.run(args.config, platform_url=args.platform_url, thresholds=t)
+    print(report.text())
+    return int(report.worst)
+
+
 def _journal_admin(args: argparse.Namespace) -> Any:
     from bridge.journal_admin import AdminError, JournalAdmin
 
@@ -282,6 +349,33 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--hospital", default="H001")
     d.add_argument("--host", action="append", help="server certificate host names / IPs (repeatable)")
     d.set_defaults(func=cmd_certs_dev)
+
+    p = sub.add_parser("init", help="set up a hospital: config, signing key, TLS key and CSR (never overwrites)")
+    p.add_argument("--hospital", help="hospital code, as the platform knows it")
+    p.add_argument("--protocol", choices=["soap", "hl7", "dbproc"], help="how the HIS is called")
+    p.add_argument("--endpoint", help="SOAP base URL, HL7 HOST:PORT, or ODBC connection string (kept as a secret)")
+    p.add_argument("--listen", help="address the platform connects to (default 0.0.0.0:8443)")
+    p.add_argument("--ops-listen", default="127.0.0.1:9109", help="metrics and probes (keep it private)")
+    p.add_argument("--out", default="/etc/his-bridge", help="config folder to create (default /etc/his-bridge)")
+    p.add_argument("--journal", default="/var/lib/his-bridge/journal.sqlite3")
+    p.add_argument("--profile", help="HIS profile to start from (default: the shipped one for the protocol)")
+    p.add_argument("--platform-cn", default="platform-gateway", help="the platform client certificate's CN")
+    p.add_argument("--host", action="append", help="name or IP the platform reaches this host by (repeatable)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("csr", help="a new TLS key and CSR beside the current ones, to renew the certificate")
+    p.add_argument("--config", required=True)
+    p.add_argument("--host", action="append", help="subjectAltName (default: those of the current certificate)")
+    p.set_defaults(func=cmd_csr)
+
+    p = sub.add_parser("doctor", help="check everything an operator checks first; exit code is the worst finding")
+    p.add_argument("--config", required=True)
+    p.add_argument("--platform-url", help="an https URL of the platform whose Date header the clock is compared to")
+    p.add_argument("--disk-warn-mb", type=float, default=1024, help="WARN below this much free on the journal disk")
+    p.add_argument("--disk-fail-mb", type=float, default=100, help="FAIL below this much free on the journal disk")
+    p.add_argument("--cert-warn-days", type=float, default=30, help="WARN when a certificate expires sooner")
+    p.add_argument("--his-timeout", type=float, default=10, help="seconds to wait for the HIS")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("journal", help="inspect and act on the journal")
     src = p.add_mutually_exclusive_group(required=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from adapters.base import Adapter, AdapterError, ErrorKind
 from bridge import catalog
 from bridge.breaker import BreakerState, CircuitBreaker
 from bridge.config import DispatchConfig
-from bridge.journal import TERMINAL, UNFINISHED, Entry, Journal, State
+from bridge.journal import TERMINAL, UNFINISHED, Entry, Journal, JournalUnavailable, State
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
 
@@ -71,13 +72,10 @@ class Dispatcher:
         self.cfg = cfg
         self.metrics = metrics
         self.sweep_interval_s = sweep_interval_s
-        self.breaker = CircuitBreaker(
-            adapter.endpoint,
-            failures=cfg.breaker_failures,
-            reset_s=cfg.breaker_reset_s,
-            on_change=lambda ep, st: metrics.breaker_state.labels(ep).set(int(st)),
-        )
-        metrics.breaker_state.labels(adapter.endpoint).set(0)
+        self.breaker = self._new_breaker(adapter.endpoint)
+        self._calls_on: dict[int, int] = {}
+        """Calls under way per adapter (by id), so a replaced adapter is closed only once they are back."""
+        self._calls_changed = asyncio.Event()
         self._lanes: dict[str, _Lane] = {}
         self._known: set[int] = set()
         self._blocked: dict[str, int] = {}
@@ -85,6 +83,34 @@ class Dispatcher:
         self._read_slots = asyncio.Semaphore(cfg.read_concurrency)
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
+
+    def _new_breaker(self, endpoint: str) -> CircuitBreaker:
+        metrics = self.metrics
+        self.metrics.breaker_state.labels(endpoint).set(0)
+        return CircuitBreaker(
+            endpoint,
+            failures=self.cfg.breaker_failures,
+            reset_s=self.cfg.breaker_reset_s,
+            on_change=lambda ep, st: metrics.breaker_state.labels(ep).set(int(st)),
+        )
+
+    async def replace_adapter(self, new: Adapter, drain_s: float | None = None) -> Adapter:
+        """Send new calls to ``new`` at once, and return the old adapter once the calls already sent through it
+        have come back (or ``drain_s``, default the HIS timeout, has passed), so that the caller can close it.
+        A new endpoint gets its own circuit breaker; the same endpoint keeps its breaker's state."""
+        old, self.adapter = self.adapter, new
+        if new.endpoint != self.breaker.endpoint:
+            old_endpoint = self.breaker.endpoint
+            self.breaker = self._new_breaker(new.endpoint)
+            with contextlib.suppress(KeyError):
+                self.metrics.breaker_state.remove(old_endpoint)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.cfg.his_timeout_s + 1 if drain_s is None else drain_s)
+        while self._calls_on.get(id(old), 0) > 0 and (remaining := deadline - loop.time()) > 0:
+            self._calls_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._calls_changed.wait(), remaining)
+        return old
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -199,6 +225,10 @@ class Dispatcher:
                 self._known.discard(seq)
         except _Stopping:
             pass
+        except JournalUnavailable as e:
+            # Nothing is lost: the entry stays unfinished in the journal and the sweep queues it again; one cut
+            # after the HIS call is settled as in doubt (trade.check) before anything is resent.
+            log.warning("lane_paused", trade_no=key, reason="journal cannot commit", error=str(e))
         finally:
             for seq, _ in lane.items:
                 self._known.discard(seq)
@@ -335,19 +365,21 @@ class Dispatcher:
 
     async def _call(self, operation: str, params: dict[str, Any], output: type[catalog.Strict]) -> _Call:
         """One adapter call with its timeout, classification, metrics and breaker bookkeeping."""
-        endpoint = self.adapter.endpoint
+        adapter, breaker = self.adapter, self.breaker
+        endpoint = adapter.endpoint
         started = time.perf_counter()
+        self._calls_on[id(adapter)] = self._calls_on.get(id(adapter), 0) + 1
         try:
-            raw = await asyncio.wait_for(self.adapter.call(operation, params), self.cfg.his_timeout_s)
+            raw = await asyncio.wait_for(adapter.call(operation, params), self.cfg.his_timeout_s)
             result = output.model_validate(raw).model_dump(mode="json")
             call = _Call("done", result=result)
-            self.breaker.success()
+            breaker.success()
         except AdapterError as e:
             call = _Call(e.kind, error=e.as_dict())
             if e.kind is ErrorKind.permanent:
-                self.breaker.neutral()
+                breaker.neutral()
             else:
-                self.breaker.failure()
+                breaker.failure()
         except TimeoutError:
             call = _Call(
                 ErrorKind.in_doubt,
@@ -357,7 +389,7 @@ class Dispatcher:
                     "message": f"no answer within {self.cfg.his_timeout_s} s",
                 },
             )
-            self.breaker.failure()
+            breaker.failure()
         except ValidationError as e:
             call = _Call(
                 ErrorKind.in_doubt,
@@ -367,7 +399,7 @@ class Dispatcher:
                     "message": f"HIS reply does not fit {operation}: {e}"[:800],
                 },
             )
-            self.breaker.neutral()
+            breaker.neutral()
         except Exception as e:
             log.exception("adapter_crashed", operation=operation)
             call = _Call(
@@ -378,7 +410,12 @@ class Dispatcher:
                     "message": f"{type(e).__name__}: {e}"[:800],
                 },
             )
-            self.breaker.failure()
+            breaker.failure()
+        finally:
+            self._calls_on[id(adapter)] -= 1
+            if not self._calls_on[id(adapter)]:
+                del self._calls_on[id(adapter)]
+                self._calls_changed.set()
         self.metrics.his_seconds.labels(endpoint, operation).observe(time.perf_counter() - started)
         self.metrics.his_calls.labels(endpoint, operation, str(call.outcome)).inc()
         return call

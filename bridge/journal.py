@@ -216,11 +216,13 @@ class Journal:
         *,
         max_batch: int = 256,
         on_commit: Callable[[float, int], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
         self.max_batch = max_batch
         self._on_commit = on_commit
+        self._on_error = on_error
         self._clock = clock
         self._queue: queue.SimpleQueue[_Job | _Stop] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -228,6 +230,9 @@ class Journal:
         self._rconn: sqlite3.Connection | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-read")
         self.commits = 0
+        self.failing: str | None = None
+        """Why the last commit failed (disk full, I/O error), or None once a commit succeeds again: the writer
+        thread survives a failed commit, so the journal recovers by itself when space returns."""
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -236,6 +241,10 @@ class Journal:
         self._rconn = _connect(self.path)
         self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
         self._writer.start()
+
+    @property
+    def writer_alive(self) -> bool:
+        return self._writer is not None and self._writer.is_alive()
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -294,8 +303,12 @@ class Journal:
                 pass
             err = JournalUnavailable(f"journal cannot commit: {e}")
             outcomes = [(False, err)] * len(batch)
+            self.failing = str(e)
+            if self._on_error is not None:
+                self._on_error(str(e))
         else:
             self.commits += 1
+            self.failing = None
             if self._on_commit is not None:
                 self._on_commit(time.perf_counter() - started, len(batch))
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
@@ -431,6 +444,16 @@ class Journal:
             return cur.rowcount
 
         return await self._write(run)
+
+    async def probe(self) -> None:
+        """Commit a write that leaves nothing behind, to learn whether the journal can commit again; raises
+        :class:`JournalUnavailable` while it cannot."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO nonces(key_id, nonce, expires_at) VALUES ('~probe', '~probe', 0)")
+            conn.execute("DELETE FROM nonces WHERE key_id = '~probe'")
+
+        await self._write(run)
 
     # --- reads ---------------------------------------------------------------------------------------------
 

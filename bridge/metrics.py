@@ -68,6 +68,18 @@ class Metrics:
             registry=r,
         )
         self.journal_errors = Counter("hisbridge_journal_errors", "Journal commits that failed.", registry=r)
+        self.journal_writable = Gauge(
+            "hisbridge_journal_writable",
+            "1 while the journal commits, 0 after a failed commit (disk full, I/O error) until one succeeds again.",
+            registry=r,
+        )
+        self.journal_writable.set(1)
+        self.journal_disk_free = Gauge(
+            "hisbridge_journal_disk_free_bytes", "Free bytes on the journal's filesystem.", registry=r
+        )
+        self.reloads = Counter(
+            "hisbridge_reloads", "Profile reloads on SIGHUP, by outcome (ok, failed).", ["outcome"], registry=r
+        )
         self.transitions = Counter("hisbridge_journal_transitions", "Entries reaching a state.", ["state"], registry=r)
         self.adapter_events = Counter(
             "hisbridge_adapter_events",
@@ -90,3 +102,8 @@ class Metrics:
     def on_commit(self, seconds: float, batch: int) -> None:
         self.journal_commit_seconds.observe(seconds)
         self.journal_batch.observe(batch)
+        self.journal_writable.set(1)
+
+    def on_journal_error(self, _reason: str) -> None:
+        self.journal_errors.inc()
+        self.journal_writable.set(0)

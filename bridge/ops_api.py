@@ -21,9 +21,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """503 while recovering, and while the journal cannot commit (writes are refused then)."""
     agent = request.app[OPS_AGENT]
-    body = {"ready": agent.ready, "breaker_open": agent.dispatcher.breaker_open}
-    return web.json_response(body, status=200 if agent.ready else 503)
+    body = {
+        "ready": agent.serving,
+        "recovered": agent.ready,
+        "journal_writable": agent.journal.failing is None,
+        "journal_error": agent.journal.failing,
+        "breaker_open": agent.dispatcher.breaker_open,
+    }
+    return web.json_response(body, status=200 if agent.serving else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
