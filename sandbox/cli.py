@@ -1,5 +1,6 @@
 """``his-sandbox``: run the stand-ins a lab lacks. ``his-sandbox his`` serves the sandbox HIS (SOAP, and HL7 over
-MLLP with ``--mllp-listen``); ``his-sandbox sql install`` puts it into PostgreSQL or MariaDB as stored procedures."""
+MLLP with ``--mllp-listen``); ``his-sandbox sql install`` puts it into PostgreSQL or MariaDB as stored procedures;
+``his-sandbox channels`` serves sandbox WeChat Pay v3 and Alipay channels."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from types import TracebackType
 
 from aiohttp import web
 
+from sandbox.channels import cli as channels_cli
 from sandbox.his.faults import FaultBook
 from sandbox.his.mllp import MllpListener
 from sandbox.his.quyi import QUYI_ENDPOINT, setup_quyi
@@ -210,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     his.add_argument("--no-seed", action="store_true", help="do not insert the demo patients, schedules and bills")
     his.add_argument("-v", "--verbose", action="store_true", help="log requests and fault injections to stderr")
+    channels_cli.add_parser(commands, _listen)
     sql = commands.add_parser("sql", help="the sandbox HIS as stored procedures in PostgreSQL or MariaDB")
     sql_commands = sql.add_subparsers(dest="sql_command", required=True, metavar="SQL_COMMAND")
     install = sql_commands.add_parser(
@@ -245,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "his":
         return asyncio.run(_serve_his(args))
+    if args.command == "channels":
+        return asyncio.run(channels_cli.serve(args))
     if args.command == "sql":
         return _install_sql(args)
     return 2

@@ -1,0 +1,164 @@
+"""Building blocks for the payment-channel tests: the published test merchants (keys read from the shared
+fixtures at run time, never copied), sandbox channel settings, gateway channel configs, and a notify receiver."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.channels.config import AlipayConfig, Secret, WechatConfig
+from sandbox.channels import AlipaySettings, SandboxChannels, WechatSettings
+from sandbox.channels import crypto as sandbox_crypto
+from tests.support.rig import SHARED_FIXTURES
+
+WECHAT_FIXTURES = SHARED_FIXTURES / "wechatpay"
+ALIPAY_FIXTURES = SHARED_FIXTURES / "alipay"
+
+WECHAT_MCHID = "1230000109"
+WECHAT_APPID = "wx81be3101902f7cb2"
+WECHAT_SERIAL = "477ED0046A54F0360A72A63A8F2816312AAEAB53"
+WECHAT_KEY = WECHAT_FIXTURES / "mock_merchant_private_key.pem"
+APIV3_KEY = "AES256Key-32Characters1234567890"
+"""The 32-character key of the published AES-GCM vector; test-only."""
+
+ALIPAY_APP_ID = "2016080300157187"
+ALIPAY_SELLER_ID = "2088102146225135"
+ALIPAY_APP_PRIVATE = ALIPAY_FIXTURES / "app_private_key.pem"
+ALIPAY_APP_PUBLIC = ALIPAY_FIXTURES / "app_public_key.pem"
+ALIPAY_PRIVATE = ALIPAY_FIXTURES / "ali_private_key.pem"
+ALIPAY_PUBLIC = ALIPAY_FIXTURES / "ali_public_key.pem"
+
+
+def merchant_public_pem() -> bytes:
+    return sandbox_crypto.public_pem(sandbox_crypto.load_private(WECHAT_KEY).public_key())
+
+
+def wechat_settings(**overrides: object) -> WechatSettings:
+    values: dict[str, object] = {
+        "mchid": WECHAT_MCHID,
+        "appid": WECHAT_APPID,
+        "merchant_serial_no": WECHAT_SERIAL,
+        "merchant_public_key": merchant_public_pem(),
+        "apiv3_key": APIV3_KEY,
+        **overrides,
+    }
+    return WechatSettings(**values)  # type: ignore[arg-type]
+
+
+def alipay_settings() -> AlipaySettings:
+    return AlipaySettings(
+        app_id=ALIPAY_APP_ID,
+        app_public_key=ALIPAY_APP_PUBLIC.read_bytes(),
+        seller_id=ALIPAY_SELLER_ID,
+        alipay_private_key=ALIPAY_PRIVATE.read_bytes(),
+    )
+
+
+@dataclass
+class WechatTrust:
+    """The sandbox platform's public material written where a merchant config points."""
+
+    certificate: Path
+    public_key: Path
+    public_key_id: str
+    certificate_serial: str
+    apiv3_key_file: Path
+
+
+def write_wechat_trust(sandbox: SandboxChannels, directory: Path) -> WechatTrust:
+    platform = sandbox.wechat.platform
+    directory.mkdir(parents=True, exist_ok=True)
+    cert = directory / f"wechatpay_{platform.cert_serial}.pem"
+    cert.write_bytes(sandbox_crypto.certificate_pem(platform.cert))
+    pub = directory / "wechatpay_public_key.pem"
+    pub.write_bytes(sandbox_crypto.public_pem(platform.public_key_key.public_key()))
+    key_file = directory / "apiv3.key"
+    key_file.write_text(APIV3_KEY + "\n")
+    return WechatTrust(cert, pub, platform.public_key_id, platform.cert_serial, key_file)
+
+
+def wechat_config(
+    sandbox: SandboxChannels, trust: WechatTrust, *, mode: str = "both", **overrides: object
+) -> WechatConfig:
+    values: dict[str, object] = {
+        "mchid": WECHAT_MCHID,
+        "appid": WECHAT_APPID,
+        "merchant_serial_no": WECHAT_SERIAL,
+        "private_key_file": WECHAT_KEY,
+        "apiv3_key": Secret(file=trust.apiv3_key_file),
+        "base_url": sandbox.wechat_base_url,
+        "codepay": {"first_delay_s": 0, "max_delay_s": 0.05, "factor": 2, "deadline_s": 1},
+    }
+    if mode in ("both", "certificate"):
+        values["platform_certificates"] = [trust.certificate]
+    if mode in ("both", "public_key"):
+        values["public_key_file"] = trust.public_key
+        values["public_key_id"] = trust.public_key_id
+    values.update(overrides)
+    return WechatConfig.model_validate(values)
+
+
+def alipay_config(sandbox: SandboxChannels, **overrides: object) -> AlipayConfig:
+    values: dict[str, object] = {
+        "app_id": ALIPAY_APP_ID,
+        "app_private_key_file": ALIPAY_APP_PRIVATE,
+        "alipay_public_key_file": ALIPAY_PUBLIC,
+        "seller_id": ALIPAY_SELLER_ID,
+        "gateway_url": sandbox.alipay_gateway_url,
+        "codepay": {"first_delay_s": 0, "max_delay_s": 0.05, "factor": 2, "deadline_s": 1},
+        **overrides,
+    }
+    return AlipayConfig.model_validate(values)
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class NotifyReceiver:
+    """The merchant's notify endpoint: records every callback and answers as ``respond`` says."""
+
+    url: str
+    runner: web.AppRunner
+    received: list[Received] = field(default_factory=list)
+    respond: Callable[[Received], web.Response] = field(default=lambda _r: web.Response(text="success"))
+    _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def wait_for(self, count: int, within_s: float = 20.0) -> list[Received]:
+        async def enough() -> None:
+            async with self._arrived:
+                await self._arrived.wait_for(lambda: len(self.received) >= count)
+
+        await asyncio.wait_for(enough(), within_s)
+        return self.received
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_receiver() -> NotifyReceiver:
+    receiver: NotifyReceiver
+
+    async def handle(request: web.Request) -> web.Response:
+        item = Received(dict(request.headers), await request.read())
+        async with receiver._arrived:
+            receiver.received.append(item)
+            receiver._arrived.notify_all()
+        return receiver.respond(item)
+
+    app = web.Application()
+    app.router.add_post("/notify/{name}", handle)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = int(runner.addresses[0][1])
+    receiver = NotifyReceiver(f"http://127.0.0.1:{port}/notify", runner)
+    return receiver
