@@ -1,1 +1,2 @@
-"""The cloud gateway (channels, orders, refunds, reconciliation). Not built yet: see the open gateway issue."""
+"""The cloud gateway: business API for hospital apps, payment channels, the payment and refund sagas that keep
+the money and the HIS consistent, and notifications to business systems."""

@@ -1,15 +1,181 @@
-"""``his-gateway``: placeholder until the gateway is built, so the console script fails with a clear word."""
+"""``his-gateway``: run the cloud gateway and operate it.
 
+his-gateway serve -c gateway.toml              migrate, then serve the business API and channel callbacks
+his-gateway migrate -c gateway.toml            bring the database schema up to date
+his-gateway notifications resend ID -c …       deliver a notification again from the start of its schedule
+his-gateway notifications list --app APP -c …  an app's recent (or undelivered) notifications
+his-gateway orders show BUSINESS_ORDER_NO --hospital H -c …
+his-gateway channels check-callback …          (from the channels package)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
 import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+DEFAULT_CONFIG = Path("config/gateway.toml")
 
 
-def main(argv: list[str] | None = None) -> int:
-    print(
-        "his-gateway: the cloud gateway is not built yet in this release; only the bridge agent "
-        "(his-bridge) and the sandbox (his-sandbox) are available.",
-        file=sys.stderr,
+def _configure_logging(cfg: GatewayConfig) -> None:
+    level = logging.getLevelNamesMapping().get(cfg.logging.level.upper(), logging.INFO)
+    renderer: Any = (
+        structlog.processors.JSONRenderer(ensure_ascii=False)
+        if cfg.logging.format == "json"
+        else structlog.dev.ConsoleRenderer()
     )
-    return 2
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def _with_db(fn: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from gateway.store.db import Database
+
+        async def go() -> int:
+            cfg = args.cfg
+            db = Database(cfg.database.url, pool_size=cfg.database.pool_size)
+            try:
+                return await fn(db, args)
+            finally:
+                await db.close()
+
+        return asyncio.run(go())
+
+    return run
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.runtime import serve
+
+    asyncio.run(serve(args.cfg))
+    return 0
+
+
+async def _migrate(db: Any, args: argparse.Namespace) -> int:
+    from gateway.store import registry
+    from gateway.store.migrate import upgrade
+
+    revision = await upgrade(db)
+    await registry.sync_from_config(db, args.cfg)
+    print(f"database at revision {revision} ({db.dialect})")
+    return 0
+
+
+async def _resend(db: Any, args: argparse.Namespace) -> int:
+    from gateway.store import audit, outbox
+
+    row = await outbox.resend(db, args.id)
+    if row is None:
+        print(f"no notification {args.id}", file=sys.stderr)
+        return 1
+    async with db.write() as conn:
+        await audit.record(conn, "cli", "notification.resend", f"notification:{args.id}", {"event": row.event_type})
+    print(f"notification {row.id} ({row.event_type} {row.subject_key}) queued for delivery to {row.notify_url}")
+    return 0
+
+
+async def _list_notifications(db: Any, args: argparse.Namespace) -> int:
+    from gateway.store import outbox
+
+    rows = await outbox.for_app(db, args.app, undelivered=args.undelivered, after_id=args.after, limit=args.limit)
+    for r in rows:
+        print(f"{r.id}\t{r.event_type}\t{r.subject_key}\t{r.state}\tattempts={r.attempts}\t{r.last_error or ''}")
+    return 0
+
+
+async def _show_order(db: Any, args: argparse.Namespace) -> int:
+    from gateway.store import orders, refunds
+    from gateway.views import order_view, refund_view
+
+    order = await orders.by_business_no(db, args.hospital, args.business_order_no)
+    if order is None:
+        print("no such order", file=sys.stderr)
+        return 1
+    rows = await refunds.for_order(db, order.id)
+    print(
+        json.dumps(
+            {"order": order_view(order), "refunds": [refund_view(r, order) for r in rows]}, indent=2, ensure_ascii=False
+        )
+    )
+    return 0
+
+
+def _register_channels(commands: Any) -> None:
+    """The channels package adds its own commands (``channels check-callback``) when it is there."""
+    try:
+        from gateway.channels import cli as channels_cli
+    except ImportError:
+        return
+    register = getattr(channels_cli, "register", None)
+    if register is not None:
+        register(commands)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="his-gateway", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "-c", "--config", type=Path, default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("serve", help="migrate, then serve the business API and channel callbacks").set_defaults(
+        func=_serve
+    )
+    commands.add_parser("migrate", help="bring the database schema up to date").set_defaults(func=_with_db(_migrate))
+    notifications = commands.add_parser("notifications", help="notifications to business systems")
+    nsub = notifications.add_subparsers(dest="notifications_command", required=True, metavar="ACTION")
+    resend = nsub.add_parser("resend", help="deliver a notification again from the start of its retry schedule")
+    resend.add_argument("id", type=int)
+    resend.set_defaults(func=_with_db(_resend))
+    listing = nsub.add_parser("list", help="an app's notifications, oldest first")
+    listing.add_argument("--app", required=True)
+    listing.add_argument("--undelivered", action="store_true")
+    listing.add_argument("--after", type=int, default=0)
+    listing.add_argument("--limit", type=int, default=100)
+    listing.set_defaults(func=_with_db(_list_notifications))
+    orders = commands.add_parser("orders", help="look at orders")
+    osub = orders.add_subparsers(dest="orders_command", required=True, metavar="ACTION")
+    show = osub.add_parser("show", help="one order and its refunds, as JSON")
+    show.add_argument("business_order_no")
+    show.add_argument("--hospital", required=True)
+    show.set_defaults(func=_with_db(_show_order))
+    _register_channels(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    if args.command in ("serve", "migrate", "notifications", "orders"):
+        try:
+            args.cfg = load_config(args.config)
+        except ConfigError as e:
+            print(f"his-gateway: {e}", file=sys.stderr)
+            return 2
+        _configure_logging(args.cfg)
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

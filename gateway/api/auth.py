@@ -1,0 +1,65 @@
+"""Authentication of hospital apps: the bridge's signed envelope, each app with its own key.
+
+The key id names the app; its public key comes from the registry in the database, so every instance knows
+every app. A nonce is remembered in the database until its timestamp window has passed, which makes a
+replay fail on any instance and after a restart. Answers are signed by the gateway over the request's nonce.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from bridge import protocol
+from gateway.api.errors import AUTH_STATUS, ApiError
+from gateway.services import Services, log
+from gateway.store import nonces, registry
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SERVICES = web.AppKey("services", Services)
+SIGNING_KEY = web.AppKey("signing_key", protocol.SigningKey)
+APP = web.RequestKey("app", registry.App)
+BODY = web.RequestKey("body", bytes)
+
+
+def _refuse(code: str, message: str) -> ApiError:
+    return ApiError(AUTH_STATUS.get(code, 401), code, message)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    svc = request.app[SERVICES]
+    window = svc.cfg.signing.timestamp_window_s
+    body = await request.read()
+    key_id = request.headers.get(protocol.HEADER_KEY_ID, "")
+    app = await registry.load_app(svc.db, key_id) if protocol.KEY_ID_RE.match(key_id) else None
+    keys = {app.id: app.key} if app is not None and app.enabled else {}
+    try:
+        verified = protocol.verify_request(
+            keys, request.method, request.path_qs, request.headers, body, window_s=window
+        )
+    except protocol.EnvelopeError as e:
+        log.info("api_auth_refused", code=e.code, key_id=key_id[:64])
+        raise _refuse(e.code, e.message) from None
+    assert app is not None
+    expires = dt.datetime.fromtimestamp(verified.timestamp + window + 60, dt.UTC)
+    if not await nonces.remember(svc.db, app.id, verified.nonce, expires):
+        raise _refuse("replayed_nonce", "this nonce was already used; sign every request afresh")
+    request[APP] = app
+    request[BODY] = body
+    return await handler(request)
+
+
+@web.middleware
+async def sign_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Sign every API answer over the request's nonce, refusals included."""
+    response = await handler(request)
+    if request.path.startswith("/v1/") and isinstance(response, web.Response) and response.body is not None:
+        nonce = request.headers.get(protocol.HEADER_NONCE, "")[:64]
+        body = bytes(response.body)  # type: ignore[arg-type]
+        response.headers.update(protocol.sign_response(request.app[SIGNING_KEY], response.status, nonce, body))
+    return response

@@ -1,0 +1,37 @@
+"""Business API: the pull side of the notifications, for a business system that missed or cannot take pushes."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.api.auth import APP, SERVICES
+from gateway.api.errors import ApiError
+from gateway.api.orders import json_response
+from gateway.store import outbox
+
+
+async def list_events(request: web.Request) -> web.Response:
+    svc, app = request.app[SERVICES], request[APP]
+    try:
+        after = int(request.query.get("after", "0"))
+        limit = min(500, max(1, int(request.query.get("limit", "100"))))
+    except ValueError:
+        raise ApiError(400, "bad_query", "after and limit are integers") from None
+    undelivered = request.query.get("undelivered") in ("1", "true")
+    rows = await outbox.for_app(svc.db, app.id, undelivered=undelivered, after_id=after, limit=limit)
+    events = [
+        {
+            "id": r.id,
+            "type": r.event_type,
+            "created_at": r.created_at.isoformat(),
+            "state": r.state,
+            "attempts": r.attempts,
+            "data": r.payload,
+        }
+        for r in rows
+    ]
+    return json_response(200, {"events": events, "next_after": events[-1]["id"] if events else after})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/events", list_events)

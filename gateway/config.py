@@ -1,0 +1,245 @@
+"""The gateway's configuration: one TOML file, validated before anything starts (the bridge's conventions).
+
+Paths resolve against the config file's folder; secrets live in their own files, and any string may be taken
+from the environment with ``${env:NAME}`` (the database URL's password, typically). Hospitals, their bridge
+agents and their apps, and the channel merchants are declared here and copied into the database at start, so
+that every gateway instance on one database sees the same registry.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.model import RefundPolicy
+
+_ENV_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+Ident = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")]
+KeyId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+NOTIFY_SCHEDULE_S = (15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600)
+"""Delays between attempts to deliver one notification to a business system: 15 retries over about 24 h."""
+
+
+class ConfigError(Exception):
+    pass
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _hostport(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return value
+
+
+class ServerConfig(_Section):
+    listen: str = "127.0.0.1:8600"
+    public_url: str = "http://127.0.0.1:8600"
+    """How the channels reach us: notify URLs are ``{public_url}/notify/{channel}/{merchant}``."""
+    max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
+
+    _check = field_validator("listen")(_hostport)
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite:///var/gateway.sqlite3"
+    """SQLite for one instance; ``postgresql://user:${env:PGPASSWORD}@host/db`` for several."""
+    pool_size: Annotated[int, Field(ge=1, le=200)] = 10
+
+
+class SigningConfig(_Section):
+    key_id: KeyId = "gateway"
+    key: Path
+    """The gateway's private key: it signs API responses and notifications to business systems."""
+    timestamp_window_s: Annotated[int, Field(ge=30, le=3600)] = 300
+
+
+class WorkersConfig(_Section):
+    enabled: bool = True
+    poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    batch: Annotated[int, Field(ge=1, le=1000)] = 20
+    lease_s: Annotated[float, Field(gt=0)] = 120
+    """A claimed row is left alone by other instances this long; longer than any channel or bridge timeout."""
+    pending_query_after_s: Annotated[float, Field(ge=0)] = 60
+    """An unpaid order is first queried at the channel this long after creation, then with backoff."""
+    retry_base_s: Annotated[float, Field(gt=0)] = 5
+    retry_max_s: Annotated[float, Field(gt=0)] = 600
+    his_poll_s: Annotated[float, Field(gt=0)] = 5
+    """How soon a write the bridge answered ``pending`` is asked about again."""
+    order_ttl_s: Annotated[int, Field(ge=60, le=7 * 86400)] = 1800
+
+
+class NotificationsConfig(_Section):
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 10
+    schedule_s: Annotated[list[float], Field(min_length=1, max_length=50)] = list(NOTIFY_SCHEDULE_S)
+
+
+class BridgeLink(_Section):
+    url: str
+    ca: Path
+    """The platform CA that signed the agent's server certificate."""
+    client_cert: Path
+    client_key: Path
+    signing_key_id: KeyId = "platform"
+    signing_key: Path
+    bridge_key_id: KeyId
+    bridge_public_key: Path
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 30
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+
+
+class AppConfig(_Section):
+    app_id: KeyId
+    public_key: Path
+    notify_url: str | None = None
+    enabled: bool = True
+
+
+class HospitalConfig(_Section):
+    id: Ident
+    name: str = ""
+    refund_policy: RefundPolicy = RefundPolicy.finance
+    """What happens to a payment the HIS refuses for good: refunded at once, or left for finance."""
+    bridge: BridgeLink | None = None
+    apps: list[AppConfig] = []
+
+
+class MerchantConfig(BaseModel):
+    """A channel merchant account. ``id`` names it in callback URLs; the remaining keys belong to the channel
+    (``gateway.channels.config``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: Ident
+    channel: Literal["wechat", "alipay", "unionpay"]
+    hospital: Ident
+    enabled: bool = True
+
+    def channel_settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class LoggingConfig(_Section):
+    level: str = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class GatewayConfig(_Section):
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    signing: SigningConfig
+    workers: WorkersConfig = WorkersConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
+    hospitals: Annotated[list[HospitalConfig], Field(min_length=1)]
+    merchants: list[MerchantConfig] = []
+    logging: LoggingConfig = LoggingConfig()
+    source: Path | None = None
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        ids = [h.id for h in self.hospitals]
+        if len(set(ids)) != len(ids):
+            raise ValueError("hospital ids must be unique")
+        app_ids = [a.app_id for h in self.hospitals for a in h.apps]
+        if len(set(app_ids)) != len(app_ids):
+            raise ValueError("app ids must be unique across hospitals")
+        merchant_ids = [m.id for m in self.merchants]
+        if len(set(merchant_ids)) != len(merchant_ids):
+            raise ValueError("merchant ids must be unique")
+        for m in self.merchants:
+            if m.hospital not in ids:
+                raise ValueError(f"merchant {m.id}: unknown hospital {m.hospital!r}")
+        return self
+
+    def hospital(self, hospital_id: str) -> HospitalConfig:
+        return next(h for h in self.hospitals if h.id == hospital_id)
+
+
+def _expand_env(value: Any) -> Any:
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"environment variable {name} is not set")
+            return os.environ[name]
+
+        return _ENV_RE.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    return value
+
+
+def _resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
+    def r(p: Path) -> Path:
+        return p if p.is_absolute() else base / p
+
+    cfg.signing.key = r(cfg.signing.key)
+    for h in cfg.hospitals:
+        if h.bridge is not None:
+            b = h.bridge
+            b.ca, b.client_cert, b.client_key = r(b.ca), r(b.client_cert), r(b.client_key)
+            b.signing_key, b.bridge_public_key = r(b.signing_key), r(b.bridge_public_key)
+        for a in h.apps:
+            a.public_key = r(a.public_key)
+    for m in cfg.merchants:
+        if m.model_extra is not None:
+            m.model_extra.update(_resolve_files(m.model_extra, base))
+    url = cfg.database.url
+    if url.startswith("sqlite") and ":///" in url and not url.endswith(":memory:"):
+        prefix, _, path = url.partition(":///")
+        if not path.startswith("/"):
+            cfg.database.url = f"{prefix}:///{base / path}"
+    return cfg
+
+
+def _resolve_files(settings: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Channel settings name key files as ``*_file``, ``file`` (secrets) or ``platform_certificates``."""
+
+    def r(value: Any) -> Any:
+        return value if not isinstance(value, str) or Path(value).is_absolute() else str(base / value)
+
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out[key] = _resolve_files(value, base)
+        elif key == "platform_certificates" and isinstance(value, list):
+            out[key] = [r(v) for v in value]
+        elif key == "file" or key.endswith("_file"):
+            out[key] = r(value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_config(raw: dict[str, Any], *, base: Path, source: Path | None = None) -> GatewayConfig:
+    try:
+        cfg = GatewayConfig.model_validate(_expand_env(raw))
+    except ValidationError as e:
+        where = source or "config"
+        lines = [f"{where}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    cfg.source = source
+    return _resolve_paths(cfg, base)
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(raw, base=path.parent.resolve(), source=path)

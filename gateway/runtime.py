@@ -1,0 +1,142 @@
+"""One gateway instance: the resources with a lifetime (database, channels, HIS links, workers) and the
+HTTP listener. Start order: migrate, copy the registry from the config, open the channels and bridges, start
+the workers, then listen."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import TypeAdapter
+
+from bridge import protocol
+from gateway.channels.base import Channel
+from gateway.config import GatewayConfig, MerchantConfig
+from gateway.his import BridgeHis, HisLink
+from gateway.outbox import Deliverer
+from gateway.services import Services, log
+from gateway.store import registry
+from gateway.store.db import Database
+from gateway.store.migrate import upgrade
+from gateway.workers import Worker, build_workers, prune_nonces
+
+
+def build_channel(merchant: MerchantConfig) -> Channel:
+    from gateway.channels.config import ChannelConfig
+    from gateway.channels.config import build_channel as build
+
+    settings = TypeAdapter(ChannelConfig).validate_python({"channel": merchant.channel, **merchant.channel_settings()})
+    return build(settings)
+
+
+@dataclass
+class Gateway:
+    cfg: GatewayConfig
+    channels: dict[str, Channel] | None = None
+    """Channels by merchant id; built from the config when not given (tests give in-memory ones)."""
+    his: dict[str, HisLink] | None = None
+    run_workers: bool | None = None
+    svc: Services = field(init=False)
+    workers: list[Worker] = field(init=False, default_factory=list)
+    _tasks: list[asyncio.Task[Any]] = field(init=False, default_factory=list)
+    _owned: list[Any] = field(init=False, default_factory=list)
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        db = Database(cfg.database.url, pool_size=cfg.database.pool_size)
+        try:
+            revision = await upgrade(db)
+            await registry.sync_from_config(db, cfg)
+        except BaseException:
+            await db.close()
+            raise
+        log.info("database_ready", dialect=db.dialect, revision=revision)
+        channels = self.channels
+        if channels is None:
+            channels = {m.id: build_channel(m) for m in cfg.merchants if m.enabled}
+            self._owned.extend(channels.values())
+        his = self.his
+        if his is None:
+            his = {h.id: BridgeHis.from_config(h.bridge) for h in cfg.hospitals if h.bridge is not None}
+            self._owned.extend(his.values())
+        self.svc = Services(cfg, db, channels, his)
+        self.signing_key = protocol.load_signing_key(cfg.signing.key_id, cfg.signing.key)
+        self.deliverer = Deliverer(self.svc, self.signing_key)
+        self.workers = build_workers(self.svc, self.deliverer)
+        run = cfg.workers.enabled if self.run_workers is None else self.run_workers
+        if run:
+            self._tasks = [asyncio.create_task(w.run(), name=f"worker-{w.name}") for w in self.workers]
+            self._tasks.append(asyncio.create_task(prune_nonces(self.svc), name="prune-nonces"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.deliverer.close()
+        for resource in self._owned:
+            with contextlib.suppress(Exception):
+                await (resource.aclose() if hasattr(resource, "aclose") else resource.close())
+        await self.svc.db.close()
+
+    def app(self) -> web.Application:
+        from gateway.api.app import create_app
+
+        return create_app(self.svc, self.signing_key)
+
+
+@dataclass
+class RunningGateway:
+    gateway: Gateway
+    url: str
+    runner: web.AppRunner
+
+    @property
+    def svc(self) -> Services:
+        return self.gateway.svc
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        await self.gateway.stop()
+
+
+def _split(hostport: str) -> tuple[str, int]:
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def start_gateway(cfg: GatewayConfig, **kwargs: Any) -> RunningGateway:
+    """Start one instance and its listener; port 0 in ``server.listen`` picks a free port (tests, benchmarks)."""
+    gateway = Gateway(cfg, **kwargs)
+    await gateway.start()
+    runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
+    try:
+        await runner.setup()
+        host, port = _split(cfg.server.listen)
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        await gateway.stop()
+        raise
+    bound = int(runner.addresses[0][1])
+    url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    url = f"http://{url_host}:{bound}"
+    log.info("serving", url=url, instance=gateway.svc.instance)
+    return RunningGateway(gateway, url, runner)
+
+
+async def serve(cfg: GatewayConfig) -> None:
+    """Run until SIGTERM or SIGINT."""
+    running = await start_gateway(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await running.stop()

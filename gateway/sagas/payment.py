@@ -1,0 +1,327 @@
+"""The payment saga: pay first, then tell the HIS (宁长款不短款).
+
+    create ─► channel trade open ─► channel says SUCCESS (callback or query) ─► HIS commit ─► business notified
+                                                                              └► HIS refuses: held or refunded
+
+The channel's word is the only thing that moves an order out of ``created``/``paying``. The HIS commit's
+request id is derived from the order, so however often it is retried the HIS records the payment once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.channels.base import ChannelError, PaymentRequest, Scene, TradeState, TradeStatus
+from gateway.his import HisAnswer, HisUnavailable
+from gateway.model import (
+    COMMIT_OPERATION,
+    OPEN_ORDER,
+    BusinessType,
+    ExceptionKind,
+    HisState,
+    OrderStatus,
+    utcnow,
+)
+from gateway.sagas.common import hold_unrecorded, new_trade_no
+from gateway.services import Services, log
+from gateway.store import audit, claims, outbox, registry
+from gateway.store import orders as order_store
+from gateway.store.db import Database
+from gateway.store.tables import orders
+from gateway.views import order_view
+
+SUCCESS_STATES = (TradeState.success, TradeState.refund)
+CLOSED_STATES = (TradeState.closed, TradeState.revoked)
+
+
+class OrderConflict(Exception):
+    """The business order number is taken by a different request."""
+
+
+class NoMerchant(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    business_order_no: str
+    business_type: BusinessType
+    scene: Scene
+    channel: str
+    amount_fen: int
+    subject: str
+    his_params: dict[str, Any]
+    notify_url: str | None = None
+    payer_id: str | None = None
+    auth_code: str | None = None
+    client_ip: str | None = None
+    expire_s: int | None = None
+
+    def digest(self) -> str:
+        """What makes two requests "the same order": everything but the one-time payer details."""
+        fields = {
+            k: v
+            for k, v in self.__dict__.items()
+            if k not in ("auth_code", "client_ip", "payer_id", "notify_url", "expire_s")
+        }
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+async def notify(conn: Any, order: Any, event_type: str) -> None:
+    await outbox.enqueue(
+        conn,
+        app_id=order.app_id,
+        hospital_id=order.hospital_id,
+        event_type=event_type,
+        subject_key=order.out_trade_no,
+        payload=order_view(order, with_pay_params=False),
+        notify_url=order.notify_url,
+    )
+
+
+async def create(svc: Services, app: registry.App, new: NewOrder) -> tuple[Any, bool]:
+    """Store the order and open the channel trade. Idempotent on the business order number: a repeat returns
+    the stored order (and retries a channel create that had not got through)."""
+    merchant_id = await registry.merchant_for(svc.db, app.hospital_id, new.channel)
+    if merchant_id is None:
+        raise NoMerchant(f"hospital {app.hospital_id} has no {new.channel} merchant")
+    now = utcnow()
+    ttl = new.expire_s or svc.cfg.workers.order_ttl_s
+    lease = svc.lease()
+    order, created = await order_store.insert(
+        svc.db,
+        {
+            "hospital_id": app.hospital_id,
+            "app_id": app.id,
+            "merchant_id": merchant_id,
+            "channel": new.channel,
+            "business_order_no": new.business_order_no,
+            "out_trade_no": new_trade_no("P"),
+            "request_digest": new.digest(),
+            "business_type": new.business_type.value,
+            "scene": new.scene.value,
+            "subject": new.subject,
+            "amount_fen": new.amount_fen,
+            "his_params": new.his_params,
+            "notify_url": new.notify_url,
+            "status": OrderStatus.created.value,
+            "his_state": HisState.none.value,
+            "expires_at": now + dt.timedelta(seconds=ttl),
+            "due_at": lease,
+            "leased_until": lease,
+        },
+    )
+    if not created:
+        if order.request_digest != new.digest():
+            raise OrderConflict(f"business order {new.business_order_no} exists with different content")
+        if order.status not in OPEN_ORDER or order.pay_params is not None:
+            return order, False
+        claimed = await order_store.try_claim(svc.db, order.id, lease)
+        if claimed is None:
+            return order, False
+        order = claimed
+    try:
+        return await _open_trade(svc, order, new), created
+    finally:
+        await claims.release(svc.db, orders, order.id)
+
+
+async def _open_trade(svc: Services, order: Any, new: NewOrder) -> Any:
+    channel = svc.channel(order.merchant_id)
+    request = PaymentRequest(
+        out_trade_no=order.out_trade_no,
+        amount_fen=order.amount_fen,
+        description=order.subject,
+        scene=Scene(order.scene),
+        notify_url=svc.notify_url(order.channel, order.merchant_id),
+        expires_at=order.expires_at,
+        payer_id=new.payer_id,
+        auth_code=new.auth_code,
+        client_ip=new.client_ip,
+    )
+    first_check = min(order.expires_at, svc.soon(svc.cfg.workers.pending_query_after_s))
+    try:
+        started = await channel.create(request)
+    except ChannelError as e:
+        if e.in_doubt:
+            due = svc.soon(min(5.0, svc.cfg.workers.pending_query_after_s))
+            return await order_store.update(svc.db, order.id, OPEN_ORDER, last_error=str(e), due_at=due)
+        if e.retryable:
+            return await order_store.update(svc.db, order.id, OPEN_ORDER, last_error=str(e), due_at=order.expires_at)
+        async with svc.db.write() as conn:
+            row = await order_store.transition(
+                conn, order.id, OPEN_ORDER, status=OrderStatus.failed.value, last_error=str(e), due_at=None
+            )
+            if row is not None:
+                await notify(conn, row, "order.failed")
+                await audit.record(conn, "channel", "order.failed", order.out_trade_no, {"code": e.code})
+            return row or await order_store.get(svc.db, order.id)
+    due = svc.soon(3) if started.state in (TradeState.userpaying, *SUCCESS_STATES) else first_check
+    row = await order_store.update(
+        svc.db,
+        order.id,
+        OPEN_ORDER,
+        status=OrderStatus.paying.value,
+        pay_params=started.pay_params,
+        channel_trade_no=started.channel_trade_no,
+        due_at=due,
+        last_error=None,
+    )
+    if row is not None and started.state in SUCCESS_STATES:
+        try:
+            row = await apply_trade_status(svc, row, await channel.query(order.out_trade_no), source="create")
+        except ChannelError as e:
+            log.info("codepay_query_deferred", out_trade_no=order.out_trade_no, error=str(e))
+    return row or await order_store.get(svc.db, order.id)
+
+
+async def apply_trade_status(svc: Services, order: Any, status: TradeStatus, *, source: str) -> Any:
+    """Apply the channel's word about a trade. Idempotent: the same word twice changes nothing the second time."""
+    if status.state in SUCCESS_STATES:
+        return await _paid(svc, order, status, source)
+    if status.state in CLOSED_STATES or status.state == TradeState.payerror:
+        new = OrderStatus.failed if status.state == TradeState.payerror else OrderStatus.closed
+        async with svc.db.write() as conn:
+            row = await order_store.transition(conn, order.id, OPEN_ORDER, status=new.value, due_at=None)
+            if row is None:
+                return await order_store.get(svc.db, order.id)
+            await notify(conn, row, f"order.{new.value}")
+            await audit.record(conn, source, f"order.{new.value}", order.out_trade_no, {"state": status.state.value})
+            return row
+    if status.state in (TradeState.notpay, TradeState.userpaying) and order.status == OrderStatus.created:
+        return await order_store.update(svc.db, order.id, [OrderStatus.created], status=OrderStatus.paying.value)
+    return order
+
+
+async def _paid(svc: Services, order: Any, status: TradeStatus, source: str) -> Any:
+    paid_fen = status.amount_fen if status.amount_fen is not None else order.amount_fen
+    money = {
+        "paid_fen": paid_fen,
+        "channel_trade_no": status.channel_trade_no or order.channel_trade_no,
+        "paid_at": status.paid_at or utcnow(),
+    }
+    async with svc.db.write() as conn:
+        if paid_fen != order.amount_fen:
+            row = await order_store.transition(
+                conn,
+                order.id,
+                [*OPEN_ORDER, OrderStatus.closed, OrderStatus.failed],
+                status=OrderStatus.paid.value,
+                his_state=HisState.held.value,
+                exception=ExceptionKind.amount_mismatch.value,
+                exception_detail=f"channel reports {paid_fen} fen paid, the order is for {order.amount_fen} fen",
+                due_at=None,
+                **money,
+            )
+            if row is not None:
+                await audit.record(conn, source, "exception.amount_mismatch", order.out_trade_no, {"paid": paid_fen})
+                await notify(conn, row, "order.exception")
+            return row or order
+        row = await order_store.transition(
+            conn, order.id, OPEN_ORDER, status=OrderStatus.paid.value, due_at=utcnow(), last_error=None, **money
+        )
+        if row is not None:
+            await audit.record(conn, source, "order.paid", order.out_trade_no, {"fen": paid_fen})
+            svc.wake_orders.set()
+            return row
+        row = await order_store.transition(
+            conn,
+            order.id,
+            [OrderStatus.closed, OrderStatus.failed],
+            his_state=HisState.held.value,
+            exception=ExceptionKind.paid_after_close.value,
+            exception_detail=f"the channel reports a payment after the order was {order.status}",
+            **money,
+        )
+        if row is None:
+            return await order_store.get(svc.db, order.id)
+        await audit.record(conn, source, "exception.paid_after_close", order.out_trade_no, {"fen": paid_fen})
+        await notify(conn, row, "order.exception")
+        if await hold_unrecorded(conn, row, reason="paid after the order was closed", actor=source) is not None:
+            svc.wake_refunds.set()
+        log.warning("paid_after_close", out_trade_no=order.out_trade_no, fen=paid_fen)
+        return row
+
+
+def commit_params(order: Any) -> tuple[str, dict[str, Any]]:
+    operation = COMMIT_OPERATION[BusinessType(order.business_type)]
+    params = {
+        "request_id": f"{order.out_trade_no}-commit",
+        "trade_no": order.out_trade_no,
+        "amount_fen": order.paid_fen,
+        "channel": order.channel,
+        "channel_trade_no": order.channel_trade_no or order.out_trade_no,
+        "paid_at": order.paid_at.isoformat(),
+        **order.his_params,
+    }
+    return operation, params
+
+
+async def commit_his(svc: Services, order: Any) -> Any:
+    """Tell the HIS about a paid order; ask about a pending commit instead of sending it again."""
+    operation, params = commit_params(order)
+    his = svc.his_for(order.hospital_id)
+    try:
+        answer: HisAnswer | None = None
+        if order.his_state == HisState.pending:
+            answer = await his.status(params["request_id"])
+        if answer is None:
+            answer = await his.write(operation, params)
+    except HisUnavailable as e:
+        return await order_store.update(
+            svc.db,
+            order.id,
+            [OrderStatus.paid],
+            last_error=f"bridge: {e}",
+            attempts=order.attempts + 1,
+            due_at=svc.backoff(order.attempts),
+        )
+    if answer.pending:
+        return await order_store.update(
+            svc.db,
+            order.id,
+            [OrderStatus.paid],
+            his_state=HisState.pending.value,
+            due_at=svc.soon(svc.cfg.workers.his_poll_s),
+        )
+    async with svc.db.write() as conn:
+        if answer.done:
+            row = await order_store.transition(
+                conn,
+                order.id,
+                [OrderStatus.paid],
+                status=OrderStatus.completed.value,
+                his_state=HisState.done.value,
+                his_receipt_no=answer.result.get("receipt_no"),
+                last_error=None,
+                due_at=None,
+            )
+            if row is not None:
+                await notify(conn, row, "order.completed")
+            return row or await order_store.get(svc.db, order.id)
+        row = await order_store.transition(
+            conn,
+            order.id,
+            [OrderStatus.paid],
+            status=OrderStatus.his_rejected.value,
+            his_state=HisState.rejected.value,
+            his_error=answer.error,
+            exception=ExceptionKind.his_rejected.value,
+            exception_detail=f"the HIS refused {operation}: {(answer.error or {}).get('message', '')}"[:500],
+            due_at=None,
+        )
+        if row is None:
+            return await order_store.get(svc.db, order.id)
+        await audit.record(conn, "his", "order.his_rejected", order.out_trade_no, answer.error)
+        await notify(conn, row, "order.his_rejected")
+        if await hold_unrecorded(conn, row, reason="the HIS refused the payment", actor="his") is not None:
+            svc.wake_refunds.set()
+        return row
+
+
+async def reschedule(db: Database, order: Any, due: dt.datetime | None) -> None:
+    await order_store.update(db, order.id, None, due_at=due)
