@@ -44,13 +44,15 @@ in doubt for a write. A connection that failed or timed out is closed, never reu
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
+import itertools
 import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -221,6 +223,67 @@ class _Saved(dict[str, Any]):
 # --- connections -------------------------------------------------------------------------------------------
 
 
+class _Watchdog:
+    """One thread per adapter that runs the cancel of every statement still running at its deadline.
+
+    A ``threading.Timer`` per statement started a thread on every call; on a small VM that start and its
+    handshake cost about 0.4 ms, most of a 0.5 ms call. Every statement is armed with the same delay, so the
+    deadlines come in arming order and the earliest is always the oldest entry; a disarmed entry is removed.
+    """
+
+    def __init__(self) -> None:
+        self._entries: collections.OrderedDict[int, tuple[float, Callable[[], None]]] = collections.OrderedDict()
+        self._cond = threading.Condition()
+        self._keys = itertools.count()
+        self._thread: threading.Thread | None = None
+        """The thread serving the entries; a thread that is no longer this one stops."""
+
+    def arm(self, delay_s: float, action: Callable[[], None]) -> int:
+        """Run ``action`` in ``delay_s`` seconds unless disarmed first (an exception it raises is logged)."""
+        with self._cond:
+            key = next(self._keys)
+            was_empty = not self._entries
+            self._entries[key] = (time.monotonic() + delay_s, action)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="dbproc-watchdog", daemon=True)
+                self._thread.start()
+            elif was_empty:
+                self._cond.notify()
+            return key
+
+    def disarm(self, key: int) -> None:
+        with self._cond:
+            self._entries.pop(key, None)
+
+    def close(self) -> None:
+        """Stop the thread; anything still armed is dropped (its statement's connection is being closed)."""
+        with self._cond:
+            self._thread = None
+            self._entries.clear()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self._cond:
+                while True:
+                    if self._thread is not me:
+                        return
+                    if not self._entries:
+                        self._cond.wait()
+                        continue
+                    key, (deadline, action) = next(iter(self._entries.items()))
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        del self._entries[key]
+                        break
+                    self._cond.wait(left)
+            try:
+                action()
+            except Exception:
+                log.exception("dbproc watchdog: a statement's cancel failed")
+
+
 @dataclass
 class _Pooled:
     connection: Any
@@ -303,6 +366,7 @@ class DbprocAdapter(Adapter):
         self._executor: ThreadPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
         self._keys: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._watchdog = _Watchdog()
 
     def operations(self) -> frozenset[str]:
         return self.profile.operations
@@ -359,6 +423,7 @@ class DbprocAdapter(Adapter):
             _close_quietly(pooled.connection)
         if executor is not None:
             await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
+        self._watchdog.close()
 
     # --- calls ---------------------------------------------------------------------------------------------
 
@@ -369,10 +434,15 @@ class DbprocAdapter(Adapter):
         return plan
 
     async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        result, _ = await self.call_raw(operation, params)
+        result, _ = await self._call(operation, params)
         return result
 
     async def call_raw(self, operation: str, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        result, reply = await self._call(operation, params)
+        return result, reply.text()
+
+    async def _call(self, operation: str, params: dict[str, Any]) -> tuple[dict[str, Any], RowsReply]:
+        """The result and the reply it was read from, which only ``call_raw`` turns into JSON text."""
         plan = self._bound(operation)
         await self.start()
         assert self._executor is not None and self._slots is not None
@@ -445,7 +515,7 @@ class DbprocAdapter(Adapter):
 
     # --- in a worker thread --------------------------------------------------------------------------------
 
-    def _run(self, plan: OperationPlan, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    def _run(self, plan: OperationPlan, params: dict[str, Any]) -> tuple[dict[str, Any], RowsReply]:
         binding = plan.binding
         where = f"{binding.operation} ({binding.call} at {self.endpoint})"
         try:
@@ -470,7 +540,7 @@ class DbprocAdapter(Adapter):
             except Exception as exc:
                 raise _Failure("commit", exc) from exc
             healthy = True
-            return result, reply.text()
+            return result, reply
         except _Failure as failure:
             self._rollback(pooled)
             raise classify(failure, where) from failure.error
@@ -486,9 +556,13 @@ class DbprocAdapter(Adapter):
     def _apply(self, binding: OperationBinding, rule: Any, reply: RowsReply) -> dict[str, Any]:
         record = RowExtractor().parse(reply)
         try:
-            return rule.apply(record, self.profile.filters, raw=reply.text())
+            return rule.apply(record, self.profile.filters)
         except MappingError as exc:
             raise binding.unmappable(exc.message, raw=reply.text()) from None
+        except AdapterError as exc:  # the HIS refused: the reply as JSON goes with the error, made only now
+            if exc.raw is None:
+                exc.raw = reply.text()
+            raise
 
     def _map(self, plan: OperationPlan, reply: RowsReply) -> dict[str, Any]:
         binding = plan.binding
@@ -511,9 +585,7 @@ class DbprocAdapter(Adapter):
             with contextlib.suppress(Exception):
                 cursor.cancel()
 
-        watchdog = threading.Timer(self.settings.query_timeout_s + 1.0, cancel)
-        watchdog.daemon = True
-        watchdog.start()
+        watchdog = self._watchdog.arm(self.settings.query_timeout_s + 1.0, cancel)
         try:
             cursor.execute(call.statement.sql, args) if args else cursor.execute(call.statement.sql)
             sets = _drain(cursor)
@@ -539,7 +611,7 @@ class DbprocAdapter(Adapter):
                 raise _Failure("execute", exc, timed_out=cancelled.is_set() or _is_timeout(exc)) from exc
             raise
         finally:
-            watchdog.cancel()
+            self._watchdog.disarm(watchdog)
             with contextlib.suppress(Exception):
                 cursor.close()
 

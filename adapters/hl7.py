@@ -213,7 +213,7 @@ class Hl7Adapter(Adapter):
             message = f"the message must start with {HEADER!r}, the encoding characters escape() assumes"
             raise MappingError(f"{where}: {message}")
         text = "\r".join(segments) + "\r"
-        record = parse_message(text, "utf-8")
+        record = parse_message(segments[0] + "\r", "utf-8")  # MSH-9 and MSH-10 are in MSH: parse only that
         if record.value(_MSH_10) != control_id:
             raise MappingError(f"{where}: MSH-10 must be {{{{ msh.control_id }}}}, which the adapter generates")
         message_type = f"{record.value(_MSH_9_1)}^{record.value(_MSH_9_2)}"
@@ -261,7 +261,7 @@ class Hl7Adapter(Adapter):
             ack = record.value(_MSA_1) or ""
             self._event("ack", ack)
             if ack in ACCEPTED:
-                return binding.reply(text), text
+                return binding.reply_parsed(record, text), text  # parsed once, by _send_and_read
             if ack in REJECTED:
                 return self._rejected(binding, record, ack, text), text
             if ack not in ERRORS:

@@ -16,6 +16,7 @@ ASCII-compatible (UTF-16, UTF-32) are refused, because MLLP framing and the sepa
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 
 CHARSETS: dict[str, str] = {
@@ -55,8 +56,12 @@ class UndecodableMessage(ValueError):
         self.charset = charset
 
 
+@functools.lru_cache(maxsize=128)
 def codec_for(name: str) -> str:
-    """The Python codec for an MSH-18 value or a configured encoding name; raises :class:`CharsetError`."""
+    """The Python codec for an MSH-18 value or a configured encoding name; raises :class:`CharsetError`.
+
+    Cached: every message sent and every reply read asks it (with the codec lookup and the ASCII probe), and
+    the answer for a name never changes; failures are not cached, and a peer can only send so many names."""
     label = name.strip()
     codec = CHARSETS.get(label.upper())
     if codec is None:

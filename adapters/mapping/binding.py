@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.mapping.errors import MappingError, ReplyMappingError
-from adapters.mapping.extract import Extractor, ReplyRule
+from adapters.mapping.extract import Extractor, Record, ReplyRule
 from adapters.mapping.filters import Filters
 from adapters.mapping.templates import RequestTemplate
 
@@ -48,6 +48,14 @@ class OperationBinding:
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         try:
             record = self.extractor.parse(raw)  # type: ignore[arg-type]
+        except MappingError as exc:
+            raise self.unmappable(exc.message, raw=text) from None
+        return self.reply_parsed(record, text)
+
+    def reply_parsed(self, record: Record, text: str | None) -> dict[str, Any]:
+        """``reply`` for a reply the adapter has already parsed (HL7 parses it to check MSA-2): the same
+        rule and errors, without parsing it a second time."""
+        try:
             return self.reply_rule.apply(record, self.filters, raw=text)
         except MappingError as exc:
             raise self.unmappable(exc.message, raw=text) from None
