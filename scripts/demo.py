@@ -2,7 +2,10 @@
 
 Starts the sandbox HIS and the bridge agent as real processes with development certificates, then drives a
 registration, an outpatient charge, a partial refund and its write-back through ``BridgeClient`` over mutual
-TLS, printing each answer. Everything it makes is under ``var/demo/`` (removed at the next run).
+TLS, printing each answer. Then the cloud side (``demo_gateway``): the sandbox payment channels and the gateway
+as processes too, and as a hospital app a payment, a partial and a full refund through gateway → channel →
+bridge → sandbox HIS, ending with the three ledgers side by side. Everything it makes is under ``var/demo/``
+(removed at the next run); every process it started is stopped however it ends.
 """
 
 from __future__ import annotations
@@ -11,40 +14,26 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from types import FrameType
 from zoneinfo import ZoneInfo
 
 import aiohttp
+import demo_gateway
+from demo_support import BIN, REPO, Processes, bridge_client, free_port, shown, step, until
 
-from bridge import protocol, tls
 from bridge.certs import DevCerts
-from bridge.client import BridgeClient, BridgeResult
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def step(title: str) -> None:
-    print(f"\n== {title}", flush=True)
+from bridge.client import BridgeResult
 
 
 def show(answer: BridgeResult) -> None:
-    shown = {k: v for k, v in answer.body.items() if v is not None}
-    print(f"   HTTP {answer.http_status}  " + json.dumps(shown, ensure_ascii=False), flush=True)
+    fields = {k: v for k, v in answer.body.items() if v is not None}
+    print(f"   HTTP {answer.http_status}  " + json.dumps(fields, ensure_ascii=False), flush=True)
 
 
 def run_cli(*args: str) -> str:
@@ -53,20 +42,12 @@ def run_cli(*args: str) -> str:
     return "\n".join("   " + line for line in out.stdout.rstrip().splitlines())
 
 
-def start_sandbox(work: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [str(BIN / "his-sandbox"), "his", "--listen", "127.0.0.1:0", "--db", str(work / "his.sqlite3")],
-        stdout=subprocess.PIPE,
-        stderr=(work / "sandbox.log").open("w"),
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"(http://[\d.]+:\d+)", line)
-    if not match:
-        proc.kill()
-        raise SystemExit(f"sandbox HIS did not start: {line!r} (see {work / 'sandbox.log'})")
-    return proc, match.group(1)
+def start_sandbox(procs: Processes, work: Path) -> str:
+    proc = procs.start(
+        "sandbox", [str(BIN / "his-sandbox"), "his", "--listen", "127.0.0.1:0", "--db", str(work / "his.sqlite3")],
+        read_stdout=True,
+    )  # fmt: skip
+    return procs.announcements("sandbox", proc, r"(http://[\d.]+:\d+)")[0]
 
 
 def write_config(work: Path, his_url: str) -> tuple[Path, int, int]:
@@ -86,28 +67,20 @@ def write_config(work: Path, his_url: str) -> tuple[Path, int, int]:
     return config, api_port, ops_port
 
 
-async def wait_ready(ops_url: str, proc: subprocess.Popen[Any]) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            if proc.poll() is not None:
-                raise SystemExit(f"the agent exited with {proc.returncode}; see var/demo/agent.log")
-            try:
-                async with session.get(ops_url + "/readyz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise SystemExit("the agent did not become ready in 30 s; see var/demo/agent.log")
+async def wait_ready(ops_url: str, procs: Processes, agent: subprocess.Popen[bytes]) -> None:
+    async def ready() -> bool:
+        procs.check("agent", agent)
+        try:
+            async with aiohttp.ClientSession() as session, session.get(ops_url + "/readyz") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await until(ready, bool, "the agent to be ready")
 
 
 async def drive(certs: DevCerts, api_url: str) -> None:
-    client = BridgeClient(
-        api_url,
-        signing_key=protocol.load_signing_key("platform", certs.platform_signing_key),
-        bridge_key=protocol.load_verify_key("bridge-H001", certs.bridge_signing_pub),
-        ssl_context=tls.client_context(certs.ca_cert, certs.client_cert, certs.client_key),
-    )
+    client = bridge_client(certs, api_url)
     run = uuid.uuid4().hex[:8].upper()
     now = dt.datetime.now(ZoneInfo("Asia/Shanghai")).isoformat(timespec="seconds")
     async with client:
@@ -210,43 +183,43 @@ async def drive(certs: DevCerts, api_url: str) -> None:
         show(await client.call("trade.check", {"trade_no": f"CHG{run}", "operation": "charge.commit"}))
 
 
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(REPO / "var" / "demo"), help="where to put certs, config, journal")
+    parser.add_argument("--channel", choices=("wechat", "alipay"), default="wechat", help="how the payer pays")
     args = parser.parse_args()
-    work = Path(args.work)
+    work = Path(args.work).resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-
-    step("his-bridge certs dev — a development CA, server and client certificates, signing keys")
-    print(run_cli("certs", "dev", "--out", str(work / "certs")))
-    sandbox, his_url = start_sandbox(work)
-    agent: subprocess.Popen[Any] | None = None
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    procs = Processes(work)
     try:
+        step("his-bridge certs dev — a development CA, server and client certificates, signing keys")
+        print(run_cli("certs", "dev", "--out", str(work / "certs")))
+        his_url = start_sandbox(procs, work)
         print(f"   sandbox HIS: {his_url}/his/HisService.asmx?wsdl")
         config, api_port, ops_port = write_config(work, his_url)
-        step(f"his-bridge check --config {config.relative_to(REPO) if config.is_relative_to(REPO) else config}")
+        step(f"his-bridge check --config {shown(config)}")
         print(run_cli("check", "--config", str(config)))
-        agent = subprocess.Popen(
-            [str(BIN / "his-bridge"), "serve", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=(work / "agent.log").open("w"),
-        )
+        agent = procs.start("agent", [str(BIN / "his-bridge"), "serve", "--config", str(config)])
         ops_url = f"http://127.0.0.1:{ops_port}"
-        asyncio.run(wait_ready(ops_url, agent))
-        print(f"   agent: https://127.0.0.1:{api_port} (mTLS), metrics {ops_url}/metrics")
-        asyncio.run(drive(DevCerts(work / "certs"), f"https://127.0.0.1:{api_port}"))
+        asyncio.run(wait_ready(ops_url, procs, agent))
+        api_url = f"https://127.0.0.1:{api_port}"
+        print(f"   agent: {api_url} (mTLS), metrics {ops_url}/metrics")
+        certs = DevCerts(work / "certs")
+        asyncio.run(drive(certs, api_url))
         step("his-bridge journal list — what the agent journaled")
         print(run_cli("journal", "--config", str(config), "list"))
-        print(f"\nDone. Logs, journal and config are in {work}.")
+        asyncio.run(demo_gateway.run(work, certs, api_url, procs, args.channel))
+        print(f"\nDone. Certificates, keys, configs, journal and databases are in {shown(work)}.")
     finally:
-        for proc in (agent, sandbox):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        procs.stop()
+        print(f"Stopped every process the demo started. Logs: {procs.logs()}", flush=True)
     return 0
 
 

@@ -1,0 +1,464 @@
+"""The gateway half of the demo.
+
+Next to the demo's sandbox HIS and bridge agent it starts the sandbox payment channels and ``his-gateway`` as real
+processes, configured from the shipped example the way an implementer would configure them, with keys made for
+this run only. The demo then plays the hospital app (signed business API calls, a notify endpoint of its own) and
+the payer (the channel sandbox's admin API), and ends by holding the three ledgers side by side: the HIS's, the
+channel's and the gateway's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import secrets
+import tomllib
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiohttp
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from demo_support import BIN, REPO, Processes, bridge_client, free_port, say, shown, step, until, yuan
+
+from bridge import protocol
+from bridge.certs import DevCerts
+from bridge.client import BridgeClient
+
+HIS_TZ = ZoneInfo("Asia/Shanghai")
+APP_ID = "kiosk-1"
+PATIENT_CARD = "C0002"
+"""The gateway half pays another patient's bills than the bridge half, which has already paid 张三's."""
+ALIPAY_APP_ID = "2021000000000001"
+ALIPAY_SELLER_ID = "2088000000000001"
+CHANNEL_NAMES = {"wechat": "WeChat Pay Native", "alipay": "Alipay precreate"}
+
+
+# --- keys and config --------------------------------------------------------------------------------------------
+
+
+def _write(path: Path, data: bytes, *, private: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if private:
+        path.chmod(0o600)
+    return path
+
+
+def _rsa_pair(private: Path, public: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    _write(private, pem, private=True)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    _write(public, key.public_key().public_bytes(serialization.Encoding.PEM, spki))
+
+
+@dataclass(frozen=True)
+class DemoKeys:
+    """Fresh keys for this run, at the paths the example config names (relative to the config's folder)."""
+
+    gateway: protocol.SigningKey
+    app: protocol.SigningKey
+
+
+def make_keys(work: Path) -> DemoKeys:
+    keys = work / "keys"
+    gateway = protocol.generate_ed25519("gateway")
+    app = protocol.generate_ed25519(APP_ID)
+    _write(keys / "gateway-signing.pem", protocol.private_pem(gateway), private=True)
+    _write(keys / f"{APP_ID}.pem", protocol.private_pem(app), private=True)
+    _write(keys / f"{APP_ID}.pub", app.public().public_pem())
+    _rsa_pair(keys / "wechat" / "apiclient_key.pem", keys / "wechat" / "apiclient_pub.pem")
+    _write(keys / "wechat" / "apiv3.key", secrets.token_hex(16).encode() + b"\n", private=True)
+    _rsa_pair(keys / "alipay" / "app_private_key.pem", keys / "alipay" / "app_public_key.pem")
+    return DemoKeys(gateway, app)
+
+
+def _example() -> tuple[str, dict[str, Any]]:
+    text = (REPO / "config" / "gateway.example.toml").read_text(encoding="utf-8")
+    wechat = next(m for m in tomllib.loads(text)["merchants"] if m["channel"] == "wechat")
+    return text, wechat
+
+
+def _replace(text: str, old: str, new: str) -> str:
+    if text.count(old) != 1:
+        raise SystemExit(f"config/gateway.example.toml no longer has {old!r} once: update scripts/demo_gateway.py")
+    return text.replace(old, new)
+
+
+@dataclass(frozen=True)
+class SandboxChannels:
+    wechat_url: str
+    alipay_url: str
+    admin_url: str
+    state: Path
+
+
+def start_channels(procs: Processes, work: Path) -> SandboxChannels:
+    """``his-sandbox channels`` as the WeChat Pay merchant of the example config and an Alipay app, trusting the
+    public halves of this run's merchant keys; it makes its own platform keys in its state folder."""
+    _, wechat = _example()
+    keys, state = work / "keys", work / "channels"
+    proc = procs.start(
+        "channels",
+        [
+            str(BIN / "his-sandbox"), "channels", "--listen", "127.0.0.1:0", "--state-dir", str(state),
+            "--db", str(state / "ledger.sqlite3"), "--signing-mode", "public_key",
+            "--wechat-mchid", wechat["mchid"], "--wechat-appid", wechat["appid"],
+            "--wechat-merchant-serial", wechat["merchant_serial_no"],
+            "--wechat-merchant-key", str(keys / "wechat" / "apiclient_pub.pem"),
+            "--wechat-apiv3-key-file", str(keys / "wechat" / "apiv3.key"),
+            "--alipay-app-id", ALIPAY_APP_ID, "--alipay-app-public-key", str(keys / "alipay" / "app_public_key.pem"),
+            "--alipay-seller-id", ALIPAY_SELLER_ID,
+        ],
+        read_stdout=True,
+    )  # fmt: skip
+    urls = procs.announcements(
+        "channels", proc, r"WeChat Pay v3 sandbox at (\S+)", r"Alipay sandbox gateway at (\S+)", r"admin API at (\S+)"
+    )
+    return SandboxChannels(*urls, state=state)
+
+
+def write_gateway_config(work: Path, port: int, agent_url: str, notify_url: str, channels: SandboxChannels) -> Path:
+    """The shipped example, pointed at this run: its port, a SQLite file beside it, the demo's agent (mTLS client
+    certificate and platform signing key from the dev certs), the demo as the app, the sandbox channels."""
+    text, _ = _example()
+    public_key_id = (channels.state / "wechatpay_public_key_id.txt").read_text().strip()
+    edits = [
+        ('listen = "127.0.0.1:8600"', f'listen = "127.0.0.1:{port}"'),
+        ('public_url = "https://pay.example-hospital.cn"', f'public_url = "http://127.0.0.1:{port}"'),
+        ('url = "sqlite:///var/gateway.sqlite3"', 'url = "sqlite:///gateway.sqlite3"'),
+        ("poll_interval_s = 1\n", "poll_interval_s = 0.2".ljust(51) + "# the demo: quicker steps\n"),
+        ('url = "https://10.1.2.3:8443"', f'url = "{agent_url}"'),
+        ('signing_key = "keys/platform-signing.pem"', 'signing_key = "certs/platform-signing.pem"'),
+        ('bridge_public_key = "keys/bridge-H001.pub"', 'bridge_public_key = "certs/bridge-signing.pub"'),
+        ('notify_url = "https://his-apps.example-hospital.cn/pay/notify"', f'notify_url = "{notify_url}"'),
+        ('apiv3_key = { env = "WECHAT_APIV3_KEY" }', 'apiv3_key = { file = "keys/wechat/apiv3.key" }'),
+        ('public_key_file = "keys/wechat/pub_key.pem"', 'public_key_file = "channels/wechatpay_public_key.pem"'),
+        (
+            'public_key_id = "PUB_KEY_ID_0000000000000001"',
+            f'public_key_id = "{public_key_id}"\nbase_url = "{channels.wechat_url}"',
+        ),
+    ]
+    for old, new in edits:
+        text = _replace(text, old, new)
+    text += f"""
+[[merchants]]                                      # added by the demo: an Alipay app on the sandbox channels
+id = "ali-h001"
+channel = "alipay"
+hospital = "H001"
+app_id = "{ALIPAY_APP_ID}"
+app_private_key_file = "keys/alipay/app_private_key.pem"
+alipay_public_key_file = "channels/alipay_public_key.pem"
+seller_id = "{ALIPAY_SELLER_ID}"
+gateway_url = "{channels.alipay_url}"
+"""
+    config = work / "gateway.toml"
+    config.write_text(text, encoding="utf-8")
+    config.chmod(0o600)
+    return config
+
+
+# --- the hospital app and the payer -----------------------------------------------------------------------------
+
+
+class NotifyReceiver:
+    """The hospital app's notify endpoint: takes only what the gateway signed, and keeps events by id, since a
+    redelivered event is the same event."""
+
+    def __init__(self, gateway_key: protocol.VerifyKey) -> None:
+        self.gateway_key = gateway_key
+        self.events: dict[int, dict[str, Any]] = {}
+        self.refused = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> NotifyReceiver:
+        app = web.Application()
+        app.router.add_post("/pay/notify", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/pay/notify"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        keys = {self.gateway_key.key_id: self.gateway_key}
+        try:
+            protocol.verify_request(keys, request.method, request.path_qs, request.headers, body)
+        except protocol.EnvelopeError:
+            self.refused += 1
+            return web.Response(status=401)
+        event = json.loads(body)
+        self.events.setdefault(int(event["id"]), event)
+        return web.Response(text="ok")
+
+
+class HospitalApp:
+    """The business API as a hospital app calls it: each request signed with the app's key, each answer checked
+    against the gateway's key before it is believed."""
+
+    def __init__(self, base_url: str, key: protocol.SigningKey, gateway_key: protocol.VerifyKey) -> None:
+        self.base_url = base_url
+        self.key = key
+        self.gateway_key = gateway_key
+        self.session = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        raw = json.dumps(body, ensure_ascii=False).encode() if body is not None else b""
+        headers = protocol.sign_request(self.key, method, path, raw)
+        headers["Content-Type"] = "application/json"
+        async with self.session.request(method, self.base_url + path, data=raw, headers=headers) as resp:
+            data = await resp.read()
+            status, answer_headers = resp.status, resp.headers
+        protocol.verify_response(self.gateway_key, status, headers[protocol.HEADER_NONCE], answer_headers, data)
+        answer: dict[str, Any] = json.loads(data)
+        if status >= 400:
+            raise SystemExit(f"{method} {path}: HTTP {status} {json.dumps(answer, ensure_ascii=False)}")
+        return answer
+
+
+class ChannelAdmin:
+    """The channel sandbox's admin API: the payer's side of a trade, and a look into the channel's ledger."""
+
+    def __init__(self, admin_url: str, session: aiohttp.ClientSession) -> None:
+        self.admin_url = admin_url
+        self.session = session
+
+    async def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        async with self.session.request(method, self.admin_url + path, json=body) as resp:
+            answer: dict[str, Any] = await resp.json()
+            if resp.status >= 400:
+                raise SystemExit(f"channel sandbox {method} {path}: HTTP {resp.status} {answer}")
+            return answer
+
+    async def pay(self, channel: str, out_trade_no: str) -> dict[str, Any]:
+        if channel == "alipay":
+            await self._json("POST", "/payer/scan", {"channel": channel, "out_trade_no": out_trade_no})
+        return await self._json("POST", "/payer/pay", {"channel": channel, "out_trade_no": out_trade_no})
+
+    async def ledger(self, channel: str, out_trade_no: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        trades = (await self._json("GET", f"/trades?channel={channel}"))["trades"]
+        refunds = (await self._json("GET", f"/refunds?channel={channel}"))["refunds"]
+        trade = next(t for t in trades if t["out_trade_no"] == out_trade_no)
+        return trade, [r for r in refunds if r["out_trade_no"] == out_trade_no]
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Trail:
+    """The states a polled order or refund was seen in, for a one-line account of its path."""
+
+    seen: list[str] = field(default_factory=list)
+
+    def note(self, state: str) -> str:
+        if not self.seen or self.seen[-1] != state:
+            self.seen.append(state)
+        return state
+
+    def __str__(self) -> str:
+        return " → ".join(self.seen)
+
+
+async def start_gateway(procs: Processes, config: Path, url: str) -> None:
+    proc = procs.start("gateway", [str(BIN / "his-gateway"), "-c", str(config), "serve"])
+
+    async def healthy() -> bool:
+        procs.check("gateway", proc)
+        try:
+            async with aiohttp.ClientSession() as session, session.get(url + "/healthz") as resp:
+                return resp.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await until(healthy, bool, "the gateway to answer /healthz")
+
+
+async def refund(app: HospitalApp, order_no: str, refund_no: str, amount_fen: int, reason: str) -> dict[str, Any]:
+    """Ask for a refund and follow it to the end: HIS refund.apply → channel refund → HIS refund.writeback."""
+    body = {"business_refund_no": refund_no, "amount_fen": amount_fen, "reason": reason}
+    trail = Trail()
+    trail.note((await app.call("POST", f"/v1/orders/{order_no}/refunds", body))["refund"]["state"])
+
+    async def current() -> dict[str, Any]:
+        row: dict[str, Any] = (await app.call("GET", f"/v1/refunds/{refund_no}"))["refund"]
+        trail.note(row["state"])
+        return row
+
+    row = await until(current, lambda r: r["state"] in ("completed", "rejected", "failed"), f"refund {refund_no}")
+    if row["state"] != "completed":
+        raise SystemExit(f"refund {refund_no} ended {row['state']}: {row['last_error'] or row['exception_detail']}")
+    his = row["his"]
+    say(
+        f"{refund_no} {yuan(amount_fen)} yuan: HIS refund.apply {his['refund_id']} → channel refund "
+        f"{row['channel_refund_no']} → refund.writeback {his['receipt_no']}  [{trail}]"
+    )
+    return row
+
+
+async def run(work: Path, certs: DevCerts, agent_url: str, procs: Processes, channel: str = "wechat") -> None:
+    """The gateway half: a payment, a partial and a full refund, gateway → channel → bridge → sandbox HIS."""
+    keys = make_keys(work)
+    step("his-sandbox channels — WeChat Pay v3 and Alipay sandboxes trusting this run's fresh merchant keys")
+    channels = await asyncio.to_thread(start_channels, procs, work)
+    say(f"WeChat Pay {channels.wechat_url}, Alipay {channels.alipay_url}, admin API {channels.admin_url}")
+
+    async with NotifyReceiver(keys.gateway.public()) as receiver:
+        port = free_port()
+        gateway_url = f"http://127.0.0.1:{port}"
+        config = write_gateway_config(work, port, agent_url, receiver.url, channels)
+        step(f"his-gateway -c {shown(config)} serve — the cloud gateway, configured from gateway.example.toml")
+        await start_gateway(procs, config, gateway_url)
+        say(f"gateway: {gateway_url}; hospital H001's bridge: {agent_url}; app {APP_ID} notified at {receiver.url}")
+
+        app = HospitalApp(gateway_url, keys.app, keys.gateway.public())
+        try:
+            async with bridge_client(certs, agent_url) as his:
+                await _pay_and_refund(app, ChannelAdmin(channels.admin_url, app.session), his, receiver, channel)
+        finally:
+            await app.close()
+
+
+async def _pay_and_refund(
+    app: HospitalApp, payer: ChannelAdmin, his: BridgeClient, receiver: NotifyReceiver, channel: str
+) -> None:
+    run_id = uuid.uuid4().hex[:8].upper()
+    order_no = f"MZ-{run_id}"
+    started = dt.datetime.now(HIS_TZ).date()
+
+    patient = (await his.call("patient.query", {"card_no": PATIENT_CARD})).result or {}
+    bills = ((await his.call("bills.unpaid", {"patient_id": patient["patient_id"]})).result or {})["bills"]
+    total = sum(b["amount_fen"] for b in bills)
+    step(f"POST /v1/orders — as the app: a {CHANNEL_NAMES[channel]} QR code for {patient['name']}'s {len(bills)} bills")
+    order = (
+        await app.call(
+            "POST",
+            "/v1/orders",
+            {
+                "business_order_no": order_no,
+                "business_type": "charge",
+                "scene": "native",
+                "channel": channel,
+                "amount_fen": total,
+                "subject": "门诊缴费",
+                "patient_id": patient["patient_id"],
+                "bill_nos": [b["bill_no"] for b in bills],
+            },
+        )
+    )["order"]
+    out_trade_no = order["out_trade_no"]
+    qr = next(iter((order["pay_params"] or {}).values()), None)
+    say(f"order {order_no} ({out_trade_no}) {order['status']}, {yuan(total)} yuan, QR code {qr}")
+
+    step("the payer scans and pays — the channel sandbox's payer endpoint; its callback reaches the gateway")
+    trade = await payer.pay(channel, out_trade_no)
+    say(f"{channel}: trade {out_trade_no} {trade['state']}, channel trade no {trade['trade_no']}")
+    trail = Trail()
+
+    async def current() -> dict[str, Any]:
+        view: dict[str, Any] = (await app.call("GET", f"/v1/orders/{order_no}"))["order"]
+        trail.note(view["status"])
+        return view
+
+    order = await until(current, lambda o: o["status"] not in ("created", "paying", "paid"), "the HIS commit")
+    if order["status"] != "completed":
+        raise SystemExit(f"order {order_no} ended {order['status']}: {order['his']['error'] or order['exception']}")
+    say(
+        f"payment done: {order_no} paid {yuan(order['paid_fen'])} yuan, HIS charge.commit receipt "
+        f"{order['his']['receipt_no']}  [{trail}]"
+    )
+
+    part = bills[0]["amount_fen"] if len(bills) > 1 else total // 2
+    step(f"POST /v1/orders/{order_no}/refunds — medical insurance covers {yuan(part)} yuan: a partial refund")
+    first = await refund(app, order_no, f"{order_no}-R1", part, "医保结算")
+    say(f"partial refund done: {yuan(first['amount_fen'])} of {yuan(total)} yuan back to the payer")
+
+    rest = total - part
+    step(f"POST /v1/orders/{order_no}/refunds — the patient leaves: a full refund of the remaining {yuan(rest)} yuan")
+    second = await refund(app, order_no, f"{order_no}-R2", rest, "患者退费")
+    say(f"full refund done: {yuan(total)} of {yuan(total)} yuan refunded in 2 refunds")
+
+    step(f"the notifications app {APP_ID} received at its notify URL, each signed by the gateway")
+    events = await until(
+        lambda: _events(receiver), lambda e: len(e) >= 3, "order.completed and two refund.succeeded notifications"
+    )
+    for event in events:
+        data = event["data"]
+        subject = data.get("business_refund_no") or data.get("business_order_no")
+        state = data.get("state") or data.get("status")
+        say(f"#{event['id']} {event['type']:<16} {subject} {state}")
+    if receiver.refused:
+        say(f"({receiver.refused} delivery attempts refused: bad signature)")
+
+    step("three ledgers side by side — HIS (bridge recon.fetch, trade.check), channel (admin API), gateway")
+    await _compare_ledgers(app, payer, his, channel, order_no, out_trade_no, started, (first, second))
+
+
+async def _events(receiver: NotifyReceiver) -> list[dict[str, Any]]:
+    return [receiver.events[k] for k in sorted(receiver.events)]
+
+
+async def _compare_ledgers(
+    app: HospitalApp,
+    payer: ChannelAdmin,
+    his: BridgeClient,
+    channel: str,
+    order_no: str,
+    out_trade_no: str,
+    started: dt.date,
+    refunds: tuple[dict[str, Any], ...],
+) -> None:
+    """Each ledger reduced to (amount paid, channel trade no, {out_refund_no: amount}); the three must be equal."""
+    gateway = await app.call("GET", f"/v1/orders/{order_no}")
+    order = gateway["order"]
+    gw = (
+        order["paid_fen"],
+        order["channel_trade_no"],
+        {r["out_refund_no"]: r["amount_fen"] for r in gateway["refunds"] if r["state"] == "completed"},
+    )
+    trade, channel_refunds = await payer.ledger(channel, out_trade_no)
+    ch = (
+        trade["amount_fen"] if trade["state"] in ("SUCCESS", "REFUND") else 0,
+        trade["trade_no"],
+        {r["out_refund_no"]: r["amount_fen"] for r in channel_refunds if r["state"] == "SUCCESS"},
+    )
+    records: list[dict[str, Any]] = []
+    for day in sorted({started, dt.datetime.now(HIS_TZ).date()}):
+        answer = await his.call("recon.fetch", {"date": day.isoformat()})
+        records += [r for r in (answer.result or {}).get("records", []) if r["trade_no"] == out_trade_no]
+    commits = [r for r in records if r["kind"] != "refund"]
+    check = (await his.call("trade.check", {"trade_no": out_trade_no, "operation": "charge.commit"})).result or {}
+    hs = (
+        sum(r["amount_fen"] for r in commits),
+        commits[0]["channel_trade_no"] if commits else None,
+        {r["refund_no"]: r["amount_fen"] for r in records if r["kind"] == "refund"},
+    )
+    for name, (paid, trade_no, refunded), detail in (
+        ("HIS    ", hs, f"receipt {check.get('receipt_no')}, trade.check status {check.get('status')}"),
+        ("channel", ch, f"{channel} trade state {trade['state']}, refunded {yuan(trade['refunded_fen'])}"),
+        ("gateway", gw, f"order {order['status']}, refunded_fen {order['refunded_fen']}"),
+    ):
+        parts = " + ".join(yuan(v) for v in sorted(refunded.values(), reverse=True)) or "none"
+        say(f"{name}  paid {yuan(paid)} ({trade_no}), refunds {parts}; {detail}")
+    if not hs == ch == gw:
+        raise SystemExit("the ledgers disagree (see the three lines above)")
+    refunded_total = sum(gw[2].values())
+    say(
+        f"the three ledgers agree: paid {yuan(gw[0])} yuan, refunded {yuan(refunded_total)} yuan in "
+        f"{len(gw[2])} refunds ({', '.join(r['out_refund_no'] for r in refunds)})"
+    )

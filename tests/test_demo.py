@@ -1,0 +1,41 @@
+"""The README's main-job command stays true: ``scripts/demo.py`` runs the bridge steps and then a payment, a partial
+and a full refund through gateway → sandbox channel → bridge → sandbox HIS, as real processes, and ends with the
+three ledgers agreeing."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "demo.py"), "--work", str(tmp_path / "demo")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # the demo stops its own processes on SIGTERM
+        out, _ = proc.communicate(timeout=30)
+        pytest.fail(f"the demo did not finish in 90 s:\n{out}")
+    assert proc.returncode == 0, out
+    for line in (
+        "HIS charge.commit receipt",
+        "payment done:",
+        "partial refund done:",
+        "full refund done:",
+        "order.completed",
+        "the three ledgers agree:",
+        "Stopped every process the demo started.",
+    ):
+        assert line in out, f"{line!r} missing from the demo's output:\n{out}"
+    assert "refunds 260.00 + 43.80" in out
