@@ -229,9 +229,14 @@ class Hl7Record:
     def __init__(self, segments: Sequence[hl7.Segment], syntax: _Syntax) -> None:
         self.segments = list(segments)
         self.syntax = syntax
+        self._by_name: dict[str, list[hl7.Segment]] | None = None
 
     def segment(self, name: str, occurrence: int = 1) -> hl7.Segment | None:
-        found = [s for s in self.segments if str(s[0]) == name]
+        if self._by_name is None:  # indexed once: a reply is read by a dozen paths
+            self._by_name = {}
+            for segment in self.segments:
+                self._by_name.setdefault(str(segment[0]), []).append(segment)
+        found = self._by_name.get(name, ())
         return found[occurrence - 1] if occurrence <= len(found) else None
 
     def raw(self, path: Hl7Path) -> str | None:
