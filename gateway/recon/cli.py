@@ -1,0 +1,160 @@
+"""``his-gateway statements …`` and ``his-gateway recon …``: reconciliation for operators.
+
+statements parse --channel wechat|alipay FILE   normalized rows as JSON lines (FILE may be gzip/zip; - = stdin)
+statements fetch --hospital H --date D -c …     download, check and store the day's statements
+recon run --hospital H --date D -c …            reconcile one day now (a new version), progress bar on a tty
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+from typing import Any, TextIO
+
+from gateway.recon.normalize import StatementError, shanghai_today
+
+
+def _day(text: str) -> dt.date:
+    if text == "yesterday":
+        return shanghai_today() - dt.timedelta(days=1)
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not YYYY-MM-DD or 'yesterday'") from None
+
+
+class ProgressBar:
+    """One line on a terminal, redrawn in place; nothing at all when stderr is not a terminal."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self._last = ""
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        if total:
+            filled = min(self.WIDTH, self.WIDTH * done // total)
+            line = f"{stage:<10} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total}"
+        else:
+            line = f"{stage:<10} {done}"
+        if line != self._last:
+            self.stream.write("\r\x1b[2K" + line)
+            self.stream.flush()
+            self._last = line
+
+    def close(self) -> None:
+        if self.enabled and self._last:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+
+
+def _parse_statement(args: argparse.Namespace) -> int:
+    from gateway.recon.statements import parse
+
+    data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()  # noqa: SIM115
+    try:
+        parsed = parse(args.channel, data, merchant=args.merchant)
+    except StatementError as exc:
+        print(f"his-gateway: {exc}", file=sys.stderr)
+        return 1
+    out = sys.stdout
+    for row in parsed.rows:
+        out.write(json.dumps(row.as_json(), ensure_ascii=False, separators=(",", ":")) + "\n")
+    return 0
+
+
+def _with_db(args: argparse.Namespace, fn: Any) -> int:
+    from gateway.store.db import Database
+
+    async def go() -> int:
+        db = Database(args.cfg.database.url, pool_size=args.cfg.database.pool_size)
+        try:
+            return int(await fn(db))
+        finally:
+            await db.close()
+
+    return asyncio.run(go())
+
+
+def _fetch_statements(args: argparse.Namespace) -> int:
+    from gateway.recon.statements.store import fetch
+    from gateway.runtime import build_channel
+
+    async def go(db: Any) -> int:
+        status = 0
+        for m in args.cfg.merchants:
+            if m.hospital != args.hospital or not m.enabled:
+                continue
+            channel = build_channel(m)
+            try:
+                got = await fetch(db, args.hospital, m.id, m.channel, channel, args.date)
+                p = got.parsed
+                print(
+                    f"{m.id}\t{m.channel}\t{len(p.rows)} rows\tpay {p.pay_fen}\trefund {p.refund_fen}\tfee {p.fee_fen}"
+                )
+            except StatementError as exc:
+                print(f"his-gateway: {exc}", file=sys.stderr)
+                status = 1
+            finally:
+                await channel.aclose()
+        return status
+
+    return _with_db(args, go)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.recon import run_reconciliation
+
+    async def go(db: Any) -> int:
+        bar = ProgressBar()
+        try:
+            summary = await run_reconciliation(db, args.cfg, args.hospital, args.date, trigger="cli", progress=bar)
+        except Exception as exc:
+            bar.close()
+            print(f"his-gateway: reconciliation of {args.hospital} {args.date} failed: {exc}", file=sys.stderr)
+            return 1
+        bar.close()
+        if args.json:
+            print(json.dumps(summary.as_json(), ensure_ascii=False))
+            return 0
+        c = summary.counts
+        print(f"{summary.hospital} {summary.day} version {summary.version}: {c['matched']} matched")
+        for cls in ("over_collection", "under_collection", "amount_mismatch", "status_mismatch", "duplicate"):
+            if c.get(cls):
+                print(f"  {cls}: {c[cls]}")
+        if c.get("cross_day"):
+            print(f"  cross_day (held): {c['cross_day']}")
+        if c.get("cleared"):
+            print(f"  cleared from suspense: {c['cleared']}")
+        return 0
+
+    return _with_db(args, go)
+
+
+def register(commands: Any) -> None:
+    st = commands.add_parser("statements", help="channel statements")
+    ssub = st.add_subparsers(dest="statements_command", required=True, metavar="ACTION")
+    parse = ssub.add_parser("parse", help="print a statement file's rows, normalized, as JSON lines")
+    parse.add_argument("--channel", required=True, choices=("wechat", "alipay"))
+    parse.add_argument("--merchant", help="merchant number to put on each row (default: from the file)")
+    parse.add_argument("file", help="the statement as downloaded (gzip, zip) or its CSV; - for stdin")
+    parse.set_defaults(func=_parse_statement)
+    fetch = ssub.add_parser("fetch", help="download, check and store a hospital's statements of one day")
+    fetch.add_argument("--hospital", required=True)
+    fetch.add_argument("--date", required=True, type=_day)
+    fetch.set_defaults(func=_fetch_statements, needs_config=True)
+
+    recon = commands.add_parser("recon", help="reconciliation")
+    rsub = recon.add_subparsers(dest="recon_command", required=True, metavar="ACTION")
+    run = rsub.add_parser("run", help="reconcile one hospital's day now (a new version of it)")
+    run.add_argument("--hospital", required=True)
+    run.add_argument("--date", required=True, type=_day, help="YYYY-MM-DD (Asia/Shanghai) or 'yesterday'")
+    run.add_argument("--json", action="store_true", help="print the run's summary as JSON")
+    run.set_defaults(func=_run, needs_config=True)
