@@ -1,0 +1,192 @@
+"""The ``[sms]`` section: gateway-wide settings (secret, counters, provider, captcha, global budget and breaker)
+and the defence policy, with overrides per hospital and per purpose.
+
+A policy is resolved as ``defaults`` ← ``hospitals.H`` ← ``hospitals.H.purposes.P``; tables merge key by key,
+lists replace. Every (hospital, purpose) policy is built when the config is read, so a bad override fails at
+start, not at the first SMS.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+Purpose = Literal["binding", "payment", "login"]
+PURPOSES: tuple[Purpose, ...] = ("binding", "payment", "login")
+DAY_S = 86400
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Cap(_Model):
+    """At most ``limit`` requests per aligned window of ``window_s``; past it, ask for a captcha or refuse."""
+
+    window_s: Annotated[int, Field(ge=1, le=31 * DAY_S)]
+    limit: Annotated[int, Field(ge=0)]
+    action: Literal["captcha", "refuse"] = "captcha"
+
+
+class CodePolicy(_Model):
+    length: Annotated[int, Field(ge=4, le=8)] = 6
+    ttl_s: Annotated[int, Field(ge=60, le=1800)] = 300
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 5
+
+
+class PhonePolicy(_Model):
+    resend_interval_s: Annotated[int, Field(ge=0, le=3600)] = 60
+    per_hour: Annotated[int, Field(ge=1)] = 5
+    per_day: Annotated[int, Field(ge=1)] = 10
+
+
+class IpPolicy(_Model):
+    enabled: bool = True
+    caps: list[Cap] = [
+        Cap(window_s=60, limit=5),
+        Cap(window_s=3600, limit=20),
+        Cap(window_s=DAY_S, limit=60),
+        Cap(window_s=DAY_S, limit=1000, action="refuse"),
+    ]
+    """Shared hospital Wi-Fi puts many patients behind one address: soft caps ask for a captcha; only an
+    absurd volume is refused."""
+
+
+class DevicePolicy(_Model):
+    enabled: bool = True
+    caps: list[Cap] = [Cap(window_s=60, limit=3), Cap(window_s=3600, limit=8), Cap(window_s=DAY_S, limit=20)]
+    missing_fingerprint_points: Annotated[int, Field(ge=0)] = 40
+    """A browser that sends no client-side fingerprint did not run the page's script: suspicious, not proof."""
+
+
+class SegmentPolicy(_Model):
+    enabled: bool = True
+    prefix_len: Annotated[int, Field(ge=3, le=10)] = 7
+    caps: list[Cap] = [Cap(window_s=60, limit=3), Cap(window_s=600, limit=10), Cap(window_s=DAY_S, limit=150)]
+    sticky: bool = True
+    """A segment over its cap in the previous window stays hot for the current one: a pump that pauses at the
+    window's edge does not get a fresh allowance."""
+
+
+def _networks(values: list[str]) -> list[str]:
+    for v in values:
+        ipaddress.ip_network(v, strict=False)
+    return values
+
+
+class ListsPolicy(_Model):
+    block_phones: list[str] = []
+    allow_phones: list[str] = []
+    """Never asked for a captcha (test numbers, staff); still bound by the per-phone caps and the budget."""
+    block_prefixes: list[str] = []
+    block_ips: list[str] = []
+    allow_ips: list[str] = []
+    """Exempt from the per-IP caps: the hospital's own Wi-Fi egress addresses."""
+
+    _nets = field_validator("block_ips", "allow_ips")(_networks)
+
+    @field_validator("block_phones", "allow_phones")
+    @classmethod
+    def _phones(cls, values: list[str]) -> list[str]:
+        from gateway.sms.phones import normalize
+
+        return [normalize(v) for v in values]
+
+
+class Policy(_Model):
+    captcha_threshold: Annotated[int, Field(ge=1)] = 100
+    """A request whose risk points reach this needs a solved captcha."""
+    daily_budget: Annotated[int, Field(ge=0)] | None = None
+    """SMS per day for this hospital and purpose; the gateway-wide ``sms.daily_budget`` applies as well."""
+    code: CodePolicy = CodePolicy()
+    phone: PhonePolicy = PhonePolicy()
+    ip: IpPolicy = IpPolicy()
+    device: DevicePolicy = DevicePolicy()
+    segment: SegmentPolicy = SegmentPolicy()
+    lists: ListsPolicy = ListsPolicy()
+
+
+class BreakerConfig(_Model):
+    window_s: Annotated[int, Field(ge=10, le=DAY_S)] = 300
+    max_sends: Annotated[int, Field(ge=1)] = 300
+    """More SMS than this in one window (all hospitals) opens the breaker: every request needs a captcha for
+    the rest of that window and the next."""
+    budget_ratio: Annotated[float, Field(gt=0, le=1)] = 0.8
+    """Once this share of the daily budget is spent, every request needs a captcha."""
+
+
+class ProviderConfig(BaseModel):
+    """``kind = "sandbox"`` records messages (in memory, and to ``record_file`` when set); a real provider
+    takes its own keys."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["sandbox"] = "sandbox"
+    record_file: Path | None = None
+    signature: str = "医院"
+
+
+class CaptchaConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["sandbox"] = "sandbox"
+    ttl_s: Annotated[int, Field(ge=30, le=1800)] = 300
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class SmsConfig(_Model):
+    enabled: bool = False
+    secret_file: Path | None = None
+    """At least 32 random bytes; keys the phone and IP hashes, the code hashes and the sandbox captcha."""
+    counters: str = "database"
+    """``database`` (the gateway's own) or ``redis://host:port/db`` (``rediss://`` for TLS)."""
+    timezone: str = "Asia/Shanghai"
+    """Where a day starts, for daily caps and budgets."""
+    daily_budget: Annotated[int, Field(ge=0)] = 10000
+    breaker: BreakerConfig = BreakerConfig()
+    provider: ProviderConfig = ProviderConfig()
+    captcha: CaptchaConfig = CaptchaConfig()
+    defaults: Policy = Policy()
+    hospitals: dict[str, dict[str, Any]] = {}
+    """Per hospital: any ``Policy`` key, and ``purposes.{binding,payment,login}`` with the same keys."""
+    _policies: dict[tuple[str, str], Policy] = PrivateAttr(default_factory=dict)
+
+    @field_validator("counters")
+    @classmethod
+    def _counters(cls, value: str) -> str:
+        if value != "database" and not value.startswith(("redis://", "rediss://", "redis+unix://")):
+            raise ValueError("counters is 'database' or a redis:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _build_policies(self) -> SmsConfig:
+        if self.enabled and self.secret_file is None:
+            raise ValueError("sms.enabled needs sms.secret_file")
+        base = self.defaults.model_dump()
+        for hospital, raw in self.hospitals.items():
+            raw = dict(raw)
+            purposes = raw.pop("purposes", {}) or {}
+            unknown = set(purposes) - set(PURPOSES)
+            if unknown:
+                raise ValueError(f"sms.hospitals.{hospital}.purposes: unknown purpose {sorted(unknown)}")
+            for purpose in PURPOSES:
+                merged = _merge(_merge(base, raw), purposes.get(purpose, {}))
+                self._policies[(hospital, purpose)] = Policy.model_validate(merged)
+        return self
+
+    def policy(self, hospital: str, purpose: str) -> Policy:
+        return self._policies.get((hospital, purpose), self.defaults)
+
+    def resolve(self, base: Path) -> None:
+        def r(p: Path | None) -> Path | None:
+            return p if p is None or p.is_absolute() else base / p
+
+        self.secret_file = r(self.secret_file)
+        self.provider.record_file = r(self.provider.record_file)

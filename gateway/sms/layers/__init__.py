@@ -1,0 +1,79 @@
+"""The defence layers. Each looks at one code request in two phases: ``assess`` runs for every request (it counts
+attempts, adds risk points or refuses outright), ``charge`` only for a request about to send (it spends the
+phone's and the budget's allowance). The risk engine (``gateway.sms.risk``) runs them in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.sms.captcha import CaptchaAnswer
+from gateway.sms.codes import Subject
+from gateway.sms.config import Cap, Policy
+from gateway.sms.limits_store import Counters, Window
+
+Refusal = Literal["silent", "refused", "rate_limited", "unavailable"]
+"""``silent``: answered exactly as if sent (what concerns one phone must not tell whether it is known);
+``refused``: a blocked address; ``rate_limited``: a hard cap; ``unavailable``: the SMS budget is spent."""
+
+
+@dataclass(frozen=True)
+class OtpRequest:
+    app_id: str
+    phone: str
+    subject: Subject
+    ip: str | None
+    ip_hash: str | None
+    device: str | None
+    has_fingerprint: bool
+    captcha: CaptchaAnswer | None
+
+    @property
+    def hospital_id(self) -> str:
+        return self.subject.hospital_id
+
+    @property
+    def purpose(self) -> str:
+        return self.subject.purpose
+
+
+@dataclass(frozen=True)
+class Verdict:
+    layer: str
+    reason: str
+    points: int = 0
+    refusal: Refusal | None = None
+
+
+class Layer:
+    name = "layer"
+
+    async def assess(self, req: OtpRequest, policy: Policy) -> list[Verdict]:
+        return []
+
+    async def charge(self, req: OtpRequest, policy: Policy) -> list[Verdict]:
+        return []
+
+
+async def count_caps(
+    counters: Counters, layer: str, name: str, caps: Sequence[Cap], points: int, *, sticky: bool = False
+) -> list[Verdict]:
+    """Count this attempt in every window the caps use, and judge it against each cap. With ``sticky`` the
+    previous window's count is judged too."""
+    sizes = sorted({c.window_s for c in caps})
+    now = dict(zip(sizes, await counters.hit([Window(name, s) for s in sizes]), strict=True))
+    before = (
+        dict(zip(sizes, await counters.peek([Window(name, s, back=1) for s in sizes]), strict=True)) if sticky else {}
+    )
+    verdicts = []
+    for cap in caps:
+        count = max(now[cap.window_s], before.get(cap.window_s, 0))
+        if count > cap.limit:
+            reason = f"over_{cap.limit}_per_{cap.window_s}s"
+            if cap.action == "refuse":
+                verdicts.append(Verdict(layer, reason, refusal="rate_limited"))
+            else:
+                verdicts.append(Verdict(layer, reason, points=points))
+    return verdicts

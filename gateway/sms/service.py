@@ -1,0 +1,172 @@
+"""The SMS defences of one gateway instance: builds the layers, the code book, the captcha and the provider
+from ``[sms]``, and runs one code request or verification through them.
+
+Sending happens in a background task after the decision is stored, so the answer never waits on the provider:
+a request that was silently dropped and one that sent an SMS take the same path and the same time to answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.services import log
+from gateway.sms.captcha import CaptchaAnswer, SandboxCaptcha
+from gateway.sms.clock import Clock, system_clock
+from gateway.sms.codes import CodeBook, Subject
+from gateway.sms.config import SmsConfig
+from gateway.sms.keys import SmsKeys
+from gateway.sms.layers import OtpRequest
+from gateway.sms.layers.budget import BudgetLayer
+from gateway.sms.layers.device import DeviceLayer, device_id
+from gateway.sms.layers.ip import IpLayer
+from gateway.sms.layers.lists import ListsLayer
+from gateway.sms.layers.phone import PhoneLayer
+from gateway.sms.layers.segment import SegmentLayer
+from gateway.sms.limits_store import SqlStorage, build_counters
+from gateway.sms.metrics import SmsMetrics
+from gateway.sms.phones import mask
+from gateway.sms.providers import SmsMessage, SmsProvider, build_provider
+from gateway.sms.risk import Decision, RiskEngine
+from gateway.store import audit
+from gateway.store.db import Database
+
+PRUNE_INTERVAL_S = 600
+
+
+class SmsService:
+    def __init__(
+        self,
+        cfg: SmsConfig,
+        db: Database,
+        *,
+        clock: Clock = system_clock,
+        provider: SmsProvider | None = None,
+    ) -> None:
+        assert cfg.secret_file is not None
+        self.cfg = cfg
+        self.db = db
+        self.clock = clock
+        self.keys = SmsKeys.from_file(cfg.secret_file)
+        self.metrics = SmsMetrics()
+        self.counters = build_counters(cfg.counters, db, clock, cfg.timezone)
+        self.codes = CodeBook(db, self.keys, clock)
+        self.captcha = SandboxCaptcha(self.keys.captcha_key, self.counters, clock, cfg.captcha.ttl_s)
+        self.provider = provider or build_provider(cfg.provider)
+        c = self.counters
+        layers = [
+            ListsLayer(),
+            IpLayer(c),
+            DeviceLayer(c),
+            SegmentLayer(c),
+            PhoneLayer(c, self.codes),
+            BudgetLayer(c, cfg.daily_budget, cfg.breaker),
+        ]
+        self.engine = RiskEngine(layers, self.captcha)
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def subject(self, hospital_id: str, purpose: str, phone: str) -> Subject:
+        return Subject(hospital_id, purpose, self.keys.subject_hash("phone", phone), mask(phone))
+
+    def otp_request(
+        self,
+        *,
+        app_id: str,
+        hospital_id: str,
+        purpose: str,
+        phone: str,
+        ip: str | None = None,
+        user_agent: str = "",
+        accept_language: str = "",
+        fingerprint: str | None = None,
+        headers: dict[str, str] | None = None,
+        captcha: CaptchaAnswer | None = None,
+    ) -> OtpRequest:
+        """``phone`` in normal form (``gateway.sms.phones.normalize``)."""
+        return OtpRequest(
+            app_id=app_id,
+            phone=phone,
+            subject=self.subject(hospital_id, purpose, phone),
+            ip=ip,
+            ip_hash=self.keys.subject_hash("ip", ip) if ip else None,
+            device=device_id(
+                fingerprint, user_agent, accept_language, {k.lower(): v for k, v in (headers or {}).items()}
+            ),
+            has_fingerprint=bool(fingerprint),
+            captcha=captcha,
+        )
+
+    async def request_code(self, req: OtpRequest) -> Decision:
+        policy = self.cfg.policy(req.hospital_id, req.purpose)
+        decision = await self.engine.decide(req, policy)
+        if decision.action == "send":
+            code = await self.codes.issue(req.subject, policy)
+            if code is not None:
+                self._dispatch(SmsMessage(req.phone, req.hospital_id, req.purpose, code, policy.code.ttl_s // 60))
+                self.metrics.sent.labels(req.hospital_id, req.purpose).inc()
+                return decision
+            decision = Decision("silent", "phone", "resend_interval", decision.score, decision.signals)
+        await self._refused(req, decision)
+        return decision
+
+    async def verify_code(self, hospital_id: str, purpose: str, phone: str, code: str) -> bool:
+        subject = self.subject(hospital_id, purpose, phone)
+        ok = await self.codes.verify(subject, code, self.cfg.policy(hospital_id, purpose))
+        self.metrics.verifications.labels(hospital_id, purpose, "verified" if ok else "failed").inc()
+        return ok
+
+    async def _refused(self, req: OtpRequest, d: Decision) -> None:
+        layer = d.layer or "unknown"
+        self.metrics.refused.labels(req.hospital_id, req.purpose, layer, d.action).inc()
+        detail: dict[str, Any] = {
+            "phone": req.subject.phone_masked,
+            "purpose": req.purpose,
+            "hospital": req.hospital_id,
+            "layer": layer,
+            "reason": d.reason,
+            "action": d.action,
+            "score": d.score,
+            "signals": d.signals,
+            "ip": req.ip,
+            "device": req.device,
+        }
+        log.info("sms_refused", **{k: detail[k] for k in ("phone", "purpose", "layer", "reason", "action")})
+        action = "sms.captcha_required" if d.action == "captcha" else "sms.refused"
+        async with self.db.write() as conn:
+            await audit.record(conn, req.app_id, action, f"sms:{req.subject.phone_hash[:32]}", detail)
+
+    def _dispatch(self, message: SmsMessage) -> None:
+        task = asyncio.create_task(self._send(message), name="sms-send")
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, message: SmsMessage) -> None:
+        try:
+            await self.provider.send(message)
+        except Exception:
+            self.metrics.send_errors.labels(self.provider.name).inc()
+            log.exception("sms_send_failed", phone=mask(message.phone), provider=self.provider.name)
+
+    async def flush(self) -> None:
+        """Wait for the SMS handed to background tasks (tests, shutdown)."""
+        while self._sending:
+            await asyncio.gather(*list(self._sending), return_exceptions=True)
+
+    async def prune(self) -> int:
+        pruned = await self.codes.prune()
+        if isinstance(self.counters.storage, SqlStorage):
+            pruned += await self.counters.storage.prune()
+        return pruned
+
+    async def run_pruner(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except Exception:
+                log.exception("sms_prune_failed")
+            await asyncio.sleep(PRUNE_INTERVAL_S)
+
+    async def close(self) -> None:
+        await self.flush()
+        await self.provider.close()
+        await self.counters.close()
