@@ -5,6 +5,9 @@ his-gateway migrate -c gateway.toml            bring the database schema up to d
 his-gateway notifications resend ID -c …       deliver a notification again from the start of its schedule
 his-gateway notifications list --app APP -c …  an app's recent (or undelivered) notifications
 his-gateway orders show BUSINESS_ORDER_NO --hospital H -c …
+his-gateway users add --username U --role clerk -c …   a finance console login (password: file, env or prompt)
+his-gateway statements parse --channel wechat FILE   a statement's rows, normalized, as JSON lines
+his-gateway recon run --hospital H --date D -c …  reconcile one day (docs/RECONCILIATION.md)
 his-gateway channels check-callback …          (from the channels package)
 """
 
@@ -159,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--hospital", required=True)
     show.set_defaults(func=_with_db(_show_order))
     _register_channels(commands)
+    from gateway.console import cli as console_cli
+
+    console_cli.register(commands)
+    from gateway.recon import cli as recon_cli
+
+    recon_cli.register(commands)
     return parser
 
 
@@ -168,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    if args.command in ("serve", "migrate", "notifications", "orders"):
+    if args.command in ("serve", "migrate", "notifications", "orders", "users") or getattr(args, "needs_config", False):
         try:
             args.cfg = load_config(args.config)
         except ConfigError as e:

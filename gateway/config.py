@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.model import RefundPolicy
+from gateway.sms.config import SmsConfig
 
 _ENV_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 Ident = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -104,6 +105,24 @@ class AppConfig(_Section):
     enabled: bool = True
 
 
+_HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class ReconConfig(_Section):
+    """T+1 reconciliation (docs/RECONCILIATION.md)."""
+
+    enabled: bool = True
+    """Run the daily schedule in this instance (the CLI can always run a day by hand)."""
+    at: Annotated[str, Field(pattern=_HHMM)] = "11:30"
+    """When each day's run starts for the previous day, Asia/Shanghai; a hospital may set ``recon_at``."""
+    cross_day_window_min: Annotated[int, Field(ge=0, le=720)] = 30
+    """One-sided entries this close before midnight are held in the suspense pool instead of flagged."""
+    suspense_days: Annotated[int, Field(ge=1, le=31)] = 2
+    """Days a held entry waits for its missing side before it is flagged with its real class."""
+    page_size: Annotated[int, Field(ge=1, le=1000)] = 1000
+    """Records per ``recon.fetch`` page."""
+
+
 class HospitalConfig(_Section):
     id: Ident
     name: str = ""
@@ -111,6 +130,8 @@ class HospitalConfig(_Section):
     """What happens to a payment the HIS refuses for good: refunded at once, or left for finance."""
     bridge: BridgeLink | None = None
     apps: list[AppConfig] = []
+    recon_at: Annotated[str, Field(pattern=_HHMM)] | None = None
+    """This hospital's daily reconciliation time (Asia/Shanghai), when not ``recon.at``."""
 
 
 class MerchantConfig(BaseModel):
@@ -133,6 +154,17 @@ class LoggingConfig(_Section):
     format: Literal["json", "console"] = "json"
 
 
+class ConsoleConfig(_Section):
+    """The finance console under ``/console/`` on the gateway's listener."""
+
+    enabled: bool = True
+    session_idle_s: Annotated[int, Field(ge=60, le=86400)] = 1800
+    session_max_s: Annotated[int, Field(ge=300, le=7 * 86400)] = 12 * 3600
+    login_max_failures: Annotated[int, Field(ge=1, le=100)] = 5
+    """Failed logins per user name (four times this per address) within ``login_window_s`` before a pause."""
+    login_window_s: Annotated[int, Field(ge=10, le=86400)] = 900
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -142,6 +174,9 @@ class GatewayConfig(_Section):
     hospitals: Annotated[list[HospitalConfig], Field(min_length=1)]
     merchants: list[MerchantConfig] = []
     logging: LoggingConfig = LoggingConfig()
+    console: ConsoleConfig = ConsoleConfig()
+    recon: ReconConfig = ReconConfig()
+    sms: SmsConfig = SmsConfig()
     source: Path | None = None
 
     @model_validator(mode="after")
@@ -158,6 +193,9 @@ class GatewayConfig(_Section):
         for m in self.merchants:
             if m.hospital not in ids:
                 raise ValueError(f"merchant {m.id}: unknown hospital {m.hospital!r}")
+        for h in self.sms.hospitals:
+            if h not in ids:
+                raise ValueError(f"sms.hospitals: unknown hospital {h!r}")
         return self
 
     def hospital(self, hospital_id: str) -> HospitalConfig:
@@ -193,6 +231,7 @@ def _resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
             b.signing_key, b.bridge_public_key = r(b.signing_key), r(b.bridge_public_key)
         for a in h.apps:
             a.public_key = r(a.public_key)
+    cfg.sms.resolve(base)
     for m in cfg.merchants:
         if m.model_extra is not None:
             m.model_extra.update(_resolve_files(m.model_extra, base))

@@ -78,6 +78,9 @@ class RefundOrigin(StrEnum):
     business = "business"
     policy = "policy"
     """Automatic refund of a payment the HIS refused (hospital policy ``auto_refund``)."""
+    finance = "finance"
+    """An over-collection found by reconciliation, refunded from the finance console after a second person's
+    approval; the HIS never recorded the money, so neither HIS step runs."""
 
 
 class RefundPolicy(StrEnum):

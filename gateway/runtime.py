@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import signal
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import TypeAdapter
@@ -19,10 +19,15 @@ from gateway.config import GatewayConfig, MerchantConfig
 from gateway.his import BridgeHis, HisLink
 from gateway.outbox import Deliverer
 from gateway.services import Services, log
+from gateway.sms.clock import Clock, system_clock
 from gateway.store import registry
 from gateway.store.db import Database
 from gateway.store.migrate import upgrade
 from gateway.workers import Worker, build_workers, prune_nonces
+
+if TYPE_CHECKING:
+    from gateway.sms.providers import SmsProvider
+    from gateway.sms.service import SmsService
 
 
 def build_channel(merchant: MerchantConfig) -> Channel:
@@ -40,7 +45,12 @@ class Gateway:
     """Channels by merchant id; built from the config when not given (tests give in-memory ones)."""
     his: dict[str, HisLink] | None = None
     run_workers: bool | None = None
+    clock: Clock = system_clock
+    """The SMS defences' clock (tests and the attack simulator move it)."""
+    sms_provider: SmsProvider | None = None
+    """An SMS provider object instead of the one ``[sms.provider]`` builds."""
     svc: Services = field(init=False)
+    sms: SmsService | None = field(init=False, default=None)
     workers: list[Worker] = field(init=False, default_factory=list)
     _tasks: list[asyncio.Task[Any]] = field(init=False, default_factory=list)
     _owned: list[Any] = field(init=False, default_factory=list)
@@ -67,16 +77,29 @@ class Gateway:
         self.signing_key = protocol.load_signing_key(cfg.signing.key_id, cfg.signing.key)
         self.deliverer = Deliverer(self.svc, self.signing_key)
         self.workers = build_workers(self.svc, self.deliverer)
+        if cfg.sms.enabled:
+            from gateway.sms.service import SmsService
+
+            self.sms = SmsService(cfg.sms, db, clock=self.clock, provider=self.sms_provider)
         run = cfg.workers.enabled if self.run_workers is None else self.run_workers
         if run:
             self._tasks = [asyncio.create_task(w.run(), name=f"worker-{w.name}") for w in self.workers]
             self._tasks.append(asyncio.create_task(prune_nonces(self.svc), name="prune-nonces"))
+            if self.sms is not None:
+                self._tasks.append(asyncio.create_task(self.sms.run_pruner(), name="prune-sms"))
+            if cfg.recon.enabled:
+                from gateway.recon.schedule import start_scheduler
+
+                self._tasks.append(start_scheduler(self.svc))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.deliverer.close()
+        if self.sms is not None:
+            with contextlib.suppress(Exception):
+                await self.sms.close()
         for resource in self._owned:
             with contextlib.suppress(Exception):
                 await (resource.aclose() if hasattr(resource, "aclose") else resource.close())
@@ -85,7 +108,7 @@ class Gateway:
     def app(self) -> web.Application:
         from gateway.api.app import create_app
 
-        return create_app(self.svc, self.signing_key)
+        return create_app(self.svc, self.signing_key, sms=self.sms)
 
 
 @dataclass

@@ -5,9 +5,11 @@ sign response (/v1) → errors → authenticate app (/v1) → handler
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import protocol
 from gateway.api import callbacks, events, orders
@@ -15,6 +17,8 @@ from gateway.api.auth import SERVICES, SIGNING_KEY, Handler, auth_middleware, si
 from gateway.api.errors import ApiError
 from gateway.api.orders import json_response
 from gateway.services import Services, log
+from gateway.sms import api as sms_api
+from gateway.sms.service import SmsService
 
 
 def _error(e: ApiError) -> web.Response:
@@ -42,7 +46,23 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response(200, {"ok": True, "instance": request.app[SERVICES].instance})
 
 
-def create_app(svc: Services, signing_key: protocol.SigningKey, **kwargs: Any) -> web.Application:
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics, for scrapers on this host or a private network only: the listener faces the
+    internet, and the figures name hospitals."""
+    try:
+        inside = ipaddress.ip_address(request.remote or "").is_private
+    except ValueError:
+        inside = False
+    if not inside:
+        return _error(ApiError(403, "forbidden", "metrics are served to private networks only"))
+    sms = request.app.get(sms_api.SMS)
+    body = b"".join(generate_latest(r) for r in ([sms.metrics.registry] if sms is not None else []))
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(
+    svc: Services, signing_key: protocol.SigningKey, *, sms: SmsService | None = None, **kwargs: Any
+) -> web.Application:
     app = web.Application(
         client_max_size=svc.cfg.server.max_body_bytes,
         middlewares=[sign_middleware, error_middleware, auth_middleware],
@@ -53,5 +73,12 @@ def create_app(svc: Services, signing_key: protocol.SigningKey, **kwargs: Any) -
     orders.add_routes(app)
     events.add_routes(app)
     callbacks.add_routes(app)
+    if sms is not None:
+        sms_api.add_routes(app, sms)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    if svc.cfg.console.enabled:
+        from gateway.console.app import create_console_app
+
+        app.add_subapp("/console", create_console_app(svc))
     return app

@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from gateway.config import load_config
+from gateway.store.migrate import head_revision
 from tests.support.gateway_rig import make_keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ id = "H001"
             [sys.executable, "-m", "gateway.cli", "-c", str(config), "migrate"], capture_output=True, text=True
         )
         assert result.returncode == 0, result.stderr
-        assert "database at revision 0001 (sqlite)" in result.stdout
+        assert f"database at revision {head_revision()} (sqlite)" in result.stdout
     assert (tmp_path / "var" / "gateway.sqlite3").exists()
 
 

@@ -70,6 +70,7 @@ def gateway_config(
         ],
         "merchants": [{"id": MERCHANT, "channel": "wechat", "hospital": HOSPITAL, **(merchant_settings or {})}],
         "logging": {"level": "warning"},
+        "recon": {"enabled": False},
     }
     return parse_config(raw, base=directory)
 
