@@ -191,6 +191,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(REPO / "var" / "demo"), help="where to put certs, config, journal")
     parser.add_argument("--channel", choices=("wechat", "alipay"), default="wechat", help="how the payer pays")
+    parser.add_argument("--no-wait", action="store_true", help="on a terminal, stop at once instead of waiting")
     args = parser.parse_args()
     work = Path(args.work).resolve()
     shutil.rmtree(work, ignore_errors=True)
@@ -216,6 +217,8 @@ def main() -> int:
         print(run_cli("journal", "--config", str(config), "list"))
         asyncio.run(demo_gateway.run(work, certs, api_url, procs, args.channel))
         print(f"\nDone. Certificates, keys, configs, journal and databases are in {shown(work)}.")
+        if sys.stdin.isatty() and not args.no_wait:
+            input("Everything is still running: open the finance console above. Press Enter to stop. ")
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         procs.stop()

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import secrets
+import subprocess
 import tomllib
 import uuid
 from dataclasses import dataclass, field
@@ -332,6 +334,59 @@ async def run(work: Path, certs: DevCerts, agent_url: str, procs: Processes, cha
                 await _pay_and_refund(app, ChannelAdmin(channels.admin_url, app.session), his, receiver, channel)
         finally:
             await app.close()
+        await reconcile_today(config)
+        await console_login(config, gateway_url, work)
+
+
+def gateway_cli(config: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run ``his-gateway`` as an operator would; its output, or the demo stops naming the command."""
+    argv = [str(BIN / "his-gateway"), "-c", str(config), *args]
+    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[1:])} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
+    return done.stdout
+
+
+async def reconcile_today(config: Path) -> None:
+    """T+1 reconciliation, run at once on the day the demo just made: HIS (through the bridge), gateway, and
+    the channel's statement must tie out."""
+    day = dt.datetime.now(HIS_TZ).date().isoformat()
+    step(f"his-gateway recon run --hospital H001 --date {day} — HIS, platform and channel statement tie out")
+    summary = json.loads(
+        await asyncio.to_thread(gateway_cli, config, "recon", "run", "--hospital", "H001", "--date", day, "--json")
+    )
+    counts = summary["counts"]
+    sides = ", ".join(f"{side} {counts.get(side + '_count', 0)}" for side in ("his", "platform", "channel"))
+    classes = {name: n for name, n in sorted(counts.items()) if not name.endswith("_count") and n}
+    say(
+        f"run v{summary['version']} {summary['status']}: records {sides}; "
+        + ", ".join(f"{k} {v}" for k, v in classes.items())
+    )
+    if summary["status"] != "done":
+        raise SystemExit(f"reconciliation {summary['status']}: {summary.get('error')}")
+    flagged = sum(n for name, n in classes.items() if name != "matched")
+    say(f"the gateway's payment and refunds matched; {flagged} exception(s) for finance: the bridge-only steps above")
+    say("wrote a registration, a charge and a refund into the HIS with no channel money behind them — exactly what")
+    say("reconciliation exists to catch (short: HIS records without money; long: a HIS refund never paid out)")
+
+
+async def console_login(config: Path, gateway_url: str, work: Path) -> None:
+    """A finance login that works, so a newcomer can open the console on the day just reconciled."""
+    step("his-gateway users add — a finance console login")
+    password = secrets.token_urlsafe(12)
+    await asyncio.to_thread(
+        gateway_cli,
+        config,
+        "users",
+        "add",
+        "--username",
+        "finance",
+        "--role",
+        "admin",
+        env={"HIS_CONSOLE_PASSWORD": password},
+    )
+    say(f"finance console: {gateway_url}/console/  login: finance / {password}")
+    say(f"(later: his-gateway -c {shown(config)} serve, then open the same address)")
 
 
 async def _pay_and_refund(

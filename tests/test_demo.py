@@ -35,6 +35,8 @@ def test_the_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
         "full refund done:",
         "order.completed",
         "the three ledgers agree:",
+        "run v1 done: records his 6, platform 3, channel 3; matched 3, over_collection 1, under_collection 2",
+        "finance console: http://127.0.0.1:",
         "Stopped every process the demo started.",
     ):
         assert line in out, f"{line!r} missing from the demo's output:\n{out}"
