@@ -67,6 +67,12 @@ class ScriptedHis(Adapter):
         return {"receipt_no": f"R-{params['trade_no']}"}
 
 
+async def until(condition, timeout_s: float = 5) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110 - the state belongs to the scripted HIS and the dispatcher
+            await asyncio.sleep(0.005)
+
+
 @pytest.fixture
 async def rig(tmp_path):
     journal = Journal(tmp_path / "j.sqlite3")
@@ -146,8 +152,9 @@ async def test_same_trade_runs_in_arrival_order_one_at_a_time(rig):
     his.gate = asyncio.Event()
     entries = [await submit(journal, dispatcher, f"req-1{i:04d}", "T6") for i in range(5)]
     others = [await submit(journal, dispatcher, f"req-2{i:04d}", f"U{i}") for i in range(3)]
-    await asyncio.sleep(0.05)
-    assert his.calls.count("charge.commit") == 4  # one of T6 plus the three other trades, all waiting at the gate
+    await until(lambda: his.calls.count("charge.commit") == 4)  # one of T6 and the three other trades, at the gate
+    await asyncio.sleep(0.05)  # give a wrongly parallel lane the chance to send a second T6 write
+    assert his.calls.count("charge.commit") == 4
     his.gate.set()
     for e in entries + others:
         assert (await dispatcher.wait(e.seq, 5) or await journal.get_seq(e.seq)).state is State.done
@@ -208,9 +215,9 @@ async def test_stop_lets_a_sent_call_finish_and_sends_nothing_new(tmp_path):
     await dispatcher.start()
     first = await submit(journal, dispatcher, "req-g0001", "TG")
     second = await submit(journal, dispatcher, "req-g0002", "TG")
-    await asyncio.sleep(0.05)
+    await until(lambda: his.calls == ["charge.commit"])
     stopping = asyncio.create_task(dispatcher.stop(grace_s=5))
-    await asyncio.sleep(0.05)
+    await until(lambda: dispatcher._closing.is_set())
     his.gate.set()  # the HIS answers the call that was already out
     await stopping
     assert (await journal.get_seq(first.seq)).state is State.done

@@ -40,10 +40,10 @@ def artifacts_for(name: str) -> Path:
 
 @contextlib.asynccontextmanager
 async def chromium(**context: Any) -> AsyncIterator[Any]:
-    """A browser context with its own throwaway profile; skips the test when Chromium is not installed
-    (``scripts/bootstrap`` installs it as root)."""
+    """A browser context with its own throwaway profile. A missing Chromium fails the test rather than skipping
+    it: a browser test that silently did not run proves nothing (``scripts/bootstrap`` installs it as root)."""
     if not INSTALLED:
-        pytest.skip("Debian's chromium is not installed (run scripts/bootstrap as root)")
+        pytest.fail("Debian's chromium is not installed (run scripts/bootstrap as root)", pytrace=False)
     from playwright.async_api import async_playwright
 
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
