@@ -29,20 +29,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import datetime as dt
 import gc
 import json
 import math
-import os
-import platform
 import secrets
-import select
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,6 +55,8 @@ REPO = SCRIPT.parents[1]
 if str(REPO) not in sys.path:  # run as a file from anywhere: import the repo's packages
     sys.path.insert(0, str(REPO))
 
+from benchkit import Children, log, machine, read_announcements  # noqa: E402
+
 from adapters.base import Adapter  # noqa: E402
 from adapters.profile import load_profile  # noqa: E402
 from bridge import catalog  # noqa: E402
@@ -73,7 +70,6 @@ OPERATION = "patient.query"
 CARD_NO = "C0001"
 ADAPTERS = ("soap", "hl7", "dbproc")
 AIM_RATIO = 1.2
-STARTUP_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
@@ -106,80 +102,6 @@ def iso_date(text: str, fmt: str) -> str:
 
 
 # --- subprocesses and the database ---------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: Linux sends it SIGTERM if the benchmark itself is killed."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Cleanup:
-    """Every subprocess and database server the benchmark starts, stopped on any exit path (atexit too)."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.servers: list[Any] = []
-        atexit.register(self.stop_all)
-
-    def start(self, argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
-        with log.open("ab") as err:
-            proc = subprocess.Popen(
-                list(argv),
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)},
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-        self.procs.append(proc)
-        return proc
-
-    def postgres(self) -> Any:
-        """A throwaway PostgreSQL cluster (tests/support/databases.py), registered before it starts."""
-        from tests.support.databases import PostgresServer
-
-        server = PostgresServer()
-        self.servers.append(server)
-        return server.start()
-
-    def stop_all(self) -> None:
-        while self.procs:
-            proc = self.procs.pop()
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=15)
-            if proc.stdout is not None:
-                proc.stdout.close()
-        while self.servers:
-            self.servers.pop().stop()
-
-
-def read_announcements(proc: subprocess.Popen[bytes], markers: Sequence[str]) -> dict[str, str]:
-    """The address each marker line announces (its last word), once the child has printed them all."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()  # raw reads: a buffered readline would hide a second line from select()
-    found: dict[str, str] = {}
-    pending = b""
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while len(found) < len(markers) and (left := deadline - time.monotonic()) > 0:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode} before listening")
-        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
-        if ready:
-            pending += os.read(fd, 4096)
-            *lines, pending = pending.split(b"\n")
-            for line in (raw.decode(errors="replace") for raw in lines):
-                found.update({m: line.split()[-1] for m in markers if m in line})
-    if len(found) < len(markers):
-        raise RuntimeError(f"{proc.args[:4]} did not announce {markers} within {STARTUP_TIMEOUT_S} s")
-    return found
 
 
 def load_adapter(path: Path, overrides: dict[str, Any]) -> Adapter:
@@ -434,34 +356,6 @@ async def bench_dbproc(connection: str, counts: Counts) -> dict[str, Any]:
 # --- the run and the report ------------------------------------------------------------------------------------
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def machine() -> dict[str, Any]:
-    model = None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for package in ("zeep", "httpx", "lxml", "hl7", "pyodbc", "jinja2"):
-        with contextlib.suppress(Exception):
-            from importlib.metadata import version
-
-            versions[package] = version(package)
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],  # other work on the box skews figures
-        "packages": versions,
-    }
-
-
 @dataclass
 class Settings:
     counts: Counts
@@ -470,7 +364,7 @@ class Settings:
     keep: bool
 
 
-async def run(settings: Settings, cleanup: Cleanup, workdir: Path) -> dict[str, Any]:
+async def run(settings: Settings, cleanup: Children, workdir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     counts = settings.counts
     log(f"{counts.rounds} rounds x {counts.calls} calls per side after {counts.warmup} warm-up calls; in {workdir}")
@@ -479,6 +373,7 @@ async def run(settings: Settings, cleanup: Cleanup, workdir: Path) -> dict[str, 
         his = cleanup.start(
             [sys.executable, "-m", "sandbox.cli", "his", *listen, "--db", str(workdir / "his.sqlite3")],
             workdir / "his.log",
+            stdout_pipe=True,
         )
         urls = read_announcements(his, ["sandbox HIS listening on", "HL7 MLLP listening on"])
         base_url = urls["sandbox HIS listening on"].rsplit("/his/", 1)[0]
@@ -543,7 +438,7 @@ def report(settings: Settings, results: dict[str, Any]) -> dict[str, Any]:
         "counts": {"warmup": c.warmup, "rounds": c.rounds, "calls_per_round": c.calls},
         "aims": aims,
         "adapters": results,
-        "machine": machine(),
+        "machine": machine(("zeep", "httpx", "lxml", "hl7", "pyodbc", "jinja2")),
     }
 
 
@@ -580,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_sigterm)  # also when started in the background, where SIGINT is ignored
     BENCH_ROOT.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="adapters-", dir=BENCH_ROOT))
-    cleanup = Cleanup()
+    cleanup = Children()
     try:
         result = asyncio.run(run(settings, cleanup, workdir))
     except KeyboardInterrupt:

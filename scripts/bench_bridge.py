@@ -22,18 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import hashlib
 import json
 import math
-import os
-import platform
 import secrets
-import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +47,8 @@ SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parents[1]
 if str(REPO) not in sys.path:  # run as a file from anywhere: import the repo's packages
     sys.path.insert(0, str(REPO))
+
+from benchkit import STARTUP_TIMEOUT_S, Children, free_port, log, machine, read_announcements  # noqa: E402
 
 from adapters.base import AdapterError  # noqa: E402
 from adapters.profile import load_profile  # noqa: E402
@@ -73,7 +70,6 @@ JOURNAL_CHUNK = 64
 RSS_INTERVAL_S = 0.05
 LEVEL_TIMEOUT_S = 600  # no level of any target may run longer than this
 REQUEST_TIMEOUT_S = 30
-STARTUP_TIMEOUT_S = 60
 
 AIMS = {
     "bridge_vs_passthrough_throughput_c64": (">=", 0.5),
@@ -114,77 +110,6 @@ def prepay(trade_no: str) -> dict[str, Any]:
 
 
 # --- subprocesses ------------------------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: Linux sends it SIGTERM if the benchmark itself is killed."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Children:
-    """Every subprocess the benchmark starts, so that each is stopped on any exit path."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        atexit.register(self.stop_all)
-
-    def start(self, argv: Sequence[str], log: Path, *, stdout_pipe: bool = False) -> subprocess.Popen[bytes]:
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                list(argv),
-                cwd=REPO,
-                stdout=subprocess.PIPE if stdout_pipe else out,
-                stderr=out,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path()},
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-        self.procs.append(proc)
-        return proc
-
-    @staticmethod
-    def stop(proc: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout_s)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def stop_all(self) -> None:
-        while self.procs:
-            self.stop(self.procs.pop())
-
-
-def python_path() -> str:
-    """The repo first, then any PYTHONPATH the caller set (to try a package without touching the venv)."""
-    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-
-
-def read_announced_url(proc: subprocess.Popen[bytes], marker: str, timeout_s: float = STARTUP_TIMEOUT_S) -> str:
-    """The URL a child prints on its ``marker`` line once it listens (the last word of that line)."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while (left := deadline - time.monotonic()) > 0:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode} before listening")
-        ready, _, _ = select.select([proc.stdout], [], [], min(left, 0.5))
-        if ready:
-            line = proc.stdout.readline().decode(errors="replace")
-            if marker in line:
-                return line.split()[-1]
-    raise RuntimeError(f"{proc.args[:4]} did not announce {marker!r} within {timeout_s} s")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_http_ok(url: str, proc: subprocess.Popen[bytes], timeout_s: float = STARTUP_TIMEOUT_S) -> None:
@@ -669,27 +594,6 @@ async def bench_journal_trials(workdir: Path, n: int, trials: int) -> dict[str, 
 # --- orchestration -----------------------------------------------------------------------------------------
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def machine() -> dict[str, Any]:
-    model = None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],  # other work on the box skews figures
-    }
-
-
 def agent_config(certs: DevCerts, workdir: Path, his_url: str, api_port: int, ops_port: int) -> str:
     """The agent's config: production defaults except loopback ports, the bench journal and warning logs."""
 
@@ -747,7 +651,7 @@ async def run(settings: Settings, children: Children, workdir: Path) -> dict[str
         workdir / "his.log",
         stdout_pipe=True,
     )
-    his_url = read_announced_url(his, "sandbox HIS listening on").rsplit("/his/", 1)[0]
+    his_url = read_announcements(his, ["sandbox HIS listening on"])["sandbox HIS listening on"].rsplit("/his/", 1)[0]
     await wait_http_ok(his_url + "/_admin/healthz", his)
 
     log("direct: SOAP to the sandbox HIS")
@@ -759,7 +663,7 @@ async def run(settings: Settings, children: Children, workdir: Path) -> dict[str
         workdir / "passthrough.log",
         stdout_pipe=True,
     )
-    proxy_url = read_announced_url(proxy, "passthrough listening on")
+    proxy_url = read_announcements(proxy, ["passthrough listening on"])["passthrough listening on"]
     await wait_http_ok(proxy_url + "/healthz", proxy)
     with RssSampler(proxy.pid) as proxy_rss:
         passthrough = await bench_passthrough(proxy_url, proxy.pid, his.pid, settings.requests)
