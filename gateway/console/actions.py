@@ -209,18 +209,7 @@ async def approve_refund(svc: Services, user: User, exception_id: int, note: str
                 .returning(refunds.c.id)
             )
         ).scalar_one()
-        await conn.execute(
-            sa.update(refund_proposals)
-            .where(refund_proposals.c.id == proposal.id)
-            .values(
-                state="approved",
-                decided_by=user.username,
-                decided_at=now,
-                decision_note=note.strip()[:2000] or None,
-                refund_id=refund_id,
-                updated_at=now,
-            )
-        )
+        await _decide(conn, proposal, user, "approved", note, now, refund_id=refund_id)
         after = await recon.update_exception(
             svc.db, exception_id, user.username, status="approved", expect_status="proposed", conn=conn
         )
@@ -247,6 +236,24 @@ async def approve_refund(svc: Services, user: User, exception_id: int, note: str
     return await refund_store.get(svc.db, int(refund_id))
 
 
+async def _decide(
+    conn: Any, proposal: Any, user: User, state: str, note: str, now: Any, *, refund_id: int | None = None
+) -> None:
+    """Record an approver's decision on a proposal (the second person of the two)."""
+    await conn.execute(
+        sa.update(refund_proposals)
+        .where(refund_proposals.c.id == proposal.id)
+        .values(
+            state=state,
+            decided_by=user.username,
+            decided_at=now,
+            decision_note=note.strip()[:2000] or None,
+            refund_id=refund_id,
+            updated_at=now,
+        )
+    )
+
+
 async def reject_refund(svc: Services, user: User, exception_id: int, note: str) -> None:
     """An approver turns the proposal down; the exception is open again."""
     async with svc.db.write() as conn:
@@ -256,17 +263,7 @@ async def reject_refund(svc: Services, user: User, exception_id: int, note: str)
         proposal = await _open_proposal(conn, svc, exception_id)
         _may_decide(user, proposal)
         now = utcnow()
-        await conn.execute(
-            sa.update(refund_proposals)
-            .where(refund_proposals.c.id == proposal.id)
-            .values(
-                state="rejected",
-                decided_by=user.username,
-                decided_at=now,
-                decision_note=note.strip()[:2000] or None,
-                updated_at=now,
-            )
-        )
+        await _decide(conn, proposal, user, "rejected", note, now)
         after = await recon.update_exception(
             svc.db, exception_id, user.username, status="open", expect_status="proposed", conn=conn
         )
