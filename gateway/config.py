@@ -278,7 +278,9 @@ def load_config(path: str | Path) -> GatewayConfig:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
+        raise ConfigError(
+            f"{path}: no such file (start from config/gateway.example.toml; -c PATH names another config)"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     return parse_config(raw, base=path.parent.resolve(), source=path)
