@@ -32,14 +32,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
-import json
 import math
 import secrets
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +51,7 @@ REPO = SCRIPT.parents[1]
 if str(REPO) not in sys.path:  # run as a file from anywhere: import the repo's packages
     sys.path.insert(0, str(REPO))
 
-from benchkit import Children, log, machine, read_announcements  # noqa: E402
+from benchkit import Children, log, machine, read_announcements, run_in_workdir  # noqa: E402
 
 from adapters.base import Adapter  # noqa: E402
 from adapters.profile import load_profile  # noqa: E402
@@ -468,31 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not settings.adapters:
         parser.error("--only names none of soap, hl7, dbproc")
 
-    def on_sigterm(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGINT, on_sigterm)  # also when started in the background, where SIGINT is ignored
-    BENCH_ROOT.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="adapters-", dir=BENCH_ROOT))
-    cleanup = Children()
-    try:
-        result = asyncio.run(run(settings, cleanup, workdir))
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    except Exception:
-        log(f"benchmark failed; logs are kept in {workdir}")
-        settings.keep = True
-        raise
-    finally:
-        cleanup.stop_all()
-        if not settings.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if settings.keep:
-        log(f"work directory kept: {workdir}")
-    print(json.dumps(result, ensure_ascii=False, separators=(",", ":")), flush=True)
-    return 0
+    return run_in_workdir(
+        "adapters-", settings.keep, lambda cleanup, workdir: run(settings, cleanup, workdir), BENCH_ROOT
+    )
 
 
 if __name__ == "__main__":

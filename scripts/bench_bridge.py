@@ -31,7 +31,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -48,7 +47,7 @@ REPO = SCRIPT.parents[1]
 if str(REPO) not in sys.path:  # run as a file from anywhere: import the repo's packages
     sys.path.insert(0, str(REPO))
 
-from benchkit import STARTUP_TIMEOUT_S, Children, free_port, log, machine, read_announcements  # noqa: E402
+from benchkit import STARTUP_TIMEOUT_S, Children, free_port, log, machine, read_announcements, run_in_workdir  # noqa: E402
 
 from adapters.base import AdapterError  # noqa: E402
 from adapters.profile import load_profile  # noqa: E402
@@ -845,30 +844,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep=args.keep,
     )
 
-    def on_sigterm(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    BENCH_ROOT.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="run-", dir=BENCH_ROOT))
-    children = Children()
-    try:
-        result = asyncio.run(run(settings, children, workdir))
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    except Exception:
-        log(f"benchmark failed; logs are kept in {workdir}")
-        settings.keep = True
-        raise
-    finally:
-        children.stop_all()
-        if not settings.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if settings.keep:
-        log(f"work directory kept: {workdir}")
-    print(json.dumps(result, ensure_ascii=False, separators=(",", ":")), flush=True)
-    return 0
+    return run_in_workdir("run-", settings.keep, lambda children, workdir: run(settings, children, workdir), BENCH_ROOT)
 
 
 if __name__ == "__main__":

@@ -3,17 +3,21 @@ addresses they announce, and a description of the machine the figures come from.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
+import json
 import os
 import platform
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -141,3 +145,36 @@ def machine(packages: Sequence[str] = ()) -> dict[str, Any]:
                 versions[package] = version(package)
         info["packages"] = versions
     return info
+
+
+def run_in_workdir(
+    prefix: str, keep: bool, run: Callable[[Children, Path], Awaitable[dict[str, Any]]], root: Path
+) -> int:
+    """Run a benchmark in a fresh work directory with its children, clean up on every exit path (SIGTERM and
+    SIGINT included, also when started in the background), and print the figures as the last line."""
+
+    def interrupted(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
+    root.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    children = Children()
+    try:
+        result = asyncio.run(run(children, workdir))
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    except Exception:
+        log(f"benchmark failed; logs are kept in {workdir}")
+        keep = True
+        raise
+    finally:
+        children.stop_all()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if keep:
+        log(f"work directory kept: {workdir}")
+    print(json.dumps(result, ensure_ascii=False, separators=(",", ":")), flush=True)
+    return 0
