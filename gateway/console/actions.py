@@ -67,12 +67,18 @@ def _snapshot(exc: dict[str, Any]) -> dict[str, Any]:
     return {k: exc.get(k) for k in ("status", "note", "reference")}
 
 
-async def _locked_exception(conn: AsyncConnection, svc: Services, exception_id: int) -> dict[str, Any]:
+async def _locked_exception(
+    conn: AsyncConnection, svc: Services, exception_id: int, expect: str | None = None
+) -> dict[str, Any]:
+    """The exception, locked for this transaction; with ``expect``, refused unless it is in that status."""
     t = recon_exceptions
     row = (await conn.execute(svc.db.for_update(sa.select(t).where(t.c.id == exception_id)))).first()
     if row is None:
         raise ActionError("error.not_found")
-    return dict(row._mapping)
+    exc = dict(row._mapping)
+    if expect is not None and exc["status"] != expect:
+        raise ActionError("error.state", now=exc["status"])
+    return exc
 
 
 async def _order_for(conn: AsyncConnection, exc: dict[str, Any]) -> Any:
@@ -110,9 +116,7 @@ async def propose_refund(svc: Services, user: User, exception_id: int, amount_fe
     if not reason:
         raise ActionError("error.reason_required")
     async with svc.db.write() as conn:
-        exc = await _locked_exception(conn, svc, exception_id)
-        if exc["status"] != "open":
-            raise ActionError("error.state", now=exc["status"])
+        exc = await _locked_exception(conn, svc, exception_id, expect="open")
         target = await refund_target(conn, exc)
         if target is None:
             raise ActionError("error.not_refundable")
@@ -177,9 +181,7 @@ async def approve_refund(svc: Services, user: User, exception_id: int, note: str
     """Approve the exception's pending proposal: reserve the refund against the payment in the same transaction,
     then drive it through the channel at once. Returns the refund row as it stands afterwards."""
     async with svc.db.write() as conn:
-        exc = await _locked_exception(conn, svc, exception_id)
-        if exc["status"] != "proposed":
-            raise ActionError("error.state", now=exc["status"])
+        exc = await _locked_exception(conn, svc, exception_id, expect="proposed")
         proposal = await _open_proposal(conn, svc, exception_id)
         _may_decide(user, proposal)
         order = await order_store.lock(svc.db, conn, proposal.order_id)
@@ -257,9 +259,7 @@ async def _decide(
 async def reject_refund(svc: Services, user: User, exception_id: int, note: str) -> None:
     """An approver turns the proposal down; the exception is open again."""
     async with svc.db.write() as conn:
-        exc = await _locked_exception(conn, svc, exception_id)
-        if exc["status"] != "proposed":
-            raise ActionError("error.state", now=exc["status"])
+        exc = await _locked_exception(conn, svc, exception_id, expect="proposed")
         proposal = await _open_proposal(conn, svc, exception_id)
         _may_decide(user, proposal)
         now = utcnow()
@@ -288,9 +288,7 @@ async def mark_handled(svc: Services, user: User, exception_id: int, note: str) 
     if not note:
         raise ActionError("error.note_required")
     async with svc.db.write() as conn:
-        exc = await _locked_exception(conn, svc, exception_id)
-        if exc["status"] != "open":
-            raise ActionError("error.state", now=exc["status"])
+        exc = await _locked_exception(conn, svc, exception_id, expect="open")
         after = await recon.update_exception(
             svc.db, exception_id, user.username, status="handled", note=note[:2000], expect_status="open", conn=conn
         )
