@@ -27,10 +27,6 @@ class ChannelDay:
     statements: int = 0
     by_class: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def net_fen(self) -> int:
-        return self.pay_fen - self.refund_fen
-
 
 async def hospital_names(db: Database) -> dict[str, str]:
     async with db.read() as conn:

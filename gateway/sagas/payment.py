@@ -30,7 +30,6 @@ from gateway.sagas.common import hold_unrecorded, new_trade_no
 from gateway.services import Services, log
 from gateway.store import audit, claims, outbox, registry
 from gateway.store import orders as order_store
-from gateway.store.db import Database
 from gateway.store.tables import orders
 from gateway.views import order_view
 
@@ -321,7 +320,3 @@ async def commit_his(svc: Services, order: Any) -> Any:
         if await hold_unrecorded(conn, row, reason="the HIS refused the payment", actor="his") is not None:
             svc.wake_refunds.set()
         return row
-
-
-async def reschedule(db: Database, order: Any, due: dt.datetime | None) -> None:
-    await order_store.update(db, order.id, None, due_at=due)

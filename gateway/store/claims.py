@@ -46,9 +46,3 @@ async def release(db: Database, table: sa.Table, row_id: int) -> None:
     """End a lease early (the step is over), for tables that record it."""
     async with db.write() as conn:
         await conn.execute(sa.update(table).where(table.c.id == row_id).values(leased_until=None))
-
-
-async def next_due(db: Database, table: sa.Table) -> dt.datetime | None:
-    """When the earliest row falls due, so an idle worker can sleep exactly that long."""
-    async with db.read() as conn:
-        return (await conn.execute(sa.select(sa.func.min(table.c.due_at)))).scalar()

@@ -91,9 +91,3 @@ async def retry(db: Database, event_id: int, error: str, delay_s: float) -> None
                 due_at=utcnow() + dt.timedelta(seconds=delay_s),
             )
         )
-
-
-async def count_for(db: Database, merchant_id: str) -> int:
-    async with db.read() as conn:
-        stmt = sa.select(sa.func.count()).select_from(channel_events).where(channel_events.c.merchant_id == merchant_id)
-        return int((await conn.execute(stmt)).scalar() or 0)

@@ -162,12 +162,6 @@ class Ledger:
             args.append(state)
         return self._all(sql + " ORDER BY created_at", tuple(args))
 
-    def refunds_of(self, trade: dict[str, Any]) -> list[dict[str, Any]]:
-        return self._all(
-            "SELECT * FROM refunds WHERE channel = ? AND merchant = ? AND out_trade_no = ? ORDER BY created_at",
-            (trade["channel"], trade["merchant"], trade["out_trade_no"]),
-        )
-
     def paid_on(self, channel: str, merchant: str, day: dt.date) -> list[dict[str, Any]]:
         """Trades whose payment happened on ``day`` (Beijing time), whatever became of them since."""
         return self._all(
