@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -25,6 +24,7 @@ from sandbox.cli import SandboxHis, start_sandbox_his
 from sandbox.his.faults import FaultRule
 from tests.support.hl7rig import NOW, Call, caller, make_adapter, paid
 from tests.support.rig import SANDBOX_PROFILE as SOAP_PROFILE
+from tests.support.rig import free_port
 
 
 async def sandbox(**kwargs: Any) -> SandboxHis:
@@ -309,10 +309,7 @@ async def test_connection_dropped_after_apply_is_in_doubt(his: SandboxHis, adapt
 
 
 async def test_connect_refused_is_retryable() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    adapter = make_adapter(port=port)
+    adapter = make_adapter(port=free_port())
     try:
         with pytest.raises(RetryableError) as err:
             await caller(adapter)("charge.commit", **paid("TCR1", 1250, bill_nos=["B0001"]))

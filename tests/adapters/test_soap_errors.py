@@ -2,7 +2,6 @@
 
 import asyncio
 import re
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ from adapters.profile import ProfileError, load_profile
 from adapters.soap import SoapAdapter
 from bridge import catalog
 from sandbox.cli import start_sandbox_his
-from tests.support.rig import SHARED_FIXTURES
+from tests.support.rig import SHARED_FIXTURES, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "config" / "profiles" / "sandbox-soap.toml"
@@ -111,12 +110,6 @@ async def outcome(
     finally:
         await adapter.close()
     raise AssertionError("the call succeeded")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def test_connection_refused_is_retryable() -> None:

@@ -392,16 +392,12 @@ async def test_not_ready_until_recovery_completes(bridge_factory, dev_certs):
 
 
 async def test_agent_starts_while_the_his_is_down_and_delivers_when_it_comes_up(tmp_path, dev_certs):
-    import socket
-
     from bridge.agent import start_agent
     from bridge.config import load_config
     from sandbox.cli import start_sandbox_his
-    from tests.support.rig import bridge_config_toml
+    from tests.support.rig import bridge_config_toml, free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = tmp_path / "down.toml"
     config.write_text(
         bridge_config_toml(

@@ -11,46 +11,21 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from bridge.client import BridgeError, BridgeUnreachable
 from sandbox.his.faults import FaultRule
-from tests.support.rig import bridge_config_toml, make_client, prepay
+from tests.support.rig import bridge_config_toml, free_port, make_client, prepay, wait_ready
 
 pytestmark = pytest.mark.slow
 
 ROUNDS = 5
 WRITERS = 12
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_ready(ops_url: str, proc: subprocess.Popen, timeout_s: float = 30) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while loop.time() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"agent exited with {proc.returncode}")
-            try:
-                async with session.get(ops_url + "/readyz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError("agent did not become ready")
 
 
 def start_agent(config: Path, log: Path) -> subprocess.Popen:

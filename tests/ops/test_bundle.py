@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge.test_kill import free_port, wait_ready
-from tests.support.rig import REPO, bridge_config_toml, make_client, prepay
+from tests.support.rig import REPO, bridge_config_toml, free_port, make_client, prepay, wait_ready
 
 pytestmark = pytest.mark.slow
 

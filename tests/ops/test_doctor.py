@@ -18,8 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from tests.bridge.test_kill import free_port
-from tests.support.rig import bridge_config_toml
+from tests.support.rig import bridge_config_toml, free_port
 from tests.support.smalldisk import fill, small_filesystem
 
 THRESHOLDS = ("--disk-warn-mb", "2", "--disk-fail-mb", "1")

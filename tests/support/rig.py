@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
+import subprocess
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from bridge import protocol, tls
 from bridge.certs import DevCerts
@@ -106,3 +111,28 @@ def prepay(trade_no: str, request_id: str | None = None, amount_fen: int = 100) 
         "channel_trade_no": f"W{trade_no}",
         "paid_at": "2026-11-25T10:00:00+08:00",
     }
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now, for a child process that must be told its port up front."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_ready(ops_url: str, proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Until the agent's /readyz says ready (its journal is recovered); fails if the process exits first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while loop.time() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"agent exited with {proc.returncode}")
+            try:
+                async with session.get(ops_url + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("agent did not become ready")
