@@ -36,6 +36,9 @@ class NotifyFault(StrEnum):
     """Send it twice (each signed anew, as the channel's own retries are)."""
     late = "late"
     """Send it ``delay_s`` seconds late."""
+    bad_signature = "bad_signature"
+    """Send it with its body altered after signing (every retry too), so its signature does not verify: a forgery
+    or a callback spoiled in transit, which the merchant must refuse."""
 
 
 class FaultError(ValueError):

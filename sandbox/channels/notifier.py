@@ -55,6 +55,17 @@ class _Job:
     schedule: tuple[float, ...]
 
 
+def _spoiled(build: Builder) -> Builder:
+    """Each delivery signed as usual, then its body altered by one trailing byte: the signature no longer covers
+    what is sent."""
+
+    def spoiled() -> tuple[dict[str, str], bytes]:
+        headers, body = build()
+        return headers, body + b" "
+
+    return spoiled
+
+
 @dataclass
 class Notifier:
     ledger: Ledger
@@ -94,6 +105,8 @@ class Notifier:
             self.ledger.update_notification(record_id, status="lost")
             log.info("callback %s %s lost on purpose", channel, notification_id)
             return record_id
+        if rule is not None and rule.mode == NotifyFault.bad_signature:
+            job.build = _spoiled(build)
         delay = self.first_delay_s + (rule.delay_s if rule is not None and rule.mode == NotifyFault.late else 0.0)
         self._start(job, delay)
         if rule is not None and rule.mode == NotifyFault.duplicate:
