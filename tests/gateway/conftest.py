@@ -1,5 +1,6 @@
 """Fixtures for the gateway: a database per test (SQLite file or a fresh PostgreSQL database on the session's
-throwaway server), the in-memory channel, the real bridge agent over the sandbox HIS, and started gateways."""
+throwaway server), the sandbox WeChat Pay server and gateways whose real WeChat channel talks to it, the in-memory
+channel (for tests that isolate the gateway), the real bridge agent over the sandbox HIS, and started gateways."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import pytest
 from bridge import protocol
 from gateway.his import BridgeHis
 from gateway.runtime import RunningGateway, start_gateway
+from sandbox.channels import SandboxChannels, start_sandbox_channels
+from sandbox.channels.wechat import WechatPlatform
+from tests.support.channelrig import WECHAT_MCHID, SandboxAdmin, wechat_config, wechat_settings, write_wechat_trust
+from tests.support.databases import free_port
 from tests.support.gateway_rig import MERCHANT, ApiClient, gateway_config, make_keys
 from tests.support.memory_channel import MemoryChannel
 from tests.support.rig import make_client
@@ -81,6 +86,42 @@ async def gateway_factory(tmp_path, keys):
     yield start
     for running in reversed(started):
         await running.stop()
+
+
+@pytest.fixture(scope="session")
+def wechat_platform() -> WechatPlatform:
+    """Generating RSA keys is slow: one WeChat Pay platform identity for the whole run."""
+    return WechatPlatform.generate(WECHAT_MCHID)
+
+
+@pytest.fixture
+async def wechat_sandbox(tmp_path, wechat_platform):
+    """The sandbox WeChat Pay server, its refunds paid out after 10 ms and its retry schedule compressed."""
+    channels = await start_sandbox_channels(
+        wechat=wechat_settings(platform=wechat_platform), db_path=tmp_path / "channels.sqlite3", refund_delay_s=0.01
+    )
+    yield channels
+    await channels.close()
+
+
+@pytest.fixture
+async def sandbox_admin(wechat_sandbox: SandboxChannels):
+    admin = SandboxAdmin(wechat_sandbox)
+    yield admin
+    await admin.close()
+
+
+@pytest.fixture
+def sandbox_gateway(gateway_factory, wechat_sandbox: SandboxChannels, tmp_path):
+    """Start a gateway whose merchant is the sandbox's: the real WeChat Pay channel built from the config, and a
+    real port the sandbox calls back on."""
+    trust = write_wechat_trust(wechat_sandbox, tmp_path / "trust")
+    settings = wechat_config(wechat_sandbox, trust).model_dump(mode="json", exclude={"channel"})
+
+    async def start(db_url: str, *, his=None, **cfg_kwargs) -> RunningGateway:
+        return await gateway_factory(db_url, his=his, port=free_port(), merchant_settings=settings, **cfg_kwargs)
+
+    return start
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Shared steps of the saga tests: create an order through the API, pay it at the channel, deliver the
-callback, run the workers."""
+"""Shared steps of the saga tests: create an order through the API, pay it at the channel (the sandbox WeChat Pay
+server, or the in-memory channel for the tests that isolate the gateway), let the callbacks arrive, run the
+workers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 import aiohttp
 
 from gateway.runtime import RunningGateway
-from tests.support.gateway_rig import MERCHANT, ApiClient, drain, order_body
+from tests.support.channelrig import SandboxAdmin
+from tests.support.gateway_rig import MERCHANT, ApiClient, drain, make_due, order_body
 from tests.support.memory_channel import MemoryChannel
 
 
@@ -40,4 +42,34 @@ async def paid_order(
     order = await create(client, no, **kwargs)
     assert await deliver_callback(running, *channel.pay(order["out_trade_no"])) == 200
     await drain(running.gateway)
+    return (await get(client, no))["order"]
+
+
+async def settle(running: RunningGateway, admin: SandboxAdmin, *, due: bool = False, rounds: int = 20) -> None:
+    """Run the gateway's workers and the sandbox channel until neither has anything left to do now: wait for the
+    channel to be quiet (refunds in flight paid out, callbacks delivered), run the workers, and again while that
+    started new work, until a pass over a quiet channel claims nothing. ``due`` first brings every scheduled step
+    forward (instead of sleeping)."""
+    if due:
+        await make_due(running.svc.db)
+    for _ in range(rounds):
+        await admin.quiet()
+        claimed = 0
+        for worker in running.gateway.workers:
+            if worker.name != "outbox":
+                claimed += await worker.run_once()
+        if not claimed:
+            return
+        await drain(running.gateway)
+    raise AssertionError(f"gateway and sandbox channel still busy after {rounds} rounds")
+
+
+async def sandbox_paid_order(
+    running: RunningGateway, client: ApiClient, admin: SandboxAdmin, no: str, **kwargs: Any
+) -> dict[str, Any]:
+    """An order paid by the payer at the sandbox channel, its callback delivered and processed (HIS commit
+    included)."""
+    order = await create(client, no, **kwargs)
+    await admin.pay(order["out_trade_no"])
+    await settle(running, admin)
     return (await get(client, no))["order"]

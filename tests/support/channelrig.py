@@ -7,7 +7,9 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from gateway.channels.config import AlipayConfig, Secret, WechatConfig
@@ -162,3 +164,94 @@ async def start_receiver() -> NotifyReceiver:
     port = int(runner.addresses[0][1])
     receiver = NotifyReceiver(f"http://127.0.0.1:{port}/notify", runner)
     return receiver
+
+
+class SandboxAdmin:
+    """The sandbox channels' admin API (``/_admin``) as a test drives it: the payer's side, faults, held refunds,
+    and the channel's ledger and callback records."""
+
+    def __init__(self, sandbox: SandboxChannels, channel: str = "wechat") -> None:
+        self.sandbox = sandbox
+        self.channel = channel
+        self._http = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, expect: int | None = None
+    ) -> Any:
+        async with self._http.request(method, self.sandbox.admin_url + path, json=body) as resp:
+            data = await resp.json()
+            if expect is None:
+                assert resp.status < 300, (path, data)
+            else:
+                assert resp.status == expect, (path, data)
+            return data
+
+    async def pay(self, out_trade_no: str, *, force: bool = False) -> dict[str, Any]:
+        return await self.call(
+            "POST", "/payer/pay", {"channel": self.channel, "out_trade_no": out_trade_no, "force": force}
+        )
+
+    async def fault(self, match: str, mode: str, **rule: Any) -> dict[str, Any]:
+        """A call fault (``match`` an API name such as ``wechat.refund``) or, with ``kind="notify"``, a callback
+        fault (``match`` such as ``wechat.payment``)."""
+        return await self.call("POST", "/faults", {"match": match, "mode": mode, **rule})
+
+    async def clear_faults(self) -> None:
+        await self.call("DELETE", "/faults")
+
+    async def fault_hits(self, rule_id: int) -> int:
+        """How often a standing rule (one without ``count``) has fired."""
+        rules = (await self.call("GET", "/faults"))["faults"]
+        (rule,) = [r for r in rules if r["id"] == rule_id]
+        return int(rule["hits"])
+
+    async def hold_refunds(self, count: int = 1) -> None:
+        await self.call("POST", "/refunds/hold", {"channel": self.channel, "count": count})
+
+    async def release_refunds(self, out_refund_no: str | None = None, state: str = "SUCCESS") -> list[str]:
+        body: dict[str, Any] = {"channel": self.channel, "state": state}
+        if out_refund_no is not None:
+            body["out_refund_no"] = out_refund_no
+        return (await self.call("POST", "/refunds/release", body))["released"]
+
+    async def trades(self) -> list[dict[str, Any]]:
+        return (await self.call("GET", f"/trades?channel={self.channel}"))["trades"]
+
+    async def trade(self, out_trade_no: str) -> dict[str, Any]:
+        (trade,) = [t for t in await self.trades() if t["out_trade_no"] == out_trade_no]
+        return trade
+
+    async def refunds(self, out_trade_no: str | None = None) -> list[dict[str, Any]]:
+        rows = (await self.call("GET", f"/refunds?channel={self.channel}"))["refunds"]
+        return [r for r in rows if out_trade_no in (None, r["out_trade_no"])]
+
+    async def refunded_fen(self, out_trade_no: str) -> int:
+        """What the channel has paid back or is paying back on a trade (refunds that ended CLOSED/ABNORMAL
+        excluded)."""
+        return int((await self.trade(out_trade_no))["refunded_fen"])
+
+    async def notifications(self, kind: str | None = None) -> list[dict[str, Any]]:
+        rows = (await self.call("GET", f"/notifications?channel={self.channel}"))["notifications"]
+        return [n for n in rows if kind in (None, n["kind"])]
+
+    async def busy(self) -> bool:
+        """Whether the channel still has something of its own to do now: a refund it is paying out (one not held
+        on purpose), or a callback whose delivery is under way."""
+        refunds = await self.refunds()
+        if any(r["state"] == "PROCESSING" and not r["held"] for r in refunds):
+            return True
+        return any(n["status"] == "pending" for n in await self.notifications())
+
+    async def quiet(self, *, timeout_s: float = 20.0) -> None:
+        """Wait, by polling the ledger with a deadline, until the channel is not ``busy``; then until the notifier
+        has no delivery left in flight (a duplicate or a resend of a callback already delivered once)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while await self.busy():
+            if loop.time() > deadline:
+                raise AssertionError(f"the sandbox channel still busy after {timeout_s} s")
+            await asyncio.sleep(0.02)
+        await asyncio.wait_for(self.sandbox.notifier.idle(), max(0.1, deadline - loop.time()))

@@ -7,6 +7,7 @@ import json
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from gateway.channels.base import ChannelError, NotificationRejected, PaymentRequest, Scene, TradeState
 from gateway.channels.wechat import WechatPayChannel
@@ -183,3 +184,14 @@ async def test_lost_and_duplicated_callbacks(sandbox, wechat, receiver):
     deliveries = await receiver.wait_for(2)
     notes = [wechat.verify_notification(d.headers, d.body) for d in deliveries]
     assert notes[0].notification_id == notes[1].notification_id
+
+
+async def test_a_bad_signature_callback_is_refused_and_retried(sandbox, wechat, receiver):
+    await admin(sandbox, "/faults", {"kind": "notify", "mode": "bad_signature", "match": "wechat.payment", "count": 1})
+    receiver.respond = lambda _r: web.Response(status=500)
+    await wechat.create(PaymentRequest("WX-CB-000014", 500, "x", Scene.native, f"{receiver.url}/forged"))
+    await admin(sandbox, "/payer/pay", {"channel": "wechat", "out_trade_no": "WX-CB-000014"})
+    deliveries = await receiver.wait_for(2)
+    assert {reason(wechat, d.headers, d.body) for d in deliveries} == {"bad_signature"}
+    (record,) = sandbox.ledger.notifications("wechat")
+    assert record["status"] == "pending" and record["attempts"] >= 1
