@@ -77,6 +77,13 @@ class WorkersConfig(_Section):
     his_poll_s: Annotated[float, Field(gt=0)] = 5
     """How soon a write the bridge answered ``pending`` is asked about again."""
     order_ttl_s: Annotated[int, Field(ge=60, le=7 * 86400)] = 1800
+    his_stuck_after_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 1800
+    """A HIS step (commit, refund application, write-back, cancel) still unfinished this long after it became
+    due is an exception finance sees (``his_stuck``) and counts in ``hisgateway_his_stuck``; the gateway keeps
+    trying meanwhile. Thirty minutes: longer than a HIS restart or a bridge breaker's cool-down, shorter than a
+    patient's wait at the window."""
+    escalate_every_s: Annotated[float, Field(gt=0, le=3600)] = 60
+    """How often stuck HIS steps are looked for."""
 
 
 class NotificationsConfig(_Section):
@@ -115,10 +122,15 @@ class ReconConfig(_Section):
     """Run the daily schedule in this instance (the CLI can always run a day by hand)."""
     at: Annotated[str, Field(pattern=_HHMM)] = "11:30"
     """When each day's run starts for the previous day, Asia/Shanghai; a hospital may set ``recon_at``."""
-    cross_day_window_min: Annotated[int, Field(ge=0, le=720)] = 30
-    """One-sided entries this close before midnight are held in the suspense pool instead of flagged."""
-    suspense_days: Annotated[int, Field(ge=1, le=31)] = 2
-    """Days a held entry waits for its missing side before it is flagged with its real class."""
+    cross_day_window_min: Annotated[int, Field(ge=0, le=720)] | None = Field(default=None, deprecated=True)
+    """No longer used: every one-sided entry waits ``suspense_days`` for its counterpart, whatever its time of
+    day (matching is by key, not by clock). Accepted so older configs still load."""
+    suspense_days: Annotated[int, Field(ge=0, le=31)] = 3
+    """Days a one-sided entry (a payment the HIS has not booked, a refund the channel has not paid, …) waits for
+    its counterpart before it is flagged with its real class. Three: a HIS's nightly maintenance or a quarantined
+    bridge entry resolved by an operator the next working morning — including over a weekend, when a Friday
+    night entry is seen on Monday's run of Sunday — and channel refunds that settle a day or two later, all
+    arrive within it; stuck HIS steps meanwhile show up at once as ``his_stuck``. 0 flags at once."""
     page_size: Annotated[int, Field(ge=1, le=1000)] = 1000
     """Records per ``recon.fetch`` page."""
 

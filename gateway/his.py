@@ -65,6 +65,18 @@ def _retryable(e: BridgeError) -> bool:
     return isinstance(e, BridgeUnreachable | UntrustedResponse) or e.status >= 500 or e.status in (401, 403, 429)
 
 
+async def write_once(link: HisLink, operation: str, params: dict[str, Any], *, may_have_sent: bool) -> HisAnswer:
+    """The one way the sagas write to the HIS. When an earlier attempt may have reached the agent, ask for that
+    request's journaled outcome first (the agent settles its own doubt with ``trade.check`` before it ever
+    resends); send only when the agent never received it. The request id is the same on every attempt, so even
+    a resend is applied once. Raises ``HisUnavailable`` when nothing is known."""
+    if may_have_sent:
+        answer = await link.status(params["request_id"])
+        if answer is not None:
+            return answer
+    return await link.write(operation, params)
+
+
 class BridgeHis:
     def __init__(self, client: BridgeClient) -> None:
         self.client = client

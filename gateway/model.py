@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+LOCAL_TZ = ZoneInfo("Asia/Shanghai")
+"""The hospitals' time zone: business days, reconciliation days and statements are in it."""
 
 
 class OrderStatus(StrEnum):
@@ -68,6 +72,10 @@ class RefundState(StrEnum):
     """Refused before any money moved (HIS refused, or over the refundable amount)."""
     failed = "failed"
     """The channel refused or closed the refund; the reservation is released."""
+    his_cancelling = "his_cancelling"
+    """Finance decided to undo the HIS's application of a refund that was never paid (``refund.cancel``)."""
+    cancelled = "cancelled"
+    """The HIS undid its application; no money moved."""
 
 
 COUNTED_REFUND = (RefundState.reserved, RefundState.refunding, RefundState.succeeded, RefundState.completed)
@@ -89,16 +97,37 @@ class RefundPolicy(StrEnum):
 
 
 class ExceptionKind(StrEnum):
-    """Things finance or an operator must see; recorded on the row and in the audit log."""
+    """Things finance or an operator must see about one order or refund: recorded on the row, in the audit log,
+    and as an exception in finance's list (source ``gateway``), where they are worked like reconciliation's."""
 
     paid_after_close = "paid_after_close"
     amount_mismatch = "amount_mismatch"
+    """The channel reports a different amount than the order (paid), or than the refund (refund callback)."""
     his_rejected = "his_rejected"
     his_refund_not_paid = "his_refund_not_paid"
     """The HIS applied a refund that the channel refused or the gateway could not reserve."""
     writeback_failed = "writeback_failed"
     refund_abnormal = "refund_abnormal"
+    his_stuck = "his_stuck"
+    """A HIS step (commit, refund application, write-back, cancel) has waited longer than ``his_stuck_after_s``;
+    the gateway keeps trying, finance may re-drive it."""
+    refund_late_success = "refund_late_success"
+    """The channel paid a refund after it had been marked failed."""
+    his_receipt_on_held = "his_receipt_on_held"
+    """The HIS booked a payment the gateway holds back from it (refused, held, or returned by finance)."""
+
+
+HIS_CLEAR = (HisState.rejected, HisState.held)
+"""HIS states in which money may go back without the HIS: the HIS refused the payment, or was never told of it
+and never will be. A payment whose HIS step is none, pending or done is refunded only through the HIS."""
+HIS_SENDABLE = (HisState.none, HisState.pending)
+"""HIS states in which the commit may (still) be sent."""
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def local_day(t: dt.datetime | None = None) -> dt.date:
+    """The business day (Asia/Shanghai) of an aware time, now by default."""
+    return (t or utcnow()).astimezone(LOCAL_TZ).date()

@@ -18,6 +18,7 @@ from gateway.channels.base import Channel
 from gateway.config import GatewayConfig, MerchantConfig
 from gateway.his import BridgeHis, HisLink
 from gateway.outbox import Deliverer
+from gateway.sagas.escalation import escalate_forever
 from gateway.services import Services, log
 from gateway.sms.clock import Clock, system_clock
 from gateway.store import registry
@@ -85,6 +86,7 @@ class Gateway:
         if run:
             self._tasks = [asyncio.create_task(w.run(), name=f"worker-{w.name}") for w in self.workers]
             self._tasks.append(asyncio.create_task(prune_nonces(self.svc), name="prune-nonces"))
+            self._tasks.append(asyncio.create_task(escalate_forever(self.svc), name="escalate-his-steps"))
             if self.sms is not None:
                 self._tasks.append(asyncio.create_task(self.sms.run_pruner(), name="prune-sms"))
             if cfg.recon.enabled:

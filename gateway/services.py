@@ -15,6 +15,7 @@ from gateway.channels.base import Channel
 from gateway.config import GatewayConfig
 from gateway.his import HisLink, NoBridge
 from gateway.model import utcnow
+from gateway.money_metrics import MoneyMetrics
 from gateway.store.db import Database
 
 log = structlog.get_logger("gateway")
@@ -33,6 +34,7 @@ class Services:
     his: dict[str, HisLink]
     """By hospital id."""
     instance: str = field(default_factory=lambda: secrets.token_hex(4))
+    metrics: MoneyMetrics = field(default_factory=MoneyMetrics)
     wake_orders: asyncio.Event = field(default_factory=asyncio.Event)
     wake_refunds: asyncio.Event = field(default_factory=asyncio.Event)
     wake_events: asyncio.Event = field(default_factory=asyncio.Event)

@@ -55,8 +55,11 @@ async def metrics(request: web.Request) -> web.Response:
         inside = False
     if not inside:
         return _error(ApiError(403, "forbidden", "metrics are served to private networks only"))
+    svc = request.app[SERVICES]
+    await svc.metrics.refresh(svc.db, svc.cfg.workers.his_stuck_after_s)
     sms = request.app.get(sms_api.SMS)
-    body = b"".join(generate_latest(r) for r in ([sms.metrics.registry] if sms is not None else []))
+    registries = [svc.metrics.registry, *([sms.metrics.registry] if sms is not None else [])]
+    body = b"".join(generate_latest(r) for r in registries)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -110,14 +110,19 @@ async def list_orders(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status is not None and status not in OrderStatus.__members__:
         raise ApiError(400, "bad_query", f"unknown status {status!r}")
+    exceptions_only = request.query.get("exceptions") in ("1", "true")
     rows, total = await order_store.page(
-        svc.db, app.hospital_id, page=page, page_size=page_size, status=status,
-        exceptions_only=request.query.get("exceptions") in ("1", "true"),
-    )  # fmt: skip
+        svc.db, app.hospital_id, page=page, page_size=page_size, status=status, exceptions_only=exceptions_only
+    )
+    views = [order_view(r, with_pay_params=False) for r in rows]
+    if exceptions_only:
+        found = await order_store.open_exceptions(svc.db, app.hospital_id, [r.out_trade_no for r in rows])
+        for view in views:
+            view["exceptions"] = found.get(view["out_trade_no"], [])
     return json_response(
         200,
         {
-            "orders": [order_view(r, with_pay_params=False) for r in rows],
+            "orders": views,
             "page": page,
             "page_size": page_size,
             "total": total,

@@ -370,6 +370,7 @@ class AlipayChannel(Channel):
                     yuan_to_fen(params["refund_fee"]),
                     trade.channel_trade_no,
                     parse_stamp(params.get("gmt_refund")),
+                    cumulative=True,
                 )
                 return Notification("refund", params["notify_id"], trade=trade, refund=refund)
         except (ChannelError, ValueError) as exc:

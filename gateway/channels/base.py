@@ -100,6 +100,9 @@ class RefundStatus:
     refund_fen: int
     channel_refund_no: str | None = None
     succeeded_at: dt.datetime | None = None
+    cumulative: bool = False
+    """``refund_fen`` is everything refunded on the trade so far, not this refund alone (Alipay's notification
+    reports ``refund_fee`` so); the gateway then checks it covers this refund instead of equalling it."""
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,13 @@ async def process(svc: Services, event: Any) -> str:
         if order.merchant_id != merchant:
             log.warning("callback_wrong_merchant", out_trade_no=trade.out_trade_no, merchant=merchant)
             return f"trade {trade.out_trade_no} belongs to merchant {order.merchant_id}, not {merchant}"
+        if trade.state in payment.SUCCESS_STATES and trade.amount_fen is None:
+            log.warning("callback_without_amount", out_trade_no=trade.out_trade_no, merchant=merchant)
+            await payment.apply_trade_status(svc, order, trade, source="callback")
+            return f"refused: success for {trade.out_trade_no} names no amount; the channel is asked instead"
         order = await payment.apply_trade_status(svc, order, trade, source="callback")
         return f"order {order.out_trade_no} {order.status}"
     if notification.kind == "refund" and notification.refund is not None:
         channel = await registry.merchant_channel(svc.db, merchant)
-        return await refund.on_channel_refund(svc, notification.refund, channel or "", source="callback")
+        return await refund.on_channel_refund(svc, notification.refund, channel or "", merchant, source="callback")
     return f"ignored {notification.kind} notification"

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.model import RefundOrigin, RefundPolicy, RefundState, utcnow
-from gateway.store import audit
+from gateway.model import RefundOrigin, RefundPolicy, utcnow
+from gateway.services import Services
+from gateway.store import audit, finance_exceptions
 from gateway.store import refunds as refund_store
-from gateway.store.tables import hospitals, refunds
+from gateway.store.orders import Order
+from gateway.store.tables import hospitals
 
 
 def new_trade_no(prefix: str) -> str:
@@ -19,39 +20,34 @@ def new_trade_no(prefix: str) -> str:
     return f"{prefix}{utcnow():%y%m%d%H%M%S}{secrets.token_hex(6)}"
 
 
-async def hold_unrecorded(conn: AsyncConnection, order: Any, *, reason: str, actor: str) -> int | None:
-    """Money was taken that the HIS will not record. Under the hospital's ``auto_refund`` policy, reserve and
-    queue a refund of all of it to the original route (in the caller's transaction, the order row locked by
-    its update); under ``finance`` leave it visible for finance. Returns the refund id, if one was queued."""
+async def hold_unrecorded(
+    svc: Services, conn: AsyncConnection, order: Order, *, cls: str, detail: str, actor: str
+) -> int | None:
+    """Money was taken that the HIS will not record (the caller has just moved the order's HIS state to
+    ``rejected`` or ``held``, in ``conn``). It is an exception finance sees either way; under the hospital's
+    ``auto_refund`` policy a refund of all of it to the original route is also reserved and queued (and the
+    exception closes itself when that refund completes). Returns the refund id, if one was queued."""
+    await finance_exceptions.raise_exception(conn, order=order, cls=cls, detail=detail, actor=actor)
     policy = (
         await conn.execute(sa.select(hospitals.c.refund_policy).where(hospitals.c.id == order.hospital_id))
     ).scalar()
     if policy != RefundPolicy.auto_refund:
-        await audit.record(conn, actor, "payment.held_for_finance", order.out_trade_no, {"reason": reason})
+        await audit.record(conn, actor, "payment.held_for_finance", order.out_trade_no, {"reason": detail[:200]})
         return None
-    available = int(order.paid_fen or 0) - await refund_store.counted_fen(conn, order.id)
-    if available <= 0:
+    reservation = await refund_store.reserve_new(
+        svc.db,
+        conn,
+        order.id,
+        amount_fen=None,
+        origin=RefundOrigin.policy,
+        out_refund_no=new_trade_no("A"),
+        reason=detail,
+        require_his_clear=True,
+    )
+    if reservation.refund is None:
+        await audit.record(conn, actor, "payment.auto_refund_refused", order.out_trade_no, {"why": reservation.why})
         return None
-    now = utcnow()
-    refund_id = (
-        await conn.execute(
-            sa.insert(refunds)
-            .values(
-                order_id=order.id,
-                hospital_id=order.hospital_id,
-                channel=order.channel,
-                business_refund_no=None,
-                out_refund_no=new_trade_no("A"),
-                amount_fen=available,
-                reason=reason[:200],
-                origin=RefundOrigin.policy.value,
-                state=RefundState.reserved.value,
-                due_at=now,
-                created_at=now,
-                updated_at=now,
-            )
-            .returning(refunds.c.id)
-        )
-    ).scalar_one()
-    await audit.record(conn, actor, "payment.auto_refund", order.out_trade_no, {"reason": reason, "fen": available})
-    return int(refund_id)
+    fen = reservation.refund.amount_fen
+    await audit.record(conn, actor, "payment.auto_refund", order.out_trade_no, {"reason": detail[:200], "fen": fen})
+    svc.wake_refunds.set()
+    return int(reservation.refund.id)

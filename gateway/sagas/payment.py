@@ -15,10 +15,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from gateway.channels.base import ChannelError, PaymentRequest, Scene, TradeState, TradeStatus
-from gateway.his import HisAnswer, HisUnavailable
+from gateway.his import HisAnswer, HisUnavailable, write_once
 from gateway.model import (
     COMMIT_OPERATION,
+    HIS_CLEAR,
+    HIS_SENDABLE,
     OPEN_ORDER,
     BusinessType,
     ExceptionKind,
@@ -28,8 +32,9 @@ from gateway.model import (
 )
 from gateway.sagas.common import hold_unrecorded, new_trade_no
 from gateway.services import Services, log
-from gateway.store import audit, claims, outbox, registry
+from gateway.store import audit, claims, finance_exceptions, outbox, registry
 from gateway.store import orders as order_store
+from gateway.store.orders import Order
 from gateway.store.tables import orders
 from gateway.views import order_view
 
@@ -70,7 +75,7 @@ class NewOrder:
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
-async def notify(conn: Any, order: Any, event_type: str) -> None:
+async def notify(conn: AsyncConnection, order: Order, event_type: str) -> None:
     await outbox.enqueue(
         conn,
         app_id=order.app_id,
@@ -82,7 +87,7 @@ async def notify(conn: Any, order: Any, event_type: str) -> None:
     )
 
 
-async def create(svc: Services, app: registry.App, new: NewOrder) -> tuple[Any, bool]:
+async def create(svc: Services, app: registry.App, new: NewOrder) -> tuple[Order, bool]:
     """Store the order and open the channel trade. Idempotent on the business order number: a repeat returns
     the stored order (and retries a channel create that had not got through)."""
     merchant_id = await registry.merchant_for(svc.db, app.hospital_id, new.channel)
@@ -129,7 +134,7 @@ async def create(svc: Services, app: registry.App, new: NewOrder) -> tuple[Any, 
         await claims.release(svc.db, orders, order.id)
 
 
-async def _open_trade(svc: Services, order: Any, new: NewOrder) -> Any:
+async def _open_trade(svc: Services, order: Order, new: NewOrder) -> Order:
     channel = svc.channel(order.merchant_id)
     request = PaymentRequest(
         out_trade_no=order.out_trade_no,
@@ -148,9 +153,12 @@ async def _open_trade(svc: Services, order: Any, new: NewOrder) -> Any:
     except ChannelError as e:
         if e.in_doubt:
             due = svc.soon(min(5.0, svc.cfg.workers.pending_query_after_s))
-            return await order_store.update(svc.db, order.id, OPEN_ORDER, last_error=str(e), due_at=due)
+            return await order_store.update(svc.db, order.id, OPEN_ORDER, last_error=str(e), due_at=due) or order
         if e.retryable:
-            return await order_store.update(svc.db, order.id, OPEN_ORDER, last_error=str(e), due_at=order.expires_at)
+            return (
+                await order_store.update(svc.db, order.id, OPEN_ORDER, last_error=str(e), due_at=order.expires_at)
+                or order
+            )
         async with svc.db.write() as conn:
             row = await order_store.transition(
                 conn, order.id, OPEN_ORDER, status=OrderStatus.failed.value, last_error=str(e), due_at=None
@@ -158,7 +166,7 @@ async def _open_trade(svc: Services, order: Any, new: NewOrder) -> Any:
             if row is not None:
                 await notify(conn, row, "order.failed")
                 await audit.record(conn, "channel", "order.failed", order.out_trade_no, {"code": e.code})
-            return row or await order_store.get(svc.db, order.id)
+            return row or await order_store.get_in(conn, order.id) or order
     due = svc.soon(3) if started.state in (TradeState.userpaying, *SUCCESS_STATES) else first_check
     row = await order_store.update(
         svc.db,
@@ -175,10 +183,10 @@ async def _open_trade(svc: Services, order: Any, new: NewOrder) -> Any:
             row = await apply_trade_status(svc, row, await channel.query(order.out_trade_no), source="create")
         except ChannelError as e:
             log.info("codepay_query_deferred", out_trade_no=order.out_trade_no, error=str(e))
-    return row or await order_store.get(svc.db, order.id)
+    return row or await order_store.get(svc.db, order.id) or order
 
 
-async def apply_trade_status(svc: Services, order: Any, status: TradeStatus, *, source: str) -> Any:
+async def apply_trade_status(svc: Services, order: Order, status: TradeStatus, *, source: str) -> Order:
     """Apply the channel's word about a trade. Idempotent: the same word twice changes nothing the second time."""
     if status.state in SUCCESS_STATES:
         return await _paid(svc, order, status, source)
@@ -187,24 +195,32 @@ async def apply_trade_status(svc: Services, order: Any, status: TradeStatus, *, 
         async with svc.db.write() as conn:
             row = await order_store.transition(conn, order.id, OPEN_ORDER, status=new.value, due_at=None)
             if row is None:
-                return await order_store.get(svc.db, order.id)
+                return await order_store.get_in(conn, order.id) or order
             await notify(conn, row, f"order.{new.value}")
             await audit.record(conn, source, f"order.{new.value}", order.out_trade_no, {"state": status.state.value})
             return row
     if status.state in (TradeState.notpay, TradeState.userpaying) and order.status == OrderStatus.created:
-        return await order_store.update(svc.db, order.id, [OrderStatus.created], status=OrderStatus.paying.value)
+        return (
+            await order_store.update(svc.db, order.id, [OrderStatus.created], status=OrderStatus.paying.value) or order
+        )
     return order
 
 
-async def _paid(svc: Services, order: Any, status: TradeStatus, source: str) -> Any:
-    paid_fen = status.amount_fen if status.amount_fen is not None else order.amount_fen
-    money = {
+async def _paid(svc: Services, order: Order, status: TradeStatus, source: str) -> Order:
+    if status.amount_fen is None:
+        # A success that does not say how much was taken is not believed: the compensation query asks the
+        # channel for the amount soon instead of counting the order as paid in full.
+        log.warning("paid_without_amount", out_trade_no=order.out_trade_no, source=source)
+        return await order_store.update(svc.db, order.id, OPEN_ORDER, due_at=svc.soon(5)) or order
+    paid_fen = status.amount_fen
+    money: dict[str, Any] = {
         "paid_fen": paid_fen,
         "channel_trade_no": status.channel_trade_no or order.channel_trade_no,
         "paid_at": status.paid_at or utcnow(),
     }
     async with svc.db.write() as conn:
         if paid_fen != order.amount_fen:
+            detail = f"channel reports {paid_fen} fen paid, the order is for {order.amount_fen} fen"
             row = await order_store.transition(
                 conn,
                 order.id,
@@ -212,12 +228,16 @@ async def _paid(svc: Services, order: Any, status: TradeStatus, source: str) -> 
                 status=OrderStatus.paid.value,
                 his_state=HisState.held.value,
                 exception=ExceptionKind.amount_mismatch.value,
-                exception_detail=f"channel reports {paid_fen} fen paid, the order is for {order.amount_fen} fen",
+                exception_detail=detail,
                 due_at=None,
                 **money,
             )
             if row is not None:
                 await audit.record(conn, source, "exception.amount_mismatch", order.out_trade_no, {"paid": paid_fen})
+                await finance_exceptions.raise_exception(
+                    conn, order=row, cls=ExceptionKind.amount_mismatch, detail=detail, actor=source,
+                    channel_fen=paid_fen,
+                )  # fmt: skip
                 await notify(conn, row, "order.exception")
             return row or order
         row = await order_store.transition(
@@ -227,26 +247,26 @@ async def _paid(svc: Services, order: Any, status: TradeStatus, source: str) -> 
             await audit.record(conn, source, "order.paid", order.out_trade_no, {"fen": paid_fen})
             svc.wake_orders.set()
             return row
+        detail = f"the channel reports a payment after the order was {order.status}"
         row = await order_store.transition(
             conn,
             order.id,
             [OrderStatus.closed, OrderStatus.failed],
             his_state=HisState.held.value,
             exception=ExceptionKind.paid_after_close.value,
-            exception_detail=f"the channel reports a payment after the order was {order.status}",
+            exception_detail=detail,
             **money,
         )
         if row is None:
-            return await order_store.get(svc.db, order.id)
+            return await order_store.get(svc.db, order.id) or order
         await audit.record(conn, source, "exception.paid_after_close", order.out_trade_no, {"fen": paid_fen})
         await notify(conn, row, "order.exception")
-        if await hold_unrecorded(conn, row, reason="paid after the order was closed", actor=source) is not None:
-            svc.wake_refunds.set()
+        await hold_unrecorded(svc, conn, row, cls=ExceptionKind.paid_after_close, detail=detail, actor=source)
         log.warning("paid_after_close", out_trade_no=order.out_trade_no, fen=paid_fen)
         return row
 
 
-def commit_params(order: Any) -> tuple[str, dict[str, Any]]:
+def commit_params(order: Order) -> tuple[str, dict[str, Any]]:
     operation = COMMIT_OPERATION[BusinessType(order.business_type)]
     params = {
         "request_id": f"{order.out_trade_no}-commit",
@@ -260,52 +280,52 @@ def commit_params(order: Any) -> tuple[str, dict[str, Any]]:
     return operation, params
 
 
-async def commit_his(svc: Services, order: Any) -> Any:
-    """Tell the HIS about a paid order; ask about a pending commit instead of sending it again."""
+async def commit_his(svc: Services, order: Order) -> Order:
+    """Tell the HIS about a paid order, once. Only while its HIS state is ``none`` or ``pending``: a payment held
+    back from the HIS (refused, held, returned by finance) is never sent, and a receipt that arrives for one
+    anyway becomes an exception saying so."""
+    if order.his_state not in HIS_SENDABLE:
+        return order
     operation, params = commit_params(order)
-    his = svc.his_for(order.hospital_id)
     try:
-        answer: HisAnswer | None = None
-        if order.his_state == HisState.pending:
-            answer = await his.status(params["request_id"])
-        if answer is None:
-            answer = await his.write(operation, params)
+        answer = await write_once(
+            svc.his_for(order.hospital_id),
+            operation,
+            params,
+            may_have_sent=order.his_state == HisState.pending or order.attempts > 0,
+        )
     except HisUnavailable as e:
-        return await order_store.update(
-            svc.db,
-            order.id,
-            [OrderStatus.paid],
-            last_error=f"bridge: {e}",
-            attempts=order.attempts + 1,
-            due_at=svc.backoff(order.attempts),
+        return (
+            await order_store.update(
+                svc.db,
+                order.id,
+                [OrderStatus.paid],
+                last_error=f"bridge: {e}",
+                attempts=order.attempts + 1,
+                due_at=svc.backoff(order.attempts),
+            )
+            or order
         )
     if answer.pending:
-        return await order_store.update(
-            svc.db,
-            order.id,
-            [OrderStatus.paid],
-            his_state=HisState.pending.value,
-            due_at=svc.soon(svc.cfg.workers.his_poll_s),
+        return (
+            await order_store.update(
+                svc.db,
+                order.id,
+                [OrderStatus.paid],
+                his_state=HisState.pending.value,
+                attempts=order.attempts + 1,
+                due_at=svc.soon(svc.cfg.workers.his_poll_s),
+            )
+            or order
         )
     async with svc.db.write() as conn:
         if answer.done:
-            row = await order_store.transition(
-                conn,
-                order.id,
-                [OrderStatus.paid],
-                status=OrderStatus.completed.value,
-                his_state=HisState.done.value,
-                his_receipt_no=answer.result.get("receipt_no"),
-                last_error=None,
-                due_at=None,
-            )
-            if row is not None:
-                await notify(conn, row, "order.completed")
-            return row or await order_store.get(svc.db, order.id)
+            return await _his_booked(svc, conn, order, answer)
         row = await order_store.transition(
             conn,
             order.id,
             [OrderStatus.paid],
+            his_states=HIS_SENDABLE,
             status=OrderStatus.his_rejected.value,
             his_state=HisState.rejected.value,
             his_error=answer.error,
@@ -314,9 +334,51 @@ async def commit_his(svc: Services, order: Any) -> Any:
             due_at=None,
         )
         if row is None:
-            return await order_store.get(svc.db, order.id)
+            return await order_store.get_in(conn, order.id) or order
         await audit.record(conn, "his", "order.his_rejected", order.out_trade_no, answer.error)
         await notify(conn, row, "order.his_rejected")
-        if await hold_unrecorded(conn, row, reason="the HIS refused the payment", actor="his") is not None:
-            svc.wake_refunds.set()
+        await hold_unrecorded(
+            svc, conn, row, cls=ExceptionKind.his_rejected, detail=row.exception_detail or "", actor="his"
+        )
         return row
+
+
+async def _his_booked(svc: Services, conn: AsyncConnection, order: Order, answer: HisAnswer) -> Order:
+    receipt = answer.result.get("receipt_no")
+    row = await order_store.transition(
+        conn,
+        order.id,
+        [OrderStatus.paid],
+        his_states=HIS_SENDABLE,
+        status=OrderStatus.completed.value,
+        his_state=HisState.done.value,
+        his_receipt_no=receipt,
+        last_error=None,
+        due_at=None,
+    )
+    if row is not None:
+        await notify(conn, row, "order.completed")
+        await finance_exceptions.resolve(
+            conn,
+            hospital_id=row.hospital_id,
+            entry_key=finance_exceptions.entry_key(row),
+            classes=[ExceptionKind.his_stuck],
+            note=f"the HIS booked the payment (receipt {receipt})",
+            actor="his",
+        )
+        if row.exception == ExceptionKind.his_stuck:
+            row = await order_store.transition(conn, order.id, None, exception=None, exception_detail=None) or row
+        return row
+    current = await order_store.get_in(conn, order.id)
+    if current is None or current.his_state not in [s.value for s in HIS_CLEAR]:
+        return current or order
+    detail = (
+        f"the HIS booked receipt {receipt} for a payment the gateway holds back from it ({current.his_state});"
+        f" {current.refunded_fen} of {current.paid_fen} fen already returned to the payer"
+    )
+    await finance_exceptions.raise_exception(
+        conn, order=current, cls=ExceptionKind.his_receipt_on_held, detail=detail, actor="his"
+    )
+    await audit.record(conn, "his", "exception.his_receipt_on_held", order.out_trade_no, {"receipt_no": receipt})
+    log.error("his_receipt_on_held", out_trade_no=order.out_trade_no, receipt_no=receipt)
+    return current

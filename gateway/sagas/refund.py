@@ -14,15 +14,19 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from gateway.channels.base import ChannelError, RefundRequest, RefundStatus
 from gateway.channels.base import RefundState as ChannelRefundState
-from gateway.his import HisUnavailable
+from gateway.his import HisAnswer, HisUnavailable, write_once
 from gateway.model import ExceptionKind, HisState, OrderStatus, RefundOrigin, RefundState, utcnow
 from gateway.sagas.common import new_trade_no
 from gateway.services import Services, log
-from gateway.store import audit, outbox
+from gateway.store import audit, finance_exceptions, outbox
 from gateway.store import orders as order_store
 from gateway.store import refunds as refund_store
+from gateway.store.orders import Order
+from gateway.store.refunds import Refund
 from gateway.store.tables import orders
 from gateway.views import refund_view
 
@@ -46,11 +50,11 @@ class NewRefund:
     reason: str | None = None
 
 
-def needs_his(refund: Any, order: Any) -> bool:
+def needs_his(refund: Refund, order: Order) -> bool:
     return refund.origin == RefundOrigin.business and order.his_state == HisState.done
 
 
-async def notify(conn: Any, refund: Any, order: Any, event_type: str) -> None:
+async def notify(conn: AsyncConnection, refund: Refund, order: Order, event_type: str) -> None:
     await outbox.enqueue(
         conn,
         app_id=order.app_id,
@@ -62,7 +66,7 @@ async def notify(conn: Any, refund: Any, order: Any, event_type: str) -> None:
     )
 
 
-async def request(svc: Services, order: Any, new: NewRefund) -> tuple[Any, bool]:
+async def request(svc: Services, order: Order, new: NewRefund) -> tuple[Refund, bool]:
     """Start a refund of ``order`` and drive it as far as it goes now; idempotent on the business refund no."""
     if order.status not in REFUNDABLE_ORDER:
         raise NotRefundable(f"order {order.business_order_no} is {order.status}: only a completed order is refunded")
@@ -91,10 +95,10 @@ async def request(svc: Services, order: Any, new: NewRefund) -> tuple[Any, bool]
     return await advance(svc, refund), True
 
 
-async def _reject_early(svc: Services, refund: Any, order: Any) -> Any:
+async def _reject_early(svc: Services, refund: Refund, order: Order) -> Refund:
     """Over the payment already: refused without asking the HIS anything."""
     async with svc.db.write() as conn:
-        available = int(order.paid_fen or 0) - await refund_store.counted_fen(conn, order.id)
+        available = await refund_store.refundable_fen(conn, order)
         row = await refund_store.transition(
             conn,
             refund.id,
@@ -108,7 +112,7 @@ async def _reject_early(svc: Services, refund: Any, order: Any) -> Any:
         return row or refund
 
 
-async def advance(svc: Services, refund: Any) -> Any:
+async def advance(svc: Services, refund: Refund) -> Refund:
     """Run the refund's next steps until it finishes or must wait (then ``due_at`` says when to go on)."""
     while True:
         order = await order_store.get(svc.db, refund.order_id)
@@ -118,6 +122,7 @@ async def advance(svc: Services, refund: Any) -> Any:
             RefundState.reserved: _refund_at_channel,
             RefundState.refunding: _query_channel,
             RefundState.succeeded: _write_back,
+            RefundState.his_cancelling: _cancel_at_his,
         }.get(RefundState(refund.state))
         if step is None:
             return await refund_store.update(svc.db, refund.id, None, due_at=None) or refund
@@ -129,13 +134,14 @@ async def advance(svc: Services, refund: Any) -> Any:
             return refund
 
 
-def _request_id(refund: Any, step: str) -> str:
-    return f"{refund.out_refund_no}-{step}"
+def _request_id(refund: Refund, step: str) -> str:
+    """The same on every retry of a step; a new one only when finance re-drives a step the HIS refused."""
+    return f"{refund.out_refund_no}-{step}" + (f"-{refund.his_round + 1}" if refund.his_round else "")
 
 
-async def _apply_at_his(svc: Services, refund: Any, order: Any) -> Any:
+async def _apply_at_his(svc: Services, refund: Refund, order: Order) -> Refund:
     if not needs_his(refund, order):
-        return (await _reserve(svc, refund, order, limit_fen=None, his={})).refund
+        return (await _reserve(svc, refund, order, limit_fen=None, his={})).refund or refund
     params = {
         "request_id": _request_id(refund, "apply"),
         "trade_no": order.out_trade_no,
@@ -143,18 +149,18 @@ async def _apply_at_his(svc: Services, refund: Any, order: Any) -> Any:
         "amount_fen": refund.amount_fen,
         **({"reason": refund.reason} if refund.reason else {}),
     }
-    his = svc.his_for(order.hospital_id)
     try:
-        answer = None
-        if refund.attempts:
-            answer = await his.status(params["request_id"])
-        if answer is None:
-            answer = await his.write("refund.apply", params)
+        answer = await write_once(
+            svc.his_for(order.hospital_id), "refund.apply", params, may_have_sent=refund.attempts > 0
+        )
     except HisUnavailable as e:
         return await _later(svc, refund, f"bridge: {e}")
     if answer.pending:
-        return await refund_store.update(
-            svc.db, refund.id, None, attempts=refund.attempts + 1, due_at=svc.soon(svc.cfg.workers.his_poll_s)
+        return (
+            await refund_store.update(
+                svc.db, refund.id, None, attempts=refund.attempts + 1, due_at=svc.soon(svc.cfg.workers.his_poll_s)
+            )
+            or refund
         )
     if answer.failed:
         async with svc.db.write() as conn:
@@ -168,38 +174,62 @@ async def _apply_at_his(svc: Services, refund: Any, order: Any) -> Any:
             )
             if row is not None:
                 await notify(conn, row, order, "refund.rejected")
+                await _his_step_done(conn, row, order, "the HIS refused the refund application")
             return row or refund
     refundable = int(answer.result.get("refundable_fen", 0))
     his = {"his_refundable_fen": refundable, "his_refund_id": answer.result.get("his_refund_id")}
     reservation = await _reserve(svc, refund, order, limit_fen=refundable, his=his)
-    if not reservation.reserved and reservation.refund.state == RefundState.rejected:
-        row = await refund_store.update(
-            svc.db,
-            refund.id,
-            [RefundState.rejected],
-            exception=ExceptionKind.his_refund_not_paid.value,
-            exception_detail="the HIS applied this refund, but it was not paid out: "
-            + (reservation.refund.last_error or ""),
-        )
+    reserved = reservation.refund or refund
+    if not reservation.reserved and reserved.state == RefundState.rejected:
+        detail = "the HIS applied this refund, but it was not paid out: " + (reservation.why or "")
+        async with svc.db.write() as conn:
+            row = await refund_store.transition(
+                conn,
+                refund.id,
+                [RefundState.rejected],
+                exception=ExceptionKind.his_refund_not_paid.value,
+                exception_detail=detail[:500],
+            )
+            if row is not None:
+                await finance_exceptions.raise_exception(
+                    conn, order=order, refund=row, cls=ExceptionKind.his_refund_not_paid, detail=detail, actor="gateway"
+                )
         log.warning("his_refund_not_paid", out_refund_no=refund.out_refund_no)
-        return row or reservation.refund
-    return reservation.refund
+        return row or reserved
+    if reservation.reserved:
+        async with svc.db.write() as conn:
+            await _his_step_done(conn, reserved, order, "the HIS applied the refund")
+    return reserved
+
+
+async def _his_step_done(conn: AsyncConnection, refund: Refund, order: Order, note: str) -> None:
+    """A HIS step of this refund finished: its ``his_stuck`` exception, if any, settles itself."""
+    await finance_exceptions.resolve(
+        conn,
+        hospital_id=order.hospital_id,
+        entry_key=finance_exceptions.entry_key(order, refund),
+        classes=[ExceptionKind.his_stuck],
+        note=note,
+        actor="his",
+    )
+    if refund.exception == ExceptionKind.his_stuck:
+        await refund_store.transition(conn, refund.id, None, exception=None, exception_detail=None)
 
 
 async def _reserve(
-    svc: Services, refund: Any, order: Any, *, limit_fen: int | None, his: dict[str, Any]
+    svc: Services, refund: Refund, order: Order, *, limit_fen: int | None, his: dict[str, Any]
 ) -> refund_store.Reservation:
     reservation = await refund_store.reserve(
-        svc.db, refund.id, from_state=RefundState.his_applying, limit_fen=limit_fen, due_at=utcnow(), **his
+        svc.db, refund.id, from_state=RefundState.his_applying, limit_fen=limit_fen, facts=his, due_at=utcnow()
     )
-    if not reservation.reserved and reservation.refund.state == RefundState.rejected:
+    if not reservation.reserved and reservation.refund is not None and reservation.refund.state == RefundState.rejected:
         async with svc.db.write() as conn:
             await notify(conn, reservation.refund, order, "refund.rejected")
             await refund_store.transition(conn, refund.id, None, due_at=None)
     return reservation
 
 
-async def _refund_at_channel(svc: Services, refund: Any, order: Any) -> Any:
+async def _refund_at_channel(svc: Services, refund: Refund, order: Order) -> Refund:
     channel = svc.channel(order.merchant_id)
     request = RefundRequest(
         out_trade_no=order.out_trade_no,
@@ -231,7 +261,7 @@ async def _refund_at_channel(svc: Services, refund: Any, order: Any) -> Any:
     return await apply_refund_status(svc, refund, order, status, source="channel")
 
 
-async def _query_channel(svc: Services, refund: Any, order: Any) -> Any:
+async def _query_channel(svc: Services, refund: Refund, order: Order) -> Refund:
     try:
         status = await svc.channel(order.merchant_id).query_refund(order.out_trade_no, refund.out_refund_no)
     except ChannelError as e:
@@ -246,11 +276,40 @@ async def _query_channel(svc: Services, refund: Any, order: Any) -> Any:
     return await apply_refund_status(svc, refund, order, status, source="compensation")
 
 
-async def apply_refund_status(svc: Services, refund: Any, order: Any, status: RefundStatus, *, source: str) -> Any:
-    """Apply the channel's word about a refund; idempotent."""
+def _mismatch(refund: Refund, order: Order, status: RefundStatus) -> str | None:
+    """Why the channel's word cannot be about this refund, or None when it can."""
+    if status.out_refund_no != refund.out_refund_no:
+        return f"the channel speaks of refund {status.out_refund_no}, not {refund.out_refund_no}"
+    if status.out_trade_no and status.out_trade_no != order.out_trade_no:
+        return (
+            f"the channel puts refund {refund.out_refund_no} on trade {status.out_trade_no}, not {order.out_trade_no}"
+        )
+    if status.state != ChannelRefundState.success:
+        return None
+    if status.cumulative:
+        if not refund.amount_fen <= status.refund_fen <= int(order.paid_fen or order.amount_fen):
+            return (
+                f"the channel reports {status.refund_fen} fen refunded on the trade in all, which cannot include"
+                f" this refund of {refund.amount_fen} fen of a {order.paid_fen} fen payment"
+            )
+        return None
+    if status.refund_fen != refund.amount_fen:
+        return f"the channel reports {status.refund_fen} fen refunded, the refund is for {refund.amount_fen} fen"
+    return None
+
+
+async def apply_refund_status(
+    svc: Services, refund: Refund, order: Order, status: RefundStatus, *, source: str
+) -> Refund:
+    """Apply the channel's word about a refund; idempotent. A word that does not fit the refund (its amount,
+    its trade) is not applied: it becomes an exception finance sees."""
+    why = _mismatch(refund, order, status)
+    if why is not None:
+        return await _word_does_not_fit(svc, refund, order, status, why, source)
     in_flight = [RefundState.reserved, RefundState.refunding]
     if status.state == ChannelRefundState.success:
         async with svc.db.write() as conn:
+            await order_store.lock(svc.db, conn, order.id)
             row = await refund_store.transition(
                 conn,
                 refund.id,
@@ -262,51 +321,150 @@ async def apply_refund_status(svc: Services, refund: Any, order: Any, status: Re
                 due_at=utcnow(),
             )
             if row is None:
-                return await refund_store.get(svc.db, refund.id)
+                current = await refund_store.get_in(conn, refund.id)
+                if current is not None and current.state in LATE_SUCCESS_FROM:
+                    return await _late_success(svc, conn, current, order, status, source)
+                return current or refund
             await order_store.transition(conn, order.id, None, refunded_fen=orders.c.refunded_fen + refund.amount_fen)
             await notify(conn, row, order, "refund.succeeded")
             await audit.record(conn, source, "refund.succeeded", refund.out_refund_no, {"fen": refund.amount_fen})
+            if row.exception == ExceptionKind.refund_abnormal:
+                await finance_exceptions.resolve(
+                    conn, hospital_id=order.hospital_id, entry_key=finance_exceptions.entry_key(order, row),
+                    classes=[ExceptionKind.refund_abnormal], note="the channel paid the refund after all", actor=source,
+                )  # fmt: skip
         svc.wake_refunds.set()
         return row
     if status.state == ChannelRefundState.closed:
         return await _channel_refused(svc, refund, order, "the channel closed the refund")
     values: dict[str, Any] = {"state": RefundState.refunding.value, "attempts": refund.attempts + 1}
     if status.state == ChannelRefundState.abnormal:
+        detail = "the channel could not pay the refund back to the payer's account; finance must act"
         values.update(
             exception=ExceptionKind.refund_abnormal.value,
-            exception_detail="the channel could not pay the refund back to the payer's account; finance must act",
+            exception_detail=detail,
             due_at=svc.soon(svc.cfg.workers.retry_max_s),
         )
-    else:
-        values["due_at"] = min(svc.backoff(refund.attempts), svc.soon(svc.cfg.workers.retry_max_s))
+        async with svc.db.write() as conn:
+            row = await refund_store.transition(conn, refund.id, in_flight, **values)
+            if row is not None and refund.exception != ExceptionKind.refund_abnormal:
+                await finance_exceptions.raise_exception(
+                    conn, order=order, refund=row, cls=ExceptionKind.refund_abnormal, detail=detail, actor=source
+                )
+            return row or refund
+    values["due_at"] = min(svc.backoff(refund.attempts), svc.soon(svc.cfg.workers.retry_max_s))
     return await refund_store.update(svc.db, refund.id, in_flight, **values) or refund
 
 
-async def _channel_refused(svc: Services, refund: Any, order: Any, why: str) -> Any:
-    values: dict[str, Any] = {"state": RefundState.failed.value, "last_error": why[:500], "due_at": None}
-    if needs_his(refund, order):
-        values.update(
-            exception=ExceptionKind.his_refund_not_paid.value,
-            exception_detail=f"the HIS applied this refund but the channel refused it: {why}"[:500],
+LATE_SUCCESS_FROM = (RefundState.failed.value, RefundState.his_cancelling.value, RefundState.cancelled.value)
+
+
+async def _late_success(
+    svc: Services, conn: AsyncConnection, refund: Refund, order: Order, status: RefundStatus, source: str
+) -> Refund:
+    """The channel paid a refund it had refused or closed (or that finance has since undone at the HIS): the
+    money did go back. Count it if the payment still covers it, and tell finance either way."""
+    locked = await order_store.get_in(conn, order.id)
+    assert locked is not None
+    room = await refund_store.refundable_fen(conn, locked)
+    counted = refund.amount_fen <= room
+    his_applied = refund.state == RefundState.failed.value and needs_his(refund, locked)
+    detail = f"the channel paid {refund.amount_fen} fen back after the refund was marked {refund.state}"
+    if counted:
+        row = await refund_store.transition(
+            conn,
+            refund.id,
+            LATE_SUCCESS_FROM_STATES,
+            state=(RefundState.succeeded if refund.state == RefundState.failed else RefundState.completed).value,
+            channel_refund_no=status.channel_refund_no,
+            refunded_at=status.succeeded_at or utcnow(),
+            exception=ExceptionKind.refund_late_success.value,
+            exception_detail=detail[:500],
+            due_at=utcnow(),
         )
+        await order_store.transition(conn, order.id, None, refunded_fen=orders.c.refunded_fen + refund.amount_fen)
+        detail += "; it is counted as refunded"
+        if his_applied:
+            detail += " and written back to the HIS"
+        elif refund.state != RefundState.failed.value:
+            detail += ", but the HIS no longer holds the refund application: the HIS books the payment in full"
+    else:
+        row = await refund_store.transition(
+            conn,
+            refund.id,
+            None,
+            exception=ExceptionKind.refund_late_success.value,
+            exception_detail=(detail + f"; only {room} fen of the payment was left to refund")[:500],
+        )
+        detail += f"; only {room} fen of the payment was left to refund: more went back than was paid"
+    current = row or refund
+    await finance_exceptions.raise_exception(
+        conn, order=locked, refund=current, cls=ExceptionKind.refund_late_success, detail=detail, actor=source
+    )
+    await audit.record(conn, source, "exception.refund_late_success", refund.out_refund_no, {"detail": detail})
+    log.warning("refund_late_success", out_refund_no=refund.out_refund_no, counted=counted)
+    if counted:
+        svc.wake_refunds.set()
+    return current
+
+
+LATE_SUCCESS_FROM_STATES = [RefundState(s) for s in LATE_SUCCESS_FROM]
+
+
+async def _word_does_not_fit(
+    svc: Services, refund: Refund, order: Order, status: RefundStatus, why: str, source: str
+) -> Refund:
+    log.error("refund_word_mismatch", out_refund_no=refund.out_refund_no, why=why, source=source)
+    async with svc.db.write() as conn:
+        row = await refund_store.transition(
+            conn, refund.id, None, exception=ExceptionKind.amount_mismatch.value, exception_detail=why[:500]
+        )
+        await finance_exceptions.raise_exception(
+            conn,
+            order=order,
+            refund=row or refund,
+            cls=ExceptionKind.amount_mismatch,
+            detail=f"{source}: {why}",
+            actor=source,
+            channel_fen=status.refund_fen,
+        )
+        await audit.record(conn, source, "refund.word_refused", refund.out_refund_no, {"why": why[:500]})
+    return row or refund
+
+
+async def _channel_refused(svc: Services, refund: Refund, order: Order, why: str) -> Refund:
+    values: dict[str, Any] = {"state": RefundState.failed.value, "last_error": why[:500], "due_at": None}
+    detail = f"the HIS applied this refund but the channel refused it: {why}"
+    if needs_his(refund, order):
+        values.update(exception=ExceptionKind.his_refund_not_paid.value, exception_detail=detail[:500])
     async with svc.db.write() as conn:
         row = await refund_store.transition(conn, refund.id, [RefundState.reserved, RefundState.refunding], **values)
         if row is None:
-            return await refund_store.get(svc.db, refund.id)
+            return await refund_store.get_in(conn, refund.id) or refund
         await notify(conn, row, order, "refund.failed")
         await audit.record(conn, "channel", "refund.failed", refund.out_refund_no, {"why": why[:200]})
+        if needs_his(refund, order):
+            await finance_exceptions.raise_exception(
+                conn, order=order, refund=row, cls=ExceptionKind.his_refund_not_paid, detail=detail, actor="channel"
+            )
     log.warning("refund_failed", out_refund_no=refund.out_refund_no, why=why)
     return row
 
 
-async def _write_back(svc: Services, refund: Any, order: Any) -> Any:
+async def _write_back(svc: Services, refund: Refund, order: Order) -> Refund:
     if not needs_his(refund, order):
-        return (
-            await refund_store.update(
-                svc.db, refund.id, [RefundState.succeeded], state=RefundState.completed.value, due_at=None
+        async with svc.db.write() as conn:
+            row = await refund_store.transition(
+                conn, refund.id, [RefundState.succeeded], state=RefundState.completed.value, due_at=None
             )
-            or refund
-        )
+            if row is not None and refund.origin == RefundOrigin.policy:
+                await finance_exceptions.resolve(
+                    conn, hospital_id=order.hospital_id, entry_key=finance_exceptions.entry_key(order),
+                    classes=[ExceptionKind.his_rejected, ExceptionKind.paid_after_close],
+                    note=f"refunded in full to the payer under the hospital's policy ({refund.out_refund_no})",
+                    actor="gateway",
+                )  # fmt: skip
+            return row or refund
     params = {
         "request_id": _request_id(refund, "writeback"),
         "trade_no": order.out_trade_no,
@@ -315,13 +473,10 @@ async def _write_back(svc: Services, refund: Any, order: Any) -> Any:
         "channel_refund_no": _code(refund.channel_refund_no or refund.out_refund_no),
         "refunded_at": (refund.refunded_at or utcnow()).isoformat(),
     }
-    his = svc.his_for(order.hospital_id)
     try:
-        answer = None
-        if refund.attempts:
-            answer = await his.status(params["request_id"])
-        if answer is None:
-            answer = await his.write("refund.writeback", params)
+        answer = await write_once(
+            svc.his_for(order.hospital_id), "refund.writeback", params, may_have_sent=refund.attempts > 0
+        )
     except HisUnavailable as e:
         return await _later(svc, refund, f"bridge: {e}")
     if answer.pending:
@@ -331,10 +486,10 @@ async def _write_back(svc: Services, refund: Any, order: Any) -> Any:
             )
             or refund
         )
-    if answer.done:
-        return (
-            await refund_store.update(
-                svc.db,
+    async with svc.db.write() as conn:
+        if answer.done:
+            row = await refund_store.transition(
+                conn,
                 refund.id,
                 [RefundState.succeeded],
                 state=RefundState.completed.value,
@@ -342,19 +497,78 @@ async def _write_back(svc: Services, refund: Any, order: Any) -> Any:
                 last_error=None,
                 due_at=None,
             )
-            or refund
-        )
-    async with svc.db.write() as conn:
+            if row is not None:
+                await _his_step_done(conn, row, order, "the HIS recorded the write-back")
+                await finance_exceptions.resolve(
+                    conn, hospital_id=order.hospital_id, entry_key=finance_exceptions.entry_key(order, row),
+                    classes=[ExceptionKind.writeback_failed], note="the write-back went through", actor="his",
+                )  # fmt: skip
+            return row or refund
+        detail = f"money refunded, but the HIS refused the write-back: {answer.error}"
         row = await refund_store.transition(
             conn,
             refund.id,
             [RefundState.succeeded],
             exception=ExceptionKind.writeback_failed.value,
-            exception_detail=f"money refunded, but the HIS refused the write-back: {answer.error}"[:500],
+            exception_detail=detail[:500],
             due_at=None,
         )
         await audit.record(conn, "his", "exception.writeback_failed", refund.out_refund_no, answer.error)
+        if row is not None:
+            await finance_exceptions.raise_exception(
+                conn, order=order, refund=row, cls=ExceptionKind.writeback_failed, detail=detail, actor="his"
+            )
     return row or refund
+
+
+async def _cancel_at_his(svc: Services, refund: Refund, order: Order) -> Refund:
+    """Undo the HIS's application of a refund that was never paid (finance decided so, two people)."""
+    params = {
+        "request_id": _request_id(refund, "cancel"),
+        "trade_no": order.out_trade_no,
+        "refund_no": refund.out_refund_no,
+        "reason": (refund.last_error or "refund not paid; cancelled by finance")[:200],
+    }
+    try:
+        answer = await write_once(
+            svc.his_for(order.hospital_id), "refund.cancel", params, may_have_sent=refund.attempts > 0
+        )
+    except HisUnavailable as e:
+        return await _later(svc, refund, f"bridge: {e}")
+    if answer.pending:
+        return (
+            await refund_store.update(
+                svc.db, refund.id, None, attempts=refund.attempts + 1, due_at=svc.soon(svc.cfg.workers.his_poll_s)
+            )
+            or refund
+        )
+    return await _cancel_answered(svc, refund, order, answer)
+
+
+async def _cancel_answered(svc: Services, refund: Refund, order: Order, answer: HisAnswer) -> Refund:
+    async with svc.db.write() as conn:
+        key = finance_exceptions.entry_key(order, refund)
+        if answer.done:
+            row = await refund_store.transition(
+                conn, refund.id, [RefundState.his_cancelling], state=RefundState.cancelled.value, due_at=None,
+                his_receipt_no=answer.result.get("receipt_no"), last_error=None,
+            )  # fmt: skip
+            if row is not None:
+                await _his_step_done(conn, row, order, "the HIS cancelled the refund application")
+                await audit.record(conn, "his", "refund.cancelled_at_his", refund.out_refund_no, answer.result)
+            return row or refund
+        detail = f"the HIS refused to cancel its refund application: {answer.error}"
+        row = await refund_store.transition(
+            conn, refund.id, [RefundState.his_cancelling], state=RefundState.failed.value, due_at=None,
+            exception=ExceptionKind.his_refund_not_paid.value, exception_detail=detail[:500],
+        )  # fmt: skip
+        if row is not None:
+            await finance_exceptions.raise_exception(
+                conn, order=order, refund=row, cls=ExceptionKind.his_refund_not_paid, detail=detail, actor="his"
+            )
+            await audit.record(conn, "his", "refund.cancel_refused", refund.out_refund_no, answer.error)
+        log.warning("refund_cancel_refused", out_refund_no=refund.out_refund_no, key=key)
+        return row or refund
 
 
 def _code(value: str) -> str:
@@ -364,7 +578,7 @@ def _code(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:40]
 
 
-async def _later(svc: Services, refund: Any, error: str) -> Any:
+async def _later(svc: Services, refund: Refund, error: str) -> Refund:
     return (
         await refund_store.update(
             svc.db,
@@ -378,12 +592,16 @@ async def _later(svc: Services, refund: Any, error: str) -> Any:
     )
 
 
-async def on_channel_refund(svc: Services, status: RefundStatus, channel: str, *, source: str) -> str:
-    """A refund callback: apply it to the refund it names, then go on with the write-back."""
+async def on_channel_refund(svc: Services, status: RefundStatus, channel: str, merchant: str, *, source: str) -> str:
+    """A refund callback: apply it to the refund it names (if that refund is this merchant's), then go on with
+    the write-back."""
     refund = await refund_store.by_out_refund_no(svc.db, channel, status.out_refund_no)
     if refund is None:
         return f"unknown refund {status.out_refund_no}"
     order = await order_store.get(svc.db, refund.order_id)
     assert order is not None
+    if order.merchant_id != merchant:
+        log.warning("refund_callback_wrong_merchant", out_refund_no=status.out_refund_no, merchant=merchant)
+        return f"refund {status.out_refund_no} belongs to merchant {order.merchant_id}, not {merchant}"
     refund = await apply_refund_status(svc, refund, order, status, source=source)
     return f"refund {refund.out_refund_no} {refund.state}"

@@ -13,7 +13,11 @@ import sqlalchemy as sa
 from gateway.store.tables import Id, Money, UtcDateTime, metadata
 
 CONSOLE_ROLES = ("viewer", "clerk", "approver", "admin")
-PROPOSAL_STATES = ("proposed", "approved", "rejected", "done", "failed")
+PROPOSAL_STATES = ("proposed", "approved", "rejected", "done", "failed", "cancelled")
+PROPOSAL_ACTIONS = ("refund", "pay_refund", "cancel_his_refund")
+"""What an approved proposal does: ``refund`` money the HIS does not hold back to the payer; ``pay_refund`` pay
+out a refund the HIS applied but the channel never paid; ``cancel_his_refund`` undo that application at the
+HIS (``refund.cancel``) instead."""
 
 console_users = sa.Table(
     "console_users",
@@ -57,6 +61,8 @@ refund_proposals = sa.Table(
     sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column("exception_id", Id, sa.ForeignKey("recon_exceptions.id"), nullable=False, index=True),
     sa.Column("order_id", Id, sa.ForeignKey("orders.id"), nullable=False),
+    sa.Column("action", sa.String(24), nullable=False, server_default="refund"),
+    sa.Column("target_refund_id", Id, sa.ForeignKey("refunds.id")),
     sa.Column("amount_fen", Money, nullable=False),
     sa.Column("reason", sa.String(200), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
@@ -69,4 +75,5 @@ refund_proposals = sa.Table(
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.CheckConstraint("amount_fen > 0", name="amount_positive"),
     sa.CheckConstraint("state IN (" + ", ".join(f"'{s}'" for s in PROPOSAL_STATES) + ")", name="state"),
+    sa.CheckConstraint("action IN (" + ", ".join(f"'{a}'" for a in PROPOSAL_ACTIONS) + ")", name="action"),
 )

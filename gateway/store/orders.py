@@ -14,9 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.model import OrderStatus, utcnow
+from gateway.model import HisState, OrderStatus, utcnow
 from gateway.store.db import Database
+from gateway.store.recon_tables import recon_exceptions
 from gateway.store.tables import orders
+
+WORKING_STATUSES = ("open", "proposed", "approved")
 
 Order = sa.Row[Any]
 
@@ -54,7 +57,11 @@ async def by_out_trade_no(db: Database, out_trade_no: str) -> Order | None:
 
 async def get(db: Database, order_id: int) -> Order | None:
     async with db.read() as conn:
-        return (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).first()
+        return await get_in(conn, order_id)
+
+
+async def get_in(conn: AsyncConnection, order_id: int) -> Order | None:
+    return (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).first()
 
 
 async def lock(db: Database, conn: AsyncConnection, order_id: int) -> Order | None:
@@ -64,12 +71,20 @@ async def lock(db: Database, conn: AsyncConnection, order_id: int) -> Order | No
 
 
 async def transition(
-    conn: AsyncConnection, order_id: int, from_status: Iterable[OrderStatus] | None, **values: Any
+    conn: AsyncConnection,
+    order_id: int,
+    from_status: Iterable[OrderStatus] | None,
+    *,
+    his_states: Iterable[HisState] | None = None,
+    **values: Any,
 ) -> Order | None:
-    """Apply ``values`` if the order is in one of ``from_status`` (any status when None); the updated row."""
+    """Apply ``values`` if the order is in one of ``from_status`` (any status when None) and, when given, one of
+    ``his_states``; the updated row, or None when it was not in them."""
     stmt = sa.update(orders).where(orders.c.id == order_id)
     if from_status is not None:
         stmt = stmt.where(orders.c.status.in_([s.value for s in from_status]))
+    if his_states is not None:
+        stmt = stmt.where(orders.c.his_state.in_([s.value for s in his_states]))
     result = await conn.execute(stmt.values(updated_at=utcnow(), **values).returning(*orders.c))
     return result.first()
 
@@ -93,7 +108,7 @@ async def page(
     if status:
         cond.append(orders.c.status == status)
     if exceptions_only:
-        cond.append(orders.c.exception.is_not(None))
+        cond.append(has_open_exception())
     if since is not None:
         cond.append(orders.c.created_at >= since)
     async with db.read() as conn:
@@ -106,6 +121,36 @@ async def page(
             .limit(page_size)
         )
         return list(rows), int(total)
+
+
+def has_open_exception() -> sa.ColumnElement[bool]:
+    """An order with an exception finance has not closed — about the payment or any of its refunds, raised by the
+    sagas or found by reconciliation — or, for an order flagged before exceptions were rows, its own flag."""
+    e = recon_exceptions.c
+    about_it = sa.and_(e.hospital_id == orders.c.hospital_id, e.out_trade_no == orders.c.out_trade_no)
+    working = sa.exists().where(about_it, e.status.in_(WORKING_STATUSES))
+    legacy = sa.and_(orders.c.exception.is_not(None), ~sa.exists().where(about_it))
+    return sa.or_(working, legacy)
+
+
+async def open_exceptions(db: Database, hospital_id: str, out_trade_nos: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The unclosed exceptions of these orders, by out_trade_no."""
+    e = recon_exceptions.c
+    out: dict[str, list[dict[str, Any]]] = {}
+    if not out_trade_nos:
+        return out
+    stmt = (
+        sa.select(e.out_trade_no, e.source, e.entry_key, e["class"], e.status, e.detail, e.day)
+        .where(e.hospital_id == hospital_id, e.out_trade_no.in_(out_trade_nos), e.status.in_(WORKING_STATUSES))
+        .order_by(e.id)
+    )
+    async with db.read() as conn:
+        for r in await conn.execute(stmt):
+            out.setdefault(r.out_trade_no, []).append(
+                {"source": r.source, "entry_key": r.entry_key, "class": r._mapping["class"], "status": r.status,
+                 "detail": r.detail, "day": r.day.isoformat()}
+            )  # fmt: skip
+    return out
 
 
 async def try_claim(db: Database, order_id: int, until: dt.datetime) -> Order | None:

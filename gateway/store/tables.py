@@ -163,6 +163,7 @@ refunds = sa.Table(
     sa.Column("exception_detail", sa.Text),
     sa.Column("last_error", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("his_round", sa.Integer, nullable=False, server_default="0"),
     sa.Column("due_at", UtcDateTime),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),

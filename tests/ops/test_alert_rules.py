@@ -45,9 +45,11 @@ def test_promtool_checks_and_tests_every_alert():
 
 
 def test_gateway_rules_use_only_exported_sms_metrics():
+    from gateway.money_metrics import MoneyMetrics
     from gateway.sms.metrics import SmsMetrics
 
     exported = {m.name + "_total" for m in SmsMetrics().registry.collect() if m.type == "counter"}
+    exported |= {m.name for m in MoneyMetrics().registry.collect() if m.type == "gauge"}
     in_rules = set(re.findall(r"\b(hisgateway_[a-z_]+)", RULES.read_text()))
     assert in_rules and in_rules <= exported, in_rules - exported
     assert "HisGatewaySmsVerifyRateLow" in RULES.read_text()
