@@ -111,11 +111,17 @@ def _fetch_statements(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from gateway.recon import run_reconciliation
+    from gateway.runtime import build_channel
+
+    merchants = {m.id: m for m in args.cfg.merchants}
 
     async def go(db: Any) -> int:
         bar = ProgressBar()
         try:
-            summary = await run_reconciliation(db, args.cfg, args.hospital, args.date, trigger="cli", progress=bar)
+            summary = await run_reconciliation(
+                db, args.cfg, args.hospital, args.date, build_channel=lambda m: build_channel(merchants[m]),
+                trigger="cli", progress=bar,
+            )  # fmt: skip
         except Exception as exc:
             bar.close()
             print(f"his-gateway: reconciliation of {args.hospital} {args.date} failed: {exc}", file=sys.stderr)

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.model import utcnow
 from gateway.store import audit
 from gateway.store.db import Database
-from gateway.store.recon_tables import EXCEPTION_CLASSES, recon_exceptions, recon_runs
+from gateway.store.recon_tables import EXCEPTION_CLASSES, RECON_CLASSES, recon_exceptions, recon_runs
 
 ALLOWED_MOVES: dict[str, frozenset[str]] = {
     "open": frozenset({"proposed", "handled", "closed"}),
@@ -61,8 +61,11 @@ def _filtered(
     statuses: Iterable[str] | None = None,
     channel: str | None = None,
     search: str | None = None,
+    source: str | None = None,
 ) -> sa.Select[Any]:
     t = recon_exceptions.c
+    if source is not None:
+        stmt = stmt.where(t.source == source)
     if hospital is not None:
         stmt = stmt.where(t.hospital_id == hospital)
     if day is not None:
@@ -109,6 +112,20 @@ async def get_exception(db: Database, exception_id: int) -> dict[str, Any] | Non
     async with db.read() as conn:
         row = (await conn.execute(sa.select(recon_exceptions).where(recon_exceptions.c.id == exception_id))).first()
     return None if row is None else _row(row)
+
+
+async def related(db: Database, exc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Other exceptions about the same payment (its refunds included), whoever found them."""
+    if not exc.get("out_trade_no"):
+        return []
+    t = recon_exceptions.c
+    stmt = (
+        sa.select(t.id, t.source, t.entry_key, t["class"], t.status, t.day)
+        .where(t.hospital_id == exc["hospital_id"], t.out_trade_no == exc["out_trade_no"], t.id != exc["id"])
+        .order_by(t.id)
+    )
+    async with db.read() as conn:
+        return [_row(r) for r in await conn.execute(stmt)]
 
 
 async def _update(
@@ -248,7 +265,7 @@ async def daily_totals(
     )
     async with db.read() as conn:
         runs = {row.day: _row(row) for row in await conn.execute(stmt)}
-    counted = ("matched", *EXCEPTION_CLASSES)
+    counted = ("matched", *RECON_CLASSES)
     out = []
     for i in range(last_n_days):
         day = start + dt.timedelta(days=i)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
+from gateway.model import LOCAL_TZ
+
+SHANGHAI = LOCAL_TZ
 EntryType = Literal["pay", "refund"]
 
 

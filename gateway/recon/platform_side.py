@@ -1,9 +1,10 @@
 """The platform side of a day: the gateway's own orders and refunds, read in key order in batches.
 
 An order counts on the day it was paid (``paid_at``), a refund on the day the money went back
-(``refunded_at``). A refund of a payment the HIS never booked (``his_state`` ≠ done: refused, held) is marked
-``NO_HIS``: the HIS is not expected to know it. ``lookup`` fetches the records of keys the other sides have
-but the day's platform set lacks (an order still paying, one paid on another day), for their state and display.
+(``refunded_at``). A payment the gateway holds back from the HIS (``his_state`` rejected or held) and a refund
+of one are marked ``NO_HIS``: the HIS is not expected to know them. A refund whose HIS application was undone
+(``cancelled``) is ``CANCELLED``. ``lookup`` fetches the current records of keys the other sides have but the
+day's platform set lacks (an order still paying, one paid on another day), for their state and display.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from gateway.model import PAID_ORDER, HisState, RefundState
-from gateway.recon.engine import NO_HIS, SETTLED, UNSETTLED
+from gateway.model import HIS_CLEAR, PAID_ORDER, HisState, RefundState
+from gateway.recon.engine import CANCELLED, NO_HIS, SETTLED, UNSETTLED
 from gateway.store.db import Database
 from gateway.store.tables import orders, refunds
 
 BATCH = 2000
 SETTLED_REFUND = (RefundState.succeeded.value, RefundState.completed.value)
 _PAID = tuple(s.value for s in PAID_ORDER)
+_HELD_BACK = tuple(s.value for s in HIS_CLEAR)
 
 ORDER_COLUMNS = (
     orders.c.id,
@@ -64,13 +66,17 @@ def _json(row: Any) -> dict[str, Any]:
 
 
 def order_entry(row: Any) -> tuple[str, int, dt.datetime | None, int, dict[str, Any]]:
-    flag = SETTLED if row.status in _PAID else UNSETTLED
+    flag = UNSETTLED
+    if row.status in _PAID or (row.his_state == HisState.held and row.paid_fen is not None):
+        flag = NO_HIS if row.his_state in _HELD_BACK else SETTLED
     amount = row.paid_fen if row.paid_fen is not None else row.amount_fen
     return f"pay:{row.out_trade_no}", int(amount), row.paid_at, flag, {"kind": "order", **_json(row)}
 
 
 def refund_entry(row: Any) -> tuple[str, int, dt.datetime | None, int, dict[str, Any]]:
-    if row.state not in SETTLED_REFUND:
+    if row.state == RefundState.cancelled.value:
+        flag = CANCELLED
+    elif row.state not in SETTLED_REFUND:
         flag = UNSETTLED
     else:
         flag = SETTLED if row.order_his_state == HisState.done.value else NO_HIS

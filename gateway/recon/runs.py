@@ -1,42 +1,58 @@
 """One run: a new version of one hospital's day, from the three sides to stored exceptions.
 
-Order of work: open the run row (next version); download, store and check every merchant's statement (a
-statement that does not add up fails the run before anything is classified); read the HIS side page by page
-and the platform side in batches; carry the suspense pool in; classify (``engine.match``); settle the pool;
-then write exceptions, pool and counts in one transaction.
+The stages, in order (:func:`_run`):
 
-Re-running a day is safe: exceptions are upserted on (hospital, entry key) and finance's columns are never
-written here (``status`` only moves from ``open`` to ``closed`` when the entry has since matched). Suspense
-items another day already resolved are left as they are.
+1. open the run row (next version);
+2. load: download, store and check every merchant's statement (a statement that does not add up fails the run
+   before anything is classified); read the HIS side page by page, keeping it as the day's HIS detail; read
+   the platform side in batches;
+3. match the day (``engine.match``): entries whose three sides agree are done;
+4. gather evidence for the rest (``evidence``): this day's observations of every unresolved key and of every
+   key already waiting, what earlier runs kept of them, and — for keys new to the store — what the days
+   already run say of them;
+5. judge and write, in one transaction with the hospital locked so two runs of one hospital never judge on
+   half of each other's evidence: the day's observations replace an earlier run's, each key gets its verdict
+   (``verdicts``), and the run row its counts.
+
+Re-running a day, or running days in any order, ends with the same verdicts: a key is judged on all its
+evidence and waits ``suspense_days`` from its first observation to the latest day reconciled.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.channels.base import Channel
 from gateway.config import GatewayConfig
+from gateway.his import BridgeHis
 from gateway.model import utcnow
-from gateway.recon import platform_side, suspense
-from gateway.recon.engine import DAY_S, SETTLED, UNSETTLED, Cls, Outcome, Side, match
+from gateway.recon import evidence, his_detail, platform_side, verdicts
+from gateway.recon.engine import DAY_S, SETTLED, UNSETTLED, DayOutcome, Side, match
+from gateway.recon.evidence import Observation, Observations
 from gateway.recon.his_side import BridgeReconSource, ReconSource, entry_key, pages, record_time
 from gateway.recon.normalize import StatementRow, day_bounds
 from gateway.recon.statements.store import fetch as fetch_statement
+from gateway.recon.verdicts import HELD, KeyEvidence, Platform, Verdict
 from gateway.store.db import Database
-from gateway.store.recon_tables import recon_exceptions, recon_runs, recon_suspense
+from gateway.store.recon_tables import RECON_CLASSES, recon_exceptions, recon_runs
+from gateway.store.tables import hospitals
 
 log = structlog.get_logger("gateway.recon")
 
 Progress = Callable[[str, int, int | None], None]
 """``(stage, done, total)``: stages ``statements``, ``his``, ``platform``, ``match``, ``store``."""
-CLASS_NAMES = tuple(c.name for c in Cls)
+ChannelBuilder = Callable[[str], Channel]
+CLASS_NAMES = tuple(c for c in RECON_CLASSES if c != HELD)
+BACKFILL_DAYS = 7
+"""How far (days before and after) a key new to the evidence store is looked up in the days already run: a copy
+matched there (a duplicate booking a few days apart) is found; one further away is not looked for."""
 
 
 @dataclass
@@ -48,8 +64,9 @@ class RunSummary:
     counts: dict[str, int] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
     exceptions: dict[str, list[str]] = field(default_factory=dict)
-    """Entry keys per class found by this run (``cross_day`` for the held ones)."""
+    """Entry keys per class judged by this run (``cross_day`` for those still waiting for a counterpart)."""
     cleared: list[str] = field(default_factory=list)
+    """Keys whose open exception this run closed because their counterpart turned up."""
     error: str | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -67,7 +84,7 @@ class RunSummary:
 
 
 class RawRecords:
-    """The records behind each side's entries, for display; a key seen twice keeps every copy."""
+    """The records behind each side's entries, for display; a key seen twice keeps every copy, in order."""
 
     def __init__(self) -> None:
         self.by_key: dict[str, Any] = {}
@@ -76,13 +93,20 @@ class RawRecords:
         seen = self.by_key.get(key)
         if seen is None:
             self.by_key[key] = record
-        elif isinstance(seen, dict) and "copies" in seen:
-            seen["copies"].append(record)
+        elif isinstance(seen, _Copies):
+            seen.append(record)
         else:
-            self.by_key[key] = {"copies": [seen, record]}
+            self.by_key[key] = _Copies([seen, record])
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self.by_key.get(key)
+    def copies(self, key: str) -> list[dict[str, Any]]:
+        seen = self.by_key.get(key)
+        if seen is None:
+            return []
+        return list(seen) if isinstance(seen, _Copies) else [seen]
+
+
+class _Copies(list[dict[str, Any]]):
+    """Several records of one key on one side (a record that is itself a list is never confused with it)."""
 
 
 @dataclass
@@ -91,6 +115,16 @@ class Loaded:
     raw: dict[str, RawRecords]
     totals: dict[str, int]
     counts: dict[str, int]
+    start: dt.datetime
+
+    def observations(self, key: str, day: dt.date) -> list[Observation]:
+        """What this day's three sides say of ``key``."""
+        out = []
+        for name, side in self.sides.items():
+            for (amount, seconds, flag), record in zip(side.copies(key), self.raw[name].copies(key), strict=True):
+                at = self.start + dt.timedelta(seconds=seconds)
+                out.append(Observation(name, day, amount, at, flag, record))
+        return out
 
 
 def _seconds(t: dt.datetime | None, start: dt.datetime) -> int:
@@ -98,10 +132,6 @@ def _seconds(t: dt.datetime | None, start: dt.datetime) -> int:
         return 0
     s = int((t - start).total_seconds())
     return s if 0 <= s < DAY_S else 0
-
-
-def _statement_row_json(row: StatementRow, merchant_id: str) -> dict[str, Any]:
-    return {**row.as_json(), "merchant_id": merchant_id}
 
 
 async def _next_version(db: Database, hospital: str, day: dt.date, trigger: str) -> tuple[int, int]:
@@ -163,7 +193,7 @@ async def _load(
         fetched = await fetch_statement(db, hospital, merchant_id, channel_name, channels[merchant_id], day)
         side, records = sides["channel"], raw["channel"]
         for row in fetched.parsed.rows:
-            key = f"refund:{row.out_refund_no}" if row.type == "refund" else f"pay:{row.out_trade_no}"
+            key = evidence.statement_key(row)
             flag = SETTLED if row.status == "success" else UNSETTLED
             side.add(key, row.amount_fen, _seconds(row.time, start), flag)
             records.add(key, _statement_row_json(row, merchant_id))
@@ -174,12 +204,14 @@ async def _load(
         progress("statements", i + 1, len(merchants))
 
     side, records = sides["his"], raw["his"]
+    detail = his_detail.DetailWriter()
 
     def his_progress(done: int, total: int) -> None:
         progress("his", done, total)
 
     async for page in pages(source, day, page_size=cfg.recon.page_size, progress=his_progress):
         for record in page:
+            detail.add(record)
             key = entry_key(record)
             t = record_time(record)
             amount = int(record["amount_fen"])
@@ -187,248 +219,138 @@ async def _load(
             records.add(key, {**record, "time": t.isoformat()})
             totals["his_fen"] += -amount if record.get("kind") == "refund" else amount
             counts["his_count"] += 1
+    await his_detail.store(db, hospital, day, detail)
 
     side, records = sides["platform"], raw["platform"]
-    async for key, amount, t, flag, record in platform_side.day_entries(db, hospital, start, end):
-        side.add(key, amount, _seconds(t, start), flag)
+    async for key, amount, paid_at, flag, record in platform_side.day_entries(db, hospital, start, end):
+        side.add(key, amount, _seconds(paid_at, start), flag)
         records.add(key, record)
         if flag:
             totals["platform_fen"] += amount if key.startswith("pay:") else -amount
         counts["platform_count"] += 1
     progress("platform", counts["platform_count"], counts["platform_count"])
-    return Loaded(sides, raw, totals, counts)
+    return Loaded(sides, raw, totals, counts, start)
 
 
-async def _load_pool(db: Database, hospital: str, day: dt.date) -> dict[str, tuple[suspense.PoolItem, Any]]:
-    """Held items of earlier days, and those this same day resolved in an earlier version (to redo them)."""
-    s = recon_suspense.c
-    stmt = sa.select(recon_suspense).where(
-        s.hospital_id == hospital,
-        s.first_day < day,
-        sa.or_(s.state == "held", s.resolved_day == day),
-    )
+def _statement_row_json(row: StatementRow, merchant_id: str) -> dict[str, Any]:
+    return {**row.as_json(), "merchant_id": merchant_id}
+
+
+@dataclass
+class Gathered:
+    """The evidence a run weighs, before it is written."""
+
+    today: Observations
+    """This day's observations of every key the store must hold for it."""
+    backfill: Observations
+    """Other days' observations of keys entering the store now."""
+    to_judge: set[str]
+
+
+async def _gather(
+    db: Database, cfg: GatewayConfig, hospital: str, day: dt.date, loaded: Loaded, unresolved: set[str]
+) -> Gathered:
     async with db.read() as conn:
-        rows = (await conn.execute(stmt)).all()
-    out = {}
-    for row in rows:
-        entries = {name: tuple(v["entry"]) for name, v in row.records.items()}
-        out[row.entry_key] = (suspense.PoolItem(row.entry_key, row.first_day, entries), row.records)  # type: ignore[arg-type]
-    return out
-
-
-async def _resolved_later(db: Database, hospital: str, day: dt.date, held: Any) -> list[str]:
-    """Items this day held that a later day has since cleared or flagged: a re-run of this day leaves them be."""
-    s = recon_suspense.c
-    async with db.read() as conn:
-        rows = await conn.execute(
-            sa.select(s.entry_key).where(s.hospital_id == hospital, s.first_day == day, s.state != "held")
+        stored = await evidence.keys_in_store(conn, hospital)
+        stored_today = await evidence.keys_of_day(conn, hospital, day)
+        waiting = set(
+            (
+                await conn.execute(
+                    sa.select(recon_exceptions.c.entry_key).where(
+                        recon_exceptions.c.hospital_id == hospital,
+                        recon_exceptions.c.source == "recon",
+                        recon_exceptions.c["class"] == HELD,
+                        recon_exceptions.c.status == "open",
+                    )
+                )
+            ).scalars()
         )
-        return [r.entry_key for r in rows if r.entry_key in held]
+    day_keys = loaded.sides["his"].entries.keys() | loaded.sides["channel"].entries.keys()
+    day_keys |= loaded.sides["platform"].entries.keys()
+    keep = unresolved | (day_keys & stored)
+    today = {key: loaded.observations(key, day) for key in keep}
+    new = keep - stored
+    reach = max(cfg.recon.suspense_days, BACKFILL_DAYS)
+    nearby = {d for d in await evidence.run_days(db, hospital) if d != day and abs((d - day).days) <= reach}
+    backfill = await evidence.backfill(db, hospital, new, nearby)
+    return Gathered(today, backfill, keep | stored_today | waiting)
 
 
-def _pool_records(key: str, loaded: Loaded, day_start_epoch: int) -> dict[str, Any]:
+async def _platform_now(db: Database, hospital: str, keys: set[str]) -> dict[str, Platform]:
     out = {}
-    for name, side in loaded.sides.items():
-        entry = side.entries.get(key)
-        if entry is not None:
-            out[name] = {
-                "entry": [entry[0], day_start_epoch + entry[1], entry[2]],
-                "record": loaded.raw[name].get(key),
-            }
+    for key, amount, _t, flag, record in await platform_side.lookup(db, hospital, keys):
+        out[key] = Platform(amount, flag, record)
     return out
 
 
-def _detail(cls: str, amounts: dict[str, int | None], records: dict[str, Any]) -> str:
-    def fmt(name: str) -> str:
-        fen = amounts[name]
-        return f"{name} {'none' if fen is None else f'{fen / 100:.2f}'}"
-
-    parts = [fmt("channel"), fmt("his"), fmt("platform")]
-    p = records.get("platform")
-    if isinstance(p, dict) and "status" in p:
-        parts.append(f"platform order {p['status']}/his {p.get('his_state')}")
-    elif isinstance(p, dict) and "state" in p:
-        parts.append(f"platform refund {p['state']}")
-    ch = records.get("channel")
-    if isinstance(ch, dict) and ch.get("status") not in (None, "success"):
-        parts.append(f"channel status {ch['status']}")
-    return f"{cls}: " + ", ".join(parts)
-
-
-def _first(record: Any) -> dict[str, Any] | None:
-    if isinstance(record, dict) and "copies" in record:
-        return record["copies"][0]
-    return record
-
-
-def _exception_values(key: str, cls: str, loaded: Loaded) -> dict[str, Any]:
-    records = {name: loaded.raw[name].get(key) for name in loaded.sides}
-    amounts = {
-        name: (e[0] if (e := side.entries.get(key)) is not None else None) for name, side in loaded.sides.items()
-    }
-    h, p, c = (_first(records[n]) or {} for n in ("his", "platform", "channel"))
-    entry_type = "pay" if key.startswith("pay:") else "refund"
-    ref = key.split(":", 1)[1]
-    return {
-        "entry_type": entry_type,
-        "class": cls,
-        "detail": _detail(cls, amounts, {"platform": _first(records["platform"]), "channel": c or None}),
-        "channel": c.get("channel") or p.get("channel") or h.get("channel"),
-        "merchant_id": c.get("merchant_id") or p.get("merchant_id"),
-        "out_trade_no": ref
-        if entry_type == "pay"
-        else (c.get("out_trade_no") or p.get("out_trade_no") or h.get("trade_no")),
-        "out_refund_no": ref if entry_type == "refund" else None,
-        "channel_trade_no": c.get("channel_trade_no") or p.get("channel_trade_no") or h.get("channel_trade_no"),
-        "his_trade_no": h.get("trade_no"),
-        "his_receipt_no": h.get("receipt_no"),
-        "his_fen": amounts["his"],
-        "platform_fen": amounts["platform"],
-        "channel_fen": amounts["channel"],
-        "his_record": records["his"],
-        "platform_record": records["platform"],
-        "channel_record": records["channel"],
-    }
-
-
-async def _upsert_exceptions(
-    conn: AsyncConnection,
+async def _judge_and_write(
+    db: Database,
+    cfg: GatewayConfig,
     hospital: str,
     day: dt.date,
     version: int,
-    found: dict[str, str],
+    run_id: int,
+    gathered: Gathered,
     loaded: Loaded,
-    netted: set[str],
-) -> None:
-    t = recon_exceptions.c
-    keys = list(found)
-    existing: dict[str, Any] = {}
-    for i in range(0, len(keys), 500):
-        stmt = sa.select(t.id, t.entry_key, t.status, t.handled_by).where(
-            t.hospital_id == hospital, t.entry_key.in_(keys[i : i + 500])
+    outcome: DayOutcome,
+) -> tuple[verdicts.Written, dict[str, int]]:
+    platform = await _platform_now(db, hospital, gathered.to_judge)
+    as_of = max({day} | await evidence.run_days(db, hospital))
+    async with db.write() as conn:
+        await conn.execute(db.for_update(sa.select(hospitals.c.id).where(hospitals.c.id == hospital)))
+        others = await evidence.load(conn, hospital, gathered.to_judge, except_day=day)
+        merged: Observations = defaultdict(list)
+        for source in (others, gathered.backfill, gathered.today):
+            for key, items in source.items():
+                merged[key].extend(items)
+        evidence_by_key = {
+            key: KeyEvidence(key, sorted(merged.get(key, []), key=lambda o: o.day), platform.get(key))
+            for key in gathered.to_judge
+        }
+        judged: dict[str, Verdict] = {
+            key: verdicts.judge(ev, as_of=as_of, suspense_days=cfg.recon.suspense_days)
+            for key, ev in evidence_by_key.items()
+        }
+        await evidence.replace_day(conn, hospital, day, gathered.today)
+        await evidence.add_days(conn, hospital, gathered.backfill)
+        written = await verdicts.write(
+            conn, hospital=hospital, day=day, version=version, verdicts=judged, evidence=evidence_by_key
         )
-        existing.update({r.entry_key: r for r in await conn.execute(stmt)})
-    now = utcnow()
-    for key, cls in found.items():
-        values = _exception_values(key, cls, loaded)
-        values.update(last_version=version, last_day=day, updated_at=now)
-        row = existing.get(key)
-        if row is None:
-            status, note = "open", None
-            if key in netted:
-                status, note = "handled", "auto: refunded in full by the gateway"
-            await conn.execute(
-                sa.insert(recon_exceptions).values(
-                    hospital_id=hospital,
-                    day=day,
-                    first_version=version,
-                    entry_key=key,
-                    status=status,
-                    note=note,
-                    handled_by="recon" if note else None,
-                    handled_at=now if note else None,
-                    created_at=now,
-                    **values,
-                )
-            )
+        counts = _counts(judged, gathered, loaded, outcome, written)
+        await conn.execute(
+            sa.update(recon_runs)
+            .where(recon_runs.c.id == run_id)
+            .values(status="done", finished_at=utcnow(), **counts, **loaded.totals)
+        )
+    return written, counts
+
+
+def _counts(
+    judged: Mapping[str, Verdict], gathered: Gathered, loaded: Loaded, outcome: DayOutcome, written: verdicts.Written
+) -> dict[str, int]:
+    """The run's figures for its own day's entries: matched, per class, waiting (``cross_day``), cleared. An
+    entry that matched within the day but is judged otherwise on all its evidence (a copy on another day)
+    counts as judged."""
+    per_class = dict.fromkeys(CLASS_NAMES, 0)
+    waiting = 0
+    matched = outcome.matched
+    for key in gathered.today:
+        verdict = judged[key]
+        if verdict.cls is None:
+            matched += key in outcome.unresolved
+            continue
+        matched -= key not in outcome.unresolved
+        if verdict.cls == HELD:
+            waiting += 1
         else:
-            if row.status == "closed" and row.handled_by == "recon":
-                values.update(status="open", note=None, handled_by=None, handled_at=None)
-            await conn.execute(sa.update(recon_exceptions).where(t.id == row.id).values(**values))
-
-
-async def _close_vanished(
-    conn: AsyncConnection, hospital: str, day: dt.date, version: int, found: dict[str, str], cleared: list[str]
-) -> None:
-    """Open exceptions this day's earlier versions found and this one does not, and pool items that matched."""
-    t = recon_exceptions.c
-    now = utcnow()
-    stale = (
-        await conn.execute(
-            sa.select(t.id, t.entry_key).where(
-                t.hospital_id == hospital, t.last_day == day, t.status == "open", t.last_version < version
-            )
-        )
-    ).all()
-    gone = [r.id for r in stale if r.entry_key not in found]
-    if gone:
-        await conn.execute(
-            sa.update(recon_exceptions)
-            .where(t.id.in_(gone), t.status == "open")
-            .values(status="closed", note=f"auto: matched on run v{version} of {day}", handled_by="recon",
-                    handled_at=now, updated_at=now)
-        )  # fmt: skip
-    for i in range(0, len(cleared), 500):
-        await conn.execute(
-            sa.update(recon_exceptions)
-            .where(t.hospital_id == hospital, t.entry_key.in_(cleared[i : i + 500]), t.status == "open")
-            .values(status="closed", note=f"auto: cleared from suspense on {day}", handled_by="recon",
-                    handled_at=now, updated_at=now, last_day=day, last_version=version)
-        )  # fmt: skip
-
-
-async def _store_pool(
-    conn: AsyncConnection,
-    hospital: str,
-    day: dt.date,
-    outcome: Outcome,
-    res: suspense.Resolution,
-    pool_keys: set[str],
-    loaded: Loaded,
-    day_start_epoch: int,
-) -> None:
-    s = recon_suspense.c
-    now = utcnow()
-    for key in res.cleared:
-        await conn.execute(
-            sa.update(recon_suspense)
-            .where(s.hospital_id == hospital, s.entry_key == key)
-            .values(state="cleared", resolved_day=day, updated_at=now)
-        )
-    for key in res.flagged:
-        await conn.execute(
-            sa.update(recon_suspense)
-            .where(s.hospital_id == hospital, s.entry_key == key)
-            .values(state="flagged", resolved_day=day, updated_at=now)
-        )
-    for key in res.kept:
-        await conn.execute(
-            sa.update(recon_suspense)
-            .where(s.hospital_id == hospital, s.entry_key == key)
-            .values(state="held", resolved_day=None, updated_at=now)
-        )
-    new = [k for k in outcome.held if k not in pool_keys]
-    mine = (
-        await conn.execute(sa.select(s.entry_key, s.state).where(s.hospital_id == hospital, s.first_day == day))
-    ).all()
-    resolved_later = {r.entry_key for r in mine if r.state != "held"}
-    dropped = [r.entry_key for r in mine if r.state == "held" and r.entry_key not in outcome.held]
-    if dropped:
-        await conn.execute(
-            sa.delete(recon_suspense).where(s.hospital_id == hospital, s.first_day == day, s.entry_key.in_(dropped))
-        )
-    held_now = {r.entry_key for r in mine if r.state == "held"}
-    for key in new:
-        if key in resolved_later:
-            continue
-        records = _pool_records(key, loaded, day_start_epoch)
-        if key in held_now:
-            await conn.execute(
-                sa.update(recon_suspense)
-                .where(s.hospital_id == hospital, s.entry_key == key)
-                .values(records=records, updated_at=now)
-            )
-            continue
-        other = (
-            await conn.execute(sa.select(s.id).where(s.hospital_id == hospital, s.entry_key == key))
-        ).scalar_one_or_none()
-        if other is not None:
-            continue
-        await conn.execute(
-            sa.insert(recon_suspense).values(
-                hospital_id=hospital, entry_key=key, first_day=day, state="held", records=records, updated_at=now
-            )
-        )
+            per_class[verdict.cls] += 1
+    return {
+        **loaded.counts,
+        "matched": matched,
+        **per_class,
+        "cross_day": waiting,
+        "cleared": len(written.closed),
+    }
 
 
 async def run_day(
@@ -438,24 +360,24 @@ async def run_day(
     day: dt.date,
     *,
     channels: Mapping[str, Channel] | None = None,
+    build_channel: ChannelBuilder | None = None,
     his: Any = None,
     source: ReconSource | None = None,
     trigger: str = "cli",
     progress: Progress | None = None,
 ) -> RunSummary:
-    """Reconcile ``hospital``'s ``day`` as a new run version. ``channels`` by merchant id and ``his`` (a
-    ``BridgeHis``) or ``source`` default to ones built from ``cfg``. Raises on a failed run after recording it."""
+    """Reconcile ``hospital``'s ``day`` as a new run version. The channels come by merchant id (``channels``),
+    or are built for the run by ``build_channel`` (merchant id → channel); the HIS side comes from ``source``,
+    or ``his`` (a ``BridgeHis``), or a bridge link built from ``cfg``. Raises on a failed run after recording it."""
     owned: list[Any] = []
     try:
         if channels is None:
-            from gateway.runtime import build_channel
-
-            channels = {m.id: build_channel(m) for m in cfg.merchants if m.hospital == hospital and m.enabled}
+            if build_channel is None:
+                raise LookupError("reconciliation needs the merchants' channels (channels= or build_channel=)")
+            channels = {m: build_channel(m) for m, _ in _merchants(cfg, hospital)}
             owned.extend(channels.values())
         if source is None:
             if his is None:
-                from gateway.his import BridgeHis
-
                 link = cfg.hospital(hospital).bridge
                 if link is None:
                     raise LookupError(f"hospital {hospital} has no bridge: cannot fetch the HIS side")
@@ -484,65 +406,18 @@ async def _run(
     log.info("recon_started", hospital=hospital, day=day.isoformat(), version=version)
     try:
         loaded = await _load(db, cfg, hospital, day, channels, source, progress)
-        start, _ = day_bounds(day)
-        day_start_epoch = int(start.timestamp())
-        pool = await _load_pool(db, hospital, day)
-        items = {k: item for k, (item, _) in pool.items()}
-        for key, (_, stored_records) in pool.items():
-            for name, v in stored_records.items():
-                if key not in loaded.sides[name].entries:
-                    loaded.raw[name].add(key, v.get("record") or {})
-        suspense.carry(items, loaded.sides, day_start_epoch)
-
-        his_keys = loaded.sides["his"].entries.keys() | loaded.sides["channel"].entries.keys()
-        missing = [k for k in his_keys if k not in loaded.sides["platform"].entries]
-        for key, amount, t, flag, record in await platform_side.lookup(db, hospital, missing):
-            loaded.sides["platform"].add(key, amount, _seconds(t, start), flag)
-            loaded.raw["platform"].add(key, record)
-
         progress("match", 0, 1)
-        outcome = match(
-            loaded.sides["his"],
-            loaded.sides["platform"],
-            loaded.sides["channel"],
-            window_s=cfg.recon.cross_day_window_min * 60,
-        )
-        res = suspense.resolve(items, outcome, day, cfg.recon.suspense_days)
-        for key in await _resolved_later(db, hospital, day, outcome.held.keys()):
-            del outcome.held[key]
+        outcome = match(loaded.sides["his"], loaded.sides["platform"], loaded.sides["channel"])
+        gathered = await _gather(db, cfg, hospital, day, loaded, outcome.unresolved)
         progress("match", 1, 1)
-
-        found = {k: c.name for k, c in outcome.flagged.items()}
-        found.update({k: "cross_day" for k in outcome.held})
-        over_pays = [k[4:] for k, c in outcome.flagged.items() if c is Cls.over_collection and k.startswith("pay:")]
-        netted = {f"pay:{n}" for n in await platform_side.fully_refunded(db, hospital, over_pays)}
-
-        counts = {name: 0 for name in CLASS_NAMES}
-        for c in outcome.flagged.values():
-            counts[c.name] += 1
-        summary_counts = {
-            **loaded.counts,
-            "matched": outcome.matched,
-            **counts,
-            "cross_day": len(outcome.held),
-            "cleared": len(res.cleared),
-        }
-        async with db.write() as conn:
-            await _upsert_exceptions(conn, hospital, day, version, found, loaded, netted)
-            await _close_vanished(conn, hospital, day, version, found, res.cleared)
-            await _store_pool(conn, hospital, day, outcome, res, set(items), loaded, day_start_epoch)
-            await conn.execute(
-                sa.update(recon_runs)
-                .where(recon_runs.c.id == run_id)
-                .values(status="done", finished_at=utcnow(), **summary_counts, **loaded.totals)
-            )
+        written, counts = await _judge_and_write(db, cfg, hospital, day, version, run_id, gathered, loaded, outcome)
         progress("store", 1, 1)
     except BaseException as exc:
         await _fail(db, run_id, f"{type(exc).__name__}: {exc}")
         log.error("recon_failed", hospital=hospital, day=day.isoformat(), version=version, error=str(exc))
         raise
     by_class: dict[str, list[str]] = {}
-    for key, cls in sorted(found.items()):
+    for key, cls in sorted(written.found.items()):
         by_class.setdefault(cls, []).append(key)
-    log.info("recon_done", hospital=hospital, day=day.isoformat(), version=version, **summary_counts)
-    return RunSummary(hospital, day, version, "done", summary_counts, loaded.totals, by_class, sorted(res.cleared))
+    log.info("recon_done", hospital=hospital, day=day.isoformat(), version=version, **counts)
+    return RunSummary(hospital, day, version, "done", counts, loaded.totals, by_class, sorted(written.closed))
