@@ -66,6 +66,18 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "action.mark_handled": ("标记为已处理", "Mark handled"),
     "action.attach_reference": ("添加凭证号", "Attach reference"),
     "action.back": ("返回列表", "Back to the list"),
+    "action.propose_pay_refund": ("申请支付此退款", "Propose paying this refund out"),
+    "action.propose_cancel_his_refund": ("申请撤销 HIS 退费申请", "Propose cancelling the HIS refund application"),
+    "action.redrive": ("立即重试 HIS 步骤", "Retry the HIS step now"),
+    "remedy.refund": ("原路退款", "Refund to the original route"),
+    "remedy.pay_refund": ("支付 HIS 已申请的退款", "Pay out the refund the HIS applied"),
+    "remedy.cancel_his_refund": ("撤销 HIS 退费申请", "Cancel the HIS refund application"),
+    "remedy.not_now": ("暂不可行：{why}", "Not possible now: {why}"),
+    "exception.related": ("同一笔交易的其他异常", "Other exceptions of the same payment"),
+    "exception.source.recon": ("对账发现", "found by reconciliation"),
+    "exception.source.gateway": ("交易过程发现", "raised by the payment process"),
+    "field.source": ("来源", "Found by"),
+    "redrive.step": ("待重试步骤：{step}", "Step to retry: {step}"),
     "summary.title": ("当日概览", "The day at a glance"),
     "summary.per_channel": ("分医院、分渠道", "Per hospital and channel"),
     "summary.his": ("HIS", "HIS"),
@@ -112,6 +124,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "proposal.state.rejected": ("已驳回", "rejected"),
     "proposal.state.done": ("已退回", "refunded"),
     "proposal.state.failed": ("退款失败", "refund failed"),
+    "proposal.state.cancelled": ("已撤销（不再适用）", "cancelled (no longer applies)"),
+    "proposal.action.refund": ("原路退款", "refund"),
+    "proposal.action.pay_refund": ("支付退款", "pay out the refund"),
+    "proposal.action.cancel_his_refund": ("撤销 HIS 退费申请", "cancel the HIS refund application"),
     "history.at": ("时间", "When"),
     "history.actor": ("操作人", "Who"),
     "history.action": ("操作", "What"),
@@ -121,7 +137,15 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "class.amount_mismatch": ("金额不符", "Amount mismatch"),
     "class.status_mismatch": ("状态不符", "Status mismatch"),
     "class.duplicate": ("重复支付", "Duplicate"),
-    "class.cross_day": ("跨日", "Cross-day"),
+    "class.cross_day": ("跨日待核", "Waiting for its counterpart"),
+    "class.his_stuck": ("HIS 处理超时", "HIS step stuck"),
+    "class.his_rejected": ("HIS 拒绝入账", "Refused by the HIS"),
+    "class.paid_after_close": ("关单后支付", "Paid after close"),
+    "class.his_refund_not_paid": ("HIS 已退费未付款", "HIS refund not paid"),
+    "class.writeback_failed": ("退款回写失败", "Refund write-back failed"),
+    "class.refund_abnormal": ("退款异常", "Refund abnormal"),
+    "class.refund_late_success": ("退款失败后到账", "Refund paid after failure"),
+    "class.his_receipt_on_held": ("HIS 记账但款项已暂扣/退回", "HIS booked a payment held back from it"),
     "status.open": ("待处理", "Open"),
     "status.proposed": ("待审批", "Awaiting approval"),
     "status.approved": ("退款中", "Refunding"),
@@ -138,6 +162,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "flash.rejected": ("已驳回退款申请", "Refund proposal rejected"),
     "flash.handled": ("已标记为已处理", "Marked handled"),
     "flash.reference": ("凭证号已保存", "Reference saved"),
+    "flash.redriven": ("已安排立即重试", "The HIS step will be retried now"),
     "error.title": ("出错了", "Something went wrong"),
     "error.forbidden": ("您的角色无权执行此操作", "Your role may not do this"),
     "error.not_found": ("找不到该页面或记录", "No such page or record"),
@@ -163,6 +188,17 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "error.not_under_collection": ("只有短款可以标记为已处理", "Only an under-collection is marked handled"),
     "error.refund_failed": ("渠道退款失败：{why}", "The channel refused the refund: {why}"),
     "error.internal": ("服务器内部错误，请联系管理员", "Internal error; tell the administrator"),
+    "error.not_now": ("现在不能执行：{why}", "Not possible now: {why}"),
+    "error.bad_action": ("未知的处理方式", "Unknown remedy"),
+    "why.his_booked": ("HIS 已为此笔收款入账，须经 HIS 退费", "The HIS booked this payment: refund it through the HIS"),
+    "why.not_registered": (
+        "平台尚未确认此笔收款，确认后将通知 HIS 入账",
+        "The gateway has not registered this payment yet; it will be sent to the HIS",
+    ),
+    "why.his_pending": (
+        "此笔收款的 HIS 入账仍在处理或结果未知：请等待 HIS，或立即重试",
+        "The HIS commit of this payment is pending or in doubt: wait for the HIS, or retry it now",
+    ),
     "export.sheet": ("异常账", "Exceptions"),
 }
 
@@ -172,6 +208,7 @@ def translator(lang: str) -> Translate:
 
     def t(key: str, **params: Any) -> str:
         text = MESSAGES[key][index] if key in MESSAGES else key
+        params = {k: (t(v) if isinstance(v, str) and v.startswith("why.") else v) for k, v in params.items()}
         return text.format(**params) if params else text
 
     return t

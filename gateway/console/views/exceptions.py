@@ -22,13 +22,22 @@ PAGE = 100
 EXPORT_MAX = 100_000
 TODO = ("open", "proposed", "approved")
 STATUS_CHOICES = ("todo", "all", *EXCEPTION_STATUSES)
-FLASHES = {"flash.proposed", "flash.approved", "flash.refunded", "flash.rejected", "flash.handled", "flash.reference"}
+FLASHES = {
+    "flash.proposed",
+    "flash.approved",
+    "flash.refunded",
+    "flash.rejected",
+    "flash.handled",
+    "flash.reference",
+    "flash.redriven",
+}
 ERROR_STATUS = {
     "error.forbidden": 403,
     "error.same_person": 403,
     "error.not_found": 404,
     "error.state": 409,
     "error.no_proposal": 409,
+    "error.not_now": 409,
 }
 
 
@@ -163,26 +172,32 @@ async def _detail(request: web.Request, *, status: int = 200, error: str | None 
     if exc is None:
         return render(request, "error.html", status=404, message="error.not_found")
     async with svc.db.read() as conn:
-        target = await actions.refund_target(conn, exc)
+        options = await actions.remedies(conn, exc)
+        redrive = await actions.redrive_target(conn, exc)
     proposals = await actions.proposals_for(svc, exception_id)
     pending = next((p for p in proposals if p.state == "proposed"), None)
     hospitals = await queries.hospital_names(svc.db)
     if "now" in params:
         params["now"] = i18n.translator(request[LANG])(f"status.{params['now']}")
+    is_open = exc["status"] == "open"
     return render(
         request,
         "exception.html",
         status=status,
         exc=exc,
         hospital_name=hospitals.get(exc["hospital_id"], exc["hospital_id"]),
-        target=target,
+        remedies=options,
+        target=next((r for r in options if r.action == actions.REFUND), None),
+        redrive=redrive,
+        related=await recon.related(svc.db, exc),
         proposals=proposals,
         pending=pending,
         history=await queries.history(svc.db, exception_id),
-        may_propose=user.can(Role.clerk) and exc["status"] == "open" and target is not None,
+        may_propose=user.can(Role.clerk) and is_open,
         may_decide=user.can(Role.approver) and pending is not None and exc["status"] == "proposed",
         own_proposal=pending is not None and pending.proposed_by == user.username,
-        may_handle=user.can(Role.clerk) and exc["status"] == "open",
+        may_handle=user.can(Role.clerk) and is_open,
+        may_redrive=user.can(Role.clerk) and redrive is not None and exc["status"] not in ("handled", "closed"),
         may_reference=user.can(Role.clerk) and exc["status"] != "closed",
         may_act=user.can(Role.clerk),
         error=error,
@@ -207,14 +222,19 @@ async def _act(request: web.Request, kind: str) -> web.StreamResponse:
 
     try:
         if kind == "propose":
-            try:
-                amount = parse_yuan(field("amount", 32))
-            except (ValueError, TypeError):
-                raise actions.ActionError("error.bad_amount") from None
-            await actions.propose_refund(svc, user, exception_id, amount, field("reason", 200))
+            action = field("action", 32) or actions.REFUND
+            if action not in (actions.REFUND, actions.PAY_REFUND, actions.CANCEL_HIS_REFUND):
+                raise actions.ActionError("error.bad_action")
+            amount = None
+            if action == actions.REFUND:
+                try:
+                    amount = parse_yuan(field("amount", 32))
+                except (ValueError, TypeError):
+                    raise actions.ActionError("error.bad_amount") from None
+            await actions.propose(svc, user, exception_id, action, amount, field("reason", 200))
             done = "flash.proposed"
         elif kind == "approve":
-            refund = await actions.approve_refund(svc, user, exception_id, field("note"))
+            refund = await actions.approve(svc, user, exception_id, field("note"))
             done = "flash.refunded" if refund is not None and refund.state in actions.REFUND_DONE else "flash.approved"
         elif kind == "reject":
             await actions.reject_refund(svc, user, exception_id, field("note"))
@@ -222,6 +242,9 @@ async def _act(request: web.Request, kind: str) -> web.StreamResponse:
         elif kind == "handle":
             await actions.mark_handled(svc, user, exception_id, field("note"))
             done = "flash.handled"
+        elif kind == "redrive":
+            await actions.redrive(svc, user, exception_id, field("note"))
+            done = "flash.redriven"
         else:
             await actions.attach_reference(svc, user, exception_id, field("reference", 128))
             done = "flash.reference"
@@ -245,5 +268,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/exceptions.csv", export_csv)
     app.router.add_get("/exceptions.xlsx", export_xlsx)
     app.router.add_get(r"/exceptions/{id:\d+}", detail_page)
-    for kind in ("propose", "approve", "reject", "handle", "reference"):
+    for kind in ("propose", "approve", "reject", "handle", "reference", "redrive"):
         app.router.add_post(rf"/exceptions/{{id:\d+}}/{kind}", _action(kind))

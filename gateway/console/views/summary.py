@@ -13,7 +13,7 @@ from gateway.console.chart import DayPoint, daily_chart
 from gateway.console.formatting import today
 from gateway.console.views import LANG, SERVICES, render
 from gateway.recon import exceptions as recon
-from gateway.store.recon_tables import EXCEPTION_CLASSES
+from gateway.store.recon_tables import GATEWAY_CLASSES, RECON_CLASSES
 
 CHART_DAYS = 30
 
@@ -39,7 +39,7 @@ async def summary_page(request: web.Request) -> web.StreamResponse:
     for hospital in ids:
         day_summary = await recon.summary(svc.db, hospital, day)
         totals = await recon.daily_totals(svc.db, hospital, CHART_DAYS, today=day + dt.timedelta(days=1))
-        points = [DayPoint(d["day"], max(0, d["channel_fen"]), sum(d[c] for c in EXCEPTION_CLASSES)) for d in totals]
+        points = [DayPoint(d["day"], max(0, d["channel_fen"]), sum(d[c] for c in RECON_CLASSES)) for d in totals]
         cards.append(
             {
                 "id": hospital,
@@ -63,7 +63,8 @@ async def summary_page(request: web.Request) -> web.StreamResponse:
         hospitals=names,
         hospital=chosen,
         cards=cards,
-        classes=EXCEPTION_CLASSES,
+        classes=RECON_CLASSES,
+        gateway_classes=GATEWAY_CLASSES,
         prev_day=day - dt.timedelta(days=1),
         next_day=day + dt.timedelta(days=1),
     )
