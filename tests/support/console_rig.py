@@ -205,3 +205,8 @@ class ConsoleClient:
         await self.get("/login")
         status, _, _ = await self.post("/login", {"username": username, "password": password})
         return status
+
+
+def user(username: str, role: str) -> auth.User:
+    """A console user as the actions see one, for calling them without a browser session."""
+    return auth.User(0, username, auth.Role[role])

@@ -65,7 +65,12 @@ async def test_clerk_proposes_another_approves_money_returns_exception_closes(co
     assert proposed["detail"]["after"]["status"] == "proposed" and proposed["detail"]["amount_fen"] == 12_00
     assert approved["actor"] == "approver1" and approved["detail"]["proposed_by"] == "clerk1"
     assert approved["detail"]["before"]["status"] == "proposed" and approved["detail"]["after"]["status"] == "approved"
-    assert done["detail"]["after"] == {"status": "closed", "note": exc["note"], "reference": out_refund_no}
+    assert done["detail"]["after"] == {
+        "status": "closed",
+        "class": "over_collection",
+        "note": exc["note"],
+        "reference": out_refund_no,
+    }
     assert all(h["at"] is not None for h in history)
 
 
@@ -153,7 +158,12 @@ async def test_an_under_collection_is_marked_handled_with_a_note_and_a_reference
     history = await _history(console, exception_id)
     handled = next(h for h in history if h["action"] == "console.marked_handled")
     referenced = next(h for h in history if h["action"] == "console.reference_attached")
-    assert handled["detail"]["before"] == {"status": "open", "note": None, "reference": None}
+    assert handled["detail"]["before"] == {
+        "status": "open",
+        "class": "under_collection",
+        "note": None,
+        "reference": None,
+    }
     assert handled["detail"]["after"]["status"] == "handled"
     assert referenced["detail"]["before"]["reference"] is None
     assert referenced["detail"]["after"]["reference"] == "PZ-2026-0042"

@@ -51,7 +51,7 @@ async def test_over_collection_refunded_through_the_sandbox_channel_after_two_pe
         db_url, his=his_link, run_workers=True, port=free_port(), merchant_settings=settings,
         workers={"retry_base_s": 0.2, "his_poll_s": 0.2, "pending_query_after_s": 3600},
     )  # fmt: skip
-    running.gateway.cfg.recon.cross_day_window_min = 0
+    running.gateway.cfg.recon.suspense_days = 0
     await add_staff(running.svc.db)
     client = api_factory(running)
     admin = wechat_sandbox.admin_url
@@ -73,7 +73,9 @@ async def test_over_collection_refunded_through_the_sandbox_channel_after_two_pe
         day = shanghai_today()
         db = running.svc.db
         await run_reconciliation(db, running.gateway.cfg, HOSPITAL, day, channels=running.svc.channels, his=his_link)
-        [exc] = await recon.list_exceptions(db, hospital=HOSPITAL, day=day)
+        [exc] = await recon.list_exceptions(db, hospital=HOSPITAL, day=day, source="recon")
+        [raised] = await recon.list_exceptions(db, hospital=HOSPITAL, day=day, source="gateway")
+        assert raised["class"] == "his_rejected" and raised["entry_key"] == exc["entry_key"]
         assert exc["class"] == "over_collection" and exc["out_trade_no"] == out_trade_no and exc["status"] == "open"
         assert (exc["his_fen"], exc["platform_fen"], exc["channel_fen"]) == (None, 1500, 1500)
 

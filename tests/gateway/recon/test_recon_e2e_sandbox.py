@@ -48,7 +48,7 @@ async def test_a_day_with_a_refused_commit_a_lost_notification_and_partial_refun
         workers={"retry_base_s": 0.2, "his_poll_s": 0.2, "pending_query_after_s": 3600},
     )  # fmt: skip
     cfg = running.gateway.cfg
-    cfg.recon.cross_day_window_min = 0
+    cfg.recon.suspense_days = 0
     client = api_factory(running)
     admin = wechat_sandbox.admin_url
 
@@ -146,7 +146,15 @@ async def test_a_day_with_a_refused_commit_a_lost_notification_and_partial_refun
         versions = (await conn.execute(sa.select(recon_runs.c.version, recon_runs.c.status))).all()
     assert sorted(versions) == [(1, "done"), (2, "done")]
     day_summary = await recon_exceptions.summary(db, HOSPITAL, day)
-    assert day_summary["run"]["version"] == 2 and day_summary["open"] == 2
+    # Open: the two over-collections, and what the sagas raised on the refused commit and the refused write-back
+    # (the under-collection is handled).
+    assert day_summary["run"]["version"] == 2 and day_summary["open"] == 4
+    raised = {
+        (r["class"], r["entry_key"])
+        for r in await recon_exceptions.list_exceptions(db, hospital=HOSPITAL, statuses=["open"])
+        if r["source"] == "gateway"
+    }
+    assert raised == {("his_rejected", f"pay:{refused}"), ("writeback_failed", f"refund:{unwritten_refund}")}
 
 
 async def _is(value: Any, expected: str) -> bool:

@@ -1,5 +1,5 @@
 """The database-backed run on SQLite and PostgreSQL, with a statement rendered in WeChat's own format and a HIS
-that pages: a cross-midnight payment is held, then clears itself the next day (and a re-run of the first day
+that pages: a cross-midnight payment waits, then clears itself the next day (and a re-run of the first day
 does not bring it back); re-runs are versioned and keep finance's work; a statement whose summary does not add
 up fails the run loudly and is kept for inspection; the console's API moves exceptions only along the
 workflow, audited."""
@@ -8,82 +8,22 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from gateway.channels.base import ChannelError
-from gateway.model import utcnow
 from gateway.recon import exceptions as ex
 from gateway.recon import run_reconciliation
-from gateway.recon.normalize import SHANGHAI, StatementError
+from gateway.recon.normalize import StatementError
 from gateway.store import audit, registry
 from gateway.store.db import Database
 from gateway.store.migrate import upgrade
-from gateway.store.recon_tables import recon_runs, recon_suspense, statements
-from gateway.store.tables import orders
-from sandbox.channels import bills
-from tests.support.gateway_rig import APP_ID, HOSPITAL, MERCHANT, gateway_config
+from gateway.store.recon_tables import his_details, recon_observations, recon_runs, statements
+from tests.support.gateway_rig import HOSPITAL, MERCHANT, gateway_config
+from tests.support.recon_rig import BillChannel, PagedHis, add_order, at, paid_everywhere
 
 D0 = dt.date(2025, 3, 14)
 D1 = D0 + dt.timedelta(days=1)
-
-
-def at(day: dt.date, hms: str) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time.fromisoformat(hms), SHANGHAI)
-
-
-class BillChannel:
-    """Serves a WeChat trade bill rendered from a little ledger, per day."""
-
-    def __init__(self) -> None:
-        self.pays: dict[dt.date, list[dict[str, Any]]] = {}
-        self.tamper = False
-
-    def pay(self, out_trade_no: str, fen: int, when: dt.datetime) -> None:
-        self.pays.setdefault(when.date(), []).append(
-            {
-                "trade_no": "42" + hashlib.sha1(out_trade_no.encode()).hexdigest()[:16],
-                "out_trade_no": out_trade_no,
-                "amount_fen": fen,
-                "paid_at": when.isoformat(),
-                "appid": "wx1",
-                "payer_id": "o1",
-                "scene": "native",
-                "description": "挂号费",
-                "attach": None,
-            }
-        )
-
-    async def download_bill(self, day: dt.date) -> bytes:
-        if day not in self.pays:
-            raise ChannelError("NO_STATEMENT_EXIST", "no bill")
-        bill = bills.wechat_tradebill("1230000109", self.pays[day], [])
-        if self.tamper:
-            bill = bill.replace(b"`1.00,", b"`1.01,", 1)  # one row's 应结订单金额, after the hash
-        return bill
-
-
-class PagedHis:
-    """A HIS that answers ``recon.fetch`` two records a page."""
-
-    def __init__(self) -> None:
-        self.records: dict[dt.date, list[dict[str, Any]]] = {}
-        self.calls = 0
-
-    def book(self, trade_no: str, fen: int, when: dt.datetime) -> None:
-        self.records.setdefault(when.date(), []).append(
-            {"trade_no": trade_no, "kind": "prepay", "receipt_no": f"RC{trade_no}", "amount_fen": fen,
-             "channel": "wechat", "time": when.replace(tzinfo=None).isoformat()}
-        )  # fmt: skip
-
-    async def fetch_page(self, day: dt.date, page: int, page_size: int) -> dict[str, Any]:
-        self.calls += 1
-        rows = self.records.get(day, [])
-        size = min(page_size, 2)
-        chunk = rows[(page - 1) * size : page * size]
-        return {"records": chunk, "total": len(rows), "has_more": page * size < len(rows)}
 
 
 @pytest.fixture
@@ -94,26 +34,6 @@ async def setup(tmp_path, keys, db_url):
     await registry.sync_from_config(db, cfg)
     yield cfg, db
     await db.close()
-
-
-async def add_order(db: Database, out_trade_no: str, fen: int, paid_at: dt.datetime) -> None:
-    now = utcnow()
-    async with db.write() as conn:
-        await conn.execute(
-            sa.insert(orders).values(
-                hospital_id=HOSPITAL, app_id=APP_ID, merchant_id=MERCHANT, channel="wechat",
-                business_order_no=f"B-{out_trade_no}", out_trade_no=out_trade_no, request_digest="x" * 64,
-                business_type="prepay", scene="native", subject="押金", amount_fen=fen, his_params={},
-                status="completed", paid_fen=fen, paid_at=paid_at, his_state="done", expires_at=now,
-                created_at=now, updated_at=now,
-            )
-        )  # fmt: skip
-
-
-async def paid_everywhere(db, channel, his, no: str, fen: int, when: dt.datetime, his_when: dt.datetime | None = None):
-    channel.pay(no, fen, when)
-    await add_order(db, no, fen, when)
-    his.book(no, fen, his_when or when)
 
 
 async def test_cross_midnight_payment_is_held_then_clears_itself(setup):
@@ -135,18 +55,24 @@ async def test_cross_midnight_payment_is_held_then_clears_itself(setup):
     second = await run_reconciliation(db, cfg, HOSPITAL, D1, **run)
     assert second.exceptions == {} and second.cleared == ["pay:P-LATE"] and second.counts["matched"] == 2
     row = await ex.get_exception(db, held["id"])
-    assert row is not None and row["status"] == "closed" and row["note"].startswith("auto: cleared")
+    assert row is not None and row["status"] == "closed" and row["note"] == f"auto: matched on run v1 of {D1}"
     async with db.read() as conn:
-        pool = (await conn.execute(sa.select(recon_suspense))).one()
-    assert (pool.state, pool.resolved_day, pool.first_day) == ("cleared", D1, D0)
+        kept = (await conn.execute(sa.select(recon_observations).order_by(recon_observations.c.day))).all()
+        details = (await conn.execute(sa.select(his_details.c.day, his_details.c.record_count))).all()
+    assert {(o.entry_key, o.side, o.day) for o in kept} == {
+        ("pay:P-LATE", "channel", D0), ("pay:P-LATE", "platform", D0), ("pay:P-LATE", "his", D1)
+    }  # fmt: skip
+    assert sorted(details) == [(D0, 5), (D1, 2)]
 
     # Re-running the first day neither holds it again nor reopens its exception.
     again = await run_reconciliation(db, cfg, HOSPITAL, D0, **run)
     assert again.version == 2 and again.exceptions == {} and again.counts["cross_day"] == 0
+    assert again.counts["matched"] == 6
     row = await ex.get_exception(db, held["id"])
     assert row is not None and row["status"] == "closed"
-    # And re-running the second day clears it again, idempotently.
-    assert (await run_reconciliation(db, cfg, HOSPITAL, D1, **run)).cleared == ["pay:P-LATE"]
+    # And re-running the second day finds it matched again, with nothing left to clear.
+    rerun = await run_reconciliation(db, cfg, HOSPITAL, D1, **run)
+    assert rerun.exceptions == {} and rerun.cleared == [] and rerun.counts["matched"] == 2
 
 
 async def test_held_item_is_flagged_with_its_real_class_when_old(setup):
@@ -165,6 +91,7 @@ async def test_held_item_is_flagged_with_its_real_class_when_old(setup):
 
 async def test_rerun_keeps_finance_work_and_closes_what_matched_since(setup):
     cfg, db = setup
+    cfg.recon.suspense_days = 0  # flag one-sided entries at once
     channel, his = BillChannel(), PagedHis()
     await paid_everywhere(db, channel, his, "P-OK", 100, at(D0, "10:00:00"))
     channel.pay("P-OVER", 300, at(D0, "11:00:00"))
@@ -197,6 +124,7 @@ async def test_rerun_keeps_finance_work_and_closes_what_matched_since(setup):
 
 async def test_exception_workflow_is_enforced_and_audited(setup):
     cfg, db = setup
+    cfg.recon.suspense_days = 0
     channel, his = BillChannel(), PagedHis()
     channel.pay("P-X", 100, at(D0, "10:00:00"))
     await run_reconciliation(db, cfg, HOSPITAL, D0, channels={MERCHANT: channel}, source=his)
