@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from gateway.recon import exceptions as recon
 from gateway.store import audit
 from gateway.store.db import Database
-from gateway.store.recon_tables import recon_exceptions, statements
+from gateway.store.recon_tables import recon_exceptions, recon_runs, statements
 from gateway.store.tables import hospitals, merchants
 
 
@@ -28,6 +28,9 @@ class ChannelDay:
     by_class: dict[str, int] = field(default_factory=dict)
 
 
+CHANNEL_FIELDS = ("statements", "pay_count", "pay_fen", "refund_count", "refund_fen", "fee_fen")
+
+
 async def hospital_names(db: Database) -> dict[str, str]:
     async with db.read() as conn:
         rows = await conn.execute(sa.select(hospitals.c.id, hospitals.c.name).order_by(hospitals.c.id))
@@ -41,22 +44,36 @@ async def channel_names(db: Database) -> list[str]:
 
 
 async def channel_days(db: Database, hospital: str, day: dt.date) -> list[ChannelDay]:
-    """Per channel: the latest parsed statement of each merchant for the day, and the day's exceptions by class."""
-    latest = (
-        sa.select(sa.func.max(statements.c.id))
-        .where(statements.c.hospital_id == hospital, statements.c.day == day, statements.c.status == "parsed")
-        .group_by(statements.c.merchant_id)
+    """Per channel: what the day's latest reconciliation run read from its statements (the same figures as the
+    run's totals; for a run older than those figures, the latest parsed statement of each merchant), and the
+    day's exceptions by class."""
+    r = recon_runs.c
+    latest_run = (
+        sa.select(r.by_channel)
+        .where(r.hospital_id == hospital, r.day == day, r.status == "done")
+        .order_by(r.version.desc())
+        .limit(1)
     )
     out: dict[str, ChannelDay] = {}
     async with db.read() as conn:
-        for s in await conn.execute(sa.select(statements).where(statements.c.id.in_(latest))):
-            c = out.setdefault(s.channel, ChannelDay(s.channel))
-            c.statements += 1
-            c.pay_count += int(s.pay_count or 0)
-            c.pay_fen += int(s.pay_fen or 0)
-            c.refund_count += int(s.refund_count or 0)
-            c.refund_fen += int(s.refund_fen or 0)
-            c.fee_fen += int(s.fee_fen or 0)
+        figures = (await conn.execute(latest_run)).scalar()
+        if figures:
+            for channel, f in figures.items():
+                out[channel] = ChannelDay(channel, **{k: int(f.get(k, 0)) for k in CHANNEL_FIELDS})
+        else:
+            latest = (
+                sa.select(sa.func.max(statements.c.id))
+                .where(statements.c.hospital_id == hospital, statements.c.day == day, statements.c.status == "parsed")
+                .group_by(statements.c.merchant_id)
+            )
+            for s in await conn.execute(sa.select(statements).where(statements.c.id.in_(latest))):
+                c = out.setdefault(s.channel, ChannelDay(s.channel))
+                c.statements += 1
+                c.pay_count += int(s.pay_count or 0)
+                c.pay_fen += int(s.pay_fen or 0)
+                c.refund_count += int(s.refund_count or 0)
+                c.refund_fen += int(s.refund_fen or 0)
+                c.fee_fen += int(s.fee_fen or 0)
         t = recon_exceptions.c
         stmt = (
             sa.select(t.channel, t["class"], sa.func.count())

@@ -50,6 +50,7 @@ Progress = Callable[[str, int, int | None], None]
 """``(stage, done, total)``: stages ``statements``, ``his``, ``platform``, ``match``, ``store``."""
 ChannelBuilder = Callable[[str], Channel]
 CLASS_NAMES = tuple(c for c in RECON_CLASSES if c != HELD)
+CHANNEL_FIGURES = ("statements", "pay_count", "pay_fen", "refund_count", "refund_fen", "fee_fen")
 BACKFILL_DAYS = 7
 """How far (days before and after) a key new to the evidence store is looked up in the days already run: a copy
 matched there (a duplicate booking a few days apart) is found; one further away is not looked for."""
@@ -116,6 +117,8 @@ class Loaded:
     totals: dict[str, int]
     counts: dict[str, int]
     start: dt.datetime
+    by_channel: dict[str, dict[str, int]]
+    """Per channel, what its statements of the day hold (for the console's per-channel figures)."""
 
     def observations(self, key: str, day: dt.date) -> list[Observation]:
         """What this day's three sides say of ``key``."""
@@ -185,6 +188,7 @@ async def _load(
     raw = {name: RawRecords() for name in sides}
     totals = {"his_fen": 0, "platform_fen": 0, "channel_fen": 0, "fee_fen": 0}
     counts = {"his_count": 0, "platform_count": 0, "channel_count": 0}
+    by_channel: dict[str, dict[str, int]] = {}
 
     merchants = _merchants(cfg, hospital)
     for i, (merchant_id, channel_name) in enumerate(merchants):
@@ -201,6 +205,12 @@ async def _load(
                 totals["channel_fen"] += row.amount_fen if row.type == "pay" else -row.amount_fen
         totals["fee_fen"] += fetched.parsed.fee_fen
         counts["channel_count"] += len(fetched.parsed.rows)
+        figures = by_channel.setdefault(channel_name, dict.fromkeys(CHANNEL_FIGURES, 0))
+        figures["statements"] += fetched.statement_id is not None
+        for row in fetched.parsed.rows:
+            figures[f"{row.type}_count"] += 1
+            figures[f"{row.type}_fen"] += row.amount_fen
+        figures["fee_fen"] += fetched.parsed.fee_fen
         progress("statements", i + 1, len(merchants))
 
     side, records = sides["his"], raw["his"]
@@ -229,7 +239,7 @@ async def _load(
             totals["platform_fen"] += amount if key.startswith("pay:") else -amount
         counts["platform_count"] += 1
     progress("platform", counts["platform_count"], counts["platform_count"])
-    return Loaded(sides, raw, totals, counts, start)
+    return Loaded(sides, raw, totals, counts, start, by_channel)
 
 
 def _statement_row_json(row: StatementRow, merchant_id: str) -> dict[str, Any]:
@@ -320,7 +330,7 @@ async def _judge_and_write(
         await conn.execute(
             sa.update(recon_runs)
             .where(recon_runs.c.id == run_id)
-            .values(status="done", finished_at=utcnow(), **counts, **loaded.totals)
+            .values(status="done", finished_at=utcnow(), by_channel=loaded.by_channel, **counts, **loaded.totals)
         )
     return written, counts
 

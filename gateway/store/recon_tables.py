@@ -95,6 +95,7 @@ recon_runs = sa.Table(
     sa.Column("duplicate", sa.Integer, nullable=False, server_default="0"),
     sa.Column("cross_day", sa.Integer, nullable=False, server_default="0"),
     sa.Column("cleared", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("by_channel", sa.JSON),
     sa.UniqueConstraint("hospital_id", "day", "version"),
     sa.CheckConstraint("status IN ('running', 'done', 'failed')", name="status"),
 )

@@ -44,8 +44,12 @@ async def seed_run(db: Database, day: dt.date, *, version: int = 1, **counts: in
         "matched": 40,
         "over_collection": 1,
         "under_collection": 1,
+        "by_channel": {
+            "wechat": {"statements": 1, "pay_count": 38, "pay_fen": 1_300_000, "refund_count": 3,
+                       "refund_fen": 64_300, "fee_fen": 7_410},
+        },
         **counts,
-    }
+    }  # fmt: skip
     async with db.write() as conn:
         await conn.execute(
             sa.insert(recon_runs).values(

@@ -59,6 +59,8 @@ def upgrade() -> None:
 
     with op.batch_alter_table("refunds") as batch:
         batch.add_column(sa.Column("his_round", sa.Integer(), server_default="0", nullable=False))
+    with op.batch_alter_table("recon_runs") as batch:
+        batch.add_column(sa.Column("by_channel", sa.JSON(), nullable=True))
 
     observations = op.create_table(
         "recon_observations",
@@ -165,6 +167,8 @@ def downgrade() -> None:
     op.drop_table("recon_observations")
     with op.batch_alter_table("refunds") as batch:
         batch.drop_column("his_round")
+    with op.batch_alter_table("recon_runs") as batch:
+        batch.drop_column("by_channel")
     op.execute(
         "DELETE FROM refund_proposals WHERE action != 'refund' OR state = 'cancelled'"
         " OR exception_id IN (SELECT id FROM recon_exceptions WHERE source = 'gateway')"

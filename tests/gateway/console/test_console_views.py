@@ -78,6 +78,11 @@ async def test_the_day_at_a_glance(console, client_factory):
     assert re.search(r'data-class="over_collection">1<', text) and re.search(r'data-class="under_collection">1<', text)
     assert text.count('<rect class="bar"') == 30 and text.count('<circle class="exc"') == 2
     assert 'data-channel="wechat"' in text and "<svg" in text
+    # Per channel, the figures the run read from the day's statement: 38 payments and 3 refunds of its 41 rows.
+    row = text[text.index('<tr data-channel="wechat">') :]
+    row = row[: row.index("</tr>")]
+    cells = re.findall(r'<td class="num[^"]*">([^<]*)</td>', row)
+    assert cells == ["38", "13,000.00", "3", "643.00", "74.10"], cells
     status, text = await client.get("/", day=(DAY + dt.timedelta(days=1)).isoformat())
     assert "该日尚未对账" in text
 

@@ -134,6 +134,9 @@ async def test_a_day_with_a_refused_commit_a_lost_notification_and_partial_refun
         stored = (await conn.execute(sa.select(statements).where(statements.c.merchant_id == MERCHANT))).one()
     assert stored.status == "parsed" and stored.pay_count == 4 and stored.refund_count == 2
     assert stored.pay_fen == 2000 + 1500 + 800 + 3000 and stored.refund_fen == 1500
+    figures = (await recon_exceptions.latest_run(db, HOSPITAL, day))["by_channel"]["wechat"]
+    assert (figures["statements"], figures["pay_count"], figures["refund_count"]) == (1, 4, 2)
+    assert (figures["pay_fen"], figures["refund_fen"]) == (stored.pay_fen, stored.refund_fen)
 
     # Finance works one exception; a re-run (version 2) keeps what they wrote.
     await recon_exceptions.update_exception(db, unwritten_row["id"], "clerk", status="handled", note="补写退款")
