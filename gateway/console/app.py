@@ -22,6 +22,7 @@ from gateway.console.formatting import cell, local_time, yuan
 from gateway.console.views import BASE, ENV, LANG, SERVICES, SESSION, Handler, redirect, render
 from gateway.console.views import exceptions as exception_views
 from gateway.console.views import login as login_views
+from gateway.console.views import records as record_views
 from gateway.console.views import summary as summary_views
 from gateway.services import Services, log
 
@@ -108,6 +109,7 @@ def create_console_app(svc: Services, *, settle_in_background: bool = True) -> w
     login_views.add_routes(app)
     summary_views.add_routes(app)
     exception_views.add_routes(app)
+    record_views.add_routes(app)
     app.router.add_static("/static/", HERE / "static")
     if settle_in_background:
         app.cleanup_ctx.append(_settler)

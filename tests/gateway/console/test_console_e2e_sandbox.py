@@ -84,6 +84,9 @@ async def test_over_collection_refunded_through_the_sandbox_channel_after_two_pe
             assert await clerk.login("clerk1") == 200
             status, page = await clerk.get(f"/exceptions/{exc['id']}")
             assert 'value="15.00"' in page, "the whole over-collection is suggested"
+            status, page = await clerk.get(f"/records?q={out_trade_no}")
+            assert status == 200 and 'id="ledgers"' in page
+            assert '<section class="record his absent"' in page and '<section class="record channel"' in page
             status, page, _ = await clerk.post(
                 f"/exceptions/{exc['id']}/propose", {"amount": "15.00", "reason": "HIS 拒收，原路退回"}
             )

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from gateway.recon import exceptions as recon_exceptions
-from gateway.recon import run_reconciliation
+from gateway.recon import ledgers, run_reconciliation
 from gateway.recon.normalize import shanghai_today
 from gateway.store.recon_tables import recon_runs, statements
 from sandbox.channels import start_sandbox_channels
@@ -134,6 +134,12 @@ async def test_a_day_with_a_refused_commit_a_lost_notification_and_partial_refun
         stored = (await conn.execute(sa.select(statements).where(statements.c.merchant_id == MERCHANT))).one()
     assert stored.status == "parsed" and stored.pay_count == 4 and stored.refund_count == 2
     assert stored.pay_fen == 2000 + 1500 + 800 + 3000 and stored.refund_fen == 1500
+    # Any record of the three ledgers, not only exceptions: the clean payment as each side holds it.
+    found = await ledgers.lookup(db, HOSPITAL, clean)
+    assert [r["amount_fen"] for r in found.his] == [2000] and found.his[0]["receipt_no"]
+    assert [r["amount_fen"] for r in found.channel] == [2000] and found.channel[0]["status"] == "success"
+    assert [(r["amount_fen"], r["status"]) for r in found.platform] == [(2000, "completed")]
+    assert (await ledgers.lookup(db, HOSPITAL, "NO-SUCH-TRADE")).found is False
     figures = (await recon_exceptions.latest_run(db, HOSPITAL, day))["by_channel"]["wechat"]
     assert (figures["statements"], figures["pay_count"], figures["refund_count"]) == (1, 4, 2)
     assert (figures["pay_fen"], figures["refund_fen"]) == (stored.pay_fen, stored.refund_fen)
