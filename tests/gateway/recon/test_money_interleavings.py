@@ -165,8 +165,10 @@ async def build(world: World, plan: list[Payment]) -> None:
             refunded_at = p.paid_at + dt.timedelta(seconds=1800)
             world.channel.refunded(p.no, rno, p.refund_fen, refunded_at)
             await add_refund(world.db, order_id, rno, p.refund_fen, refunded_at)
-            back = {"on_time": refunded_at + dt.timedelta(seconds=2),
-                    "next_morning": at(refunded_at.date() + dt.timedelta(days=1), "00:45:00")}.get(p.refund)  # fmt: skip
+            back = {
+                "on_time": refunded_at + dt.timedelta(seconds=2),
+                "next_morning": at(refunded_at.date() + dt.timedelta(days=1), "00:45:00"),
+            }.get(p.refund)
             if back is not None:
                 world.his.book_refund(p.no, rno, p.refund_fen, back)
             else:
