@@ -1,8 +1,10 @@
 """The catalog shapes the gateway calls for refunds: ``refund.cancel`` and the refund fields of a ``recon.fetch``
-record, as validated on the way in and out and as the published OpenAPI document describes them."""
+record, as validated on the way in and out and as published (the OpenAPI document, docs/AGENT.md's table)."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,3 +95,9 @@ def test_the_openapi_document_publishes_both() -> None:
     state = schemas["ReconRecord"]["properties"]["refund_state"]
     assert {"enum": ["applied", "written_back"], "type": "string"} in state["anyOf"]
     assert {"refund_state", "channel_refund_no", "written_back_at"}.isdisjoint(schemas["ReconRecord"]["required"])
+
+
+def test_the_agent_doc_lists_every_operation_of_the_catalog() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "AGENT.md").read_text(encoding="utf-8")
+    table = dict(re.findall(r"^\| `([a-z]+\.[a-z]+)` \| (read|write) \|", text, flags=re.MULTILINE))
+    assert table == {name: "write" if op.write else "read" for name, op in catalog.OPERATIONS.items()}
