@@ -127,10 +127,12 @@ class ReconRecord(Strict):
 
     @model_validator(mode="after")
     def _refund_fields_on_refunds_only(self) -> ReconRecord:
+        if self.kind == "refund" or (
+            self.refund_state is None and self.channel_refund_no is None and self.written_back_at is None
+        ):
+            return self
         extra = [f for f in ("refund_state", "channel_refund_no", "written_back_at") if getattr(self, f) is not None]
-        if extra and self.kind != "refund":
-            raise ValueError(f"{', '.join(extra)} belong to refund records only (this record is a {self.kind})")
-        return self
+        raise ValueError(f"{', '.join(extra)} belong to refund records only (this record is a {self.kind})")
 
 
 class ReconFetchOut(Strict):
