@@ -167,9 +167,11 @@ async def test_cancel_gives_back_the_slot_the_bills_and_the_deposit(peer: Peer) 
     await apply(peer, "T-REG", "R-REG", 1000)
     assert books.booked("S001") == 0
     assert (await check(peer, "T-REG", "refund.cancel", "R-REG"))["found"] is False
-    withdrawn = await cancel(peer, "T-REG", "R-REG", reason="患者改为到院就诊 <不退号> & 'ok'")
+    reason = "患者改为到院就诊 <不退号> & 'ok' |^~\\"
+    withdrawn = await cancel(peer, "T-REG", "R-REG", reason=reason)
     assert withdrawn["cancelled"] is True and withdrawn["amount_fen"] == 1000 and withdrawn["receipt_no"]
     assert books.booked("S001") == 1
+    assert books.value("SELECT cancel_reason FROM refunds WHERE refund_no = ?", "R-REG") == reason
     assert await check(peer, "T-REG", "refund.cancel", "R-REG") == {
         "found": True,
         "receipt_no": withdrawn["receipt_no"],
