@@ -108,6 +108,9 @@ class ReconFetchIn(Strict):
 
 
 class ReconRecord(Strict):
+    """One record of the HIS's books: a payment by the time the HIS recorded it, a refund by the time the HIS
+    applied (booked) it, written back or not; a cancelled refund application is not listed."""
+
     trade_no: Code
     kind: Literal["registration", "charge", "prepay", "refund"]
     receipt_no: Code | None = None
@@ -116,6 +119,20 @@ class ReconRecord(Strict):
     channel_trade_no: Code | None = None
     refund_no: Code | None = None
     time: dt.datetime
+    refund_state: Literal["applied", "written_back"] | None = Field(
+        None, description="refunds: applied (booked, no money back yet) or written_back (the channel paid it)"
+    )
+    channel_refund_no: Code | None = Field(None, description="refunds written back: the channel's refund serial")
+    written_back_at: dt.datetime | None = Field(None, description="refunds written back: when the HIS recorded it")
+
+    @model_validator(mode="after")
+    def _refund_fields_on_refunds_only(self) -> ReconRecord:
+        if self.kind == "refund" or (
+            self.refund_state is None and self.channel_refund_no is None and self.written_back_at is None
+        ):
+            return self
+        extra = [f for f in ("refund_state", "channel_refund_no", "written_back_at") if getattr(self, f) is not None]
+        raise ValueError(f"{', '.join(extra)} belong to refund records only (this record is a {self.kind})")
 
 
 class ReconFetchOut(Strict):
@@ -189,6 +206,17 @@ class RefundWritebackIn(WriteInput):
     refunded_at: dt.datetime
 
 
+class RefundCancelIn(WriteInput):
+    refund_no: Code = Field(description="the refund application to withdraw (refund.apply's refund_no)")
+    reason: Text | None = None
+
+
+class RefundCancelOut(Strict):
+    cancelled: Literal[True] = Field(description="always true: a HIS that will not cancel answers an error")
+    receipt_no: Code | None = Field(None, description="the HIS's voucher for the cancellation, the same on a repeat")
+    amount_fen: Fen | None = Field(None, description="the amount of the withdrawn refund, as the HIS booked it")
+
+
 # --- the catalog -------------------------------------------------------------------------------------------
 
 
@@ -198,6 +226,10 @@ def _receipt(check: TradeCheckOut) -> dict[str, Any]:
 
 def _refund_apply(check: TradeCheckOut) -> dict[str, Any]:
     return {"refundable_fen": check.amount_fen or 0, "his_refund_id": check.receipt_no}
+
+
+def _refund_cancel(check: TradeCheckOut) -> dict[str, Any]:
+    return {"cancelled": True, "receipt_no": check.receipt_no, "amount_fen": check.amount_fen}
 
 
 @dataclass(frozen=True)
@@ -291,6 +323,14 @@ OPERATIONS: dict[str, Operation] = {
             ReceiptOut,
             True,
             _receipt,
+        ),
+        Operation(
+            "refund.cancel",
+            "Withdraw a refund application never paid out; the HIS restores what refund.apply took.",
+            RefundCancelIn,
+            RefundCancelOut,
+            True,
+            _refund_cancel,
         ),
     ]
 }

@@ -24,7 +24,7 @@ from sandbox.his.mllp import MllpListener
 from sandbox.his.quyi import QUYI_ENDPOINT, setup_quyi
 from sandbox.his.soap import ENDPOINT, create_app
 from sandbox.his.sql_install import DIALECTS, install_odbc
-from sandbox.his.state import Clock, HisState
+from sandbox.his.state import Clock, HisState, OutdatedDatabase
 
 log = logging.getLogger("sandbox")
 
@@ -150,15 +150,19 @@ def _listen(value: str) -> tuple[str, int]:
 
 async def _serve_his(args: argparse.Namespace) -> int:
     host, port = args.listen
-    sandbox = await start_sandbox_his(
-        host,
-        port,
-        args.db,
-        seed=not args.no_seed,
-        access_log=args.verbose,
-        quyi_wsdl=args.quyi_wsdl,
-        mllp=args.mllp_listen,
-    )
+    try:
+        sandbox = await start_sandbox_his(
+            host,
+            port,
+            args.db,
+            seed=not args.no_seed,
+            access_log=args.verbose,
+            quyi_wsdl=args.quyi_wsdl,
+            mllp=args.mllp_listen,
+        )
+    except OutdatedDatabase as exc:
+        print(f"his-sandbox his: {exc}", file=sys.stderr)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -32,6 +32,10 @@ BENCHMARKS = {
         ["--orders", "20", "--concurrency", "4", "--notifications", "20"],
         {"orders_per_s_sqlite", "orders_per_s_postgres", "notify_per_s_postgres"},
     ),
+    "bench_his_recon.py": (
+        ["--records", "1500", "--rounds", "1"],
+        {"his_recon_fetch_records_per_s", "recon_validate_us_per_record", "recon_validate_vs_before_ratio"},
+    ),
     "bench_recon.py": (
         ["--rows", "20000"],
         {

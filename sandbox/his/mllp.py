@@ -55,8 +55,10 @@ TRANSACTION_TYPES: dict[str, str] = {
     "DP": "prepay.commit",
     "CD": "refund.apply",
     "RF": "refund.writeback",
+    "RV": "refund.cancel",
 }
-"""DFT^P03: the catalog operation named by FT1-6 of the first FT1 (HL7 table 0017 is site-defined)."""
+"""DFT^P03: the catalog operation named by FT1-6 of the first FT1 (HL7 table 0017 is site-defined). v2.4 has no
+trigger event that cancels a posting, so a withdrawn refund application is posted as a reversal line ``RV``."""
 QUERIES: dict[str, str] = {
     "ZPQ": "patient.query",
     "ZBQ": "bills.unpaid",
@@ -313,6 +315,16 @@ def _writeback_refund(state: HisState, req: Request) -> list[str]:
     return [segment("ZRC", r["receipt_no"])]
 
 
+def _cancel_refund(state: HisState, req: Request) -> list[str]:
+    line = req.ft1("RV")
+    r = state.cancel_refund(
+        req.required("FT1", 2, occurrence=line),
+        req.required("FT1", 3, occurrence=line),
+        req.text("FT1", 8, occurrence=line),
+    )
+    return [segment("ZRV", r["receipt_no"], _yuan(r["amount_fen"]))]
+
+
 def _query_patient(state: HisState, req: Request) -> list[str]:
     p = state.query_patient(req.text("QPD", 3), req.text("QPD", 4), req.text("QPD", 5))
     ids = [(p["patient_id"], None, None, None, "PI")]
@@ -349,6 +361,9 @@ def _fetch_recon(state: HisState, req: Request) -> list[str]:
                 rec["channel_trade_no"],
                 rec["refund_no"],
                 _his_time(rec["time"]),
+                rec["refund_state"],
+                rec["channel_refund_no"],
+                _his_time(rec["written_back_at"]),
             )
         )
     return out
@@ -362,6 +377,7 @@ HANDLERS: dict[str, Handler] = {
     "prepay.commit": _commit_prepay,
     "refund.apply": _apply_refund,
     "refund.writeback": _writeback_refund,
+    "refund.cancel": _cancel_refund,
     "patient.query": _query_patient,
     "bills.unpaid": _unpaid_bills,
     "trade.check": _check_trade,

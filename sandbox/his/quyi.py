@@ -51,6 +51,8 @@ MAX_RECON_DAYS = 31
 
 TRANS_TYPES = {"registration": "1", "charge": "2", "prepay": "3", "refund": "4"}
 """Our record kinds → the ``TRANS_TYPE`` codes of ``QueryInvoiceInfoOper`` rows."""
+REFUND_STATES = {"applied": "1", "written_back": "2"}
+"""Refund rows of ``QueryInvoiceInfoOper``: ``1`` 已申请 (booked, not paid out), ``2`` 已退款 (written back)."""
 SEX_CODES = {"M": "1", "F": "2", "U": "0"}
 """GB/T 2261.1 sex codes, as HIS patient tables store them."""
 
@@ -254,6 +256,9 @@ def _invoice_info(state: HisState, args: Args, out: etree._Element) -> None:
                 add_element(row, "PAY_MODE", record["pay_mode"])
                 add_element(row, "PAY_TRADE_NO", record["channel_trade_no"])
                 add_element(row, "REFUND_NO", record["refund_no"])
+                add_element(row, "REFUND_STATE", REFUND_STATES.get(record["refund_state"] or ""))
+                add_element(row, "REFUND_TRADE_NO", record["channel_refund_no"])
+                add_element(row, "REFUND_DATE", record["written_back_at"])
                 add_element(row, "OPER_CODE", oper_code)
                 add_element(row, "OPER_DATE", record["time"])
             if not chunk["has_more"]:

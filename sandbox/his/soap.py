@@ -240,6 +240,12 @@ def _writeback_refund(state: HisState, req: _Request, out: etree._Element) -> No
     add_element(out, "ReceiptNo", r["receipt_no"])
 
 
+def _cancel_refund(state: HisState, req: _Request, out: etree._Element) -> None:
+    r = state.cancel_refund(req.required("TradeNo"), req.required("RefundNo"), req.text("Reason"))
+    add_element(out, "ReceiptNo", r["receipt_no"])
+    add_element(out, "Amount", fen_to_yuan(r["amount_fen"]))
+
+
 def _check_trade(state: HisState, req: _Request, out: etree._Element) -> None:
     operation = req.required("Operation")
     operation = SOAP_OPERATIONS.get(operation, operation)
@@ -265,6 +271,9 @@ def _fetch_recon(state: HisState, req: _Request, out: etree._Element) -> None:
         add_element(record, "ChannelTradeNo", rec["channel_trade_no"])
         add_element(record, "RefundNo", rec["refund_no"])
         add_element(record, "Time", rec["time"])
+        add_element(record, "RefundState", rec["refund_state"])
+        add_element(record, "ChannelRefundNo", rec["channel_refund_no"])
+        add_element(record, "WrittenBackAt", rec["written_back_at"])
 
 
 HANDLERS: dict[str, Handler] = {
@@ -277,6 +286,7 @@ HANDLERS: dict[str, Handler] = {
     "CommitPrepay": _commit_prepay,
     "ApplyRefund": _apply_refund,
     "WritebackRefund": _writeback_refund,
+    "CancelRefund": _cancel_refund,
     "CheckTrade": _check_trade,
     "FetchRecon": _fetch_recon,
 }

@@ -32,6 +32,7 @@ SOAP_OPERATIONS: dict[str, str] = {
     "CommitPrepay": "prepay.commit",
     "ApplyRefund": "refund.apply",
     "WritebackRefund": "refund.writeback",
+    "CancelRefund": "refund.cancel",
     "CheckTrade": "trade.check",
     "FetchRecon": "recon.fetch",
 }
@@ -40,6 +41,10 @@ SOAP_OPERATIONS: dict[str, str] = {
 CATALOG_TO_SOAP = {catalog: soap for soap, catalog in SOAP_OPERATIONS.items()}
 
 Clock = Callable[[], dt.datetime]
+
+
+class OutdatedDatabase(Exception):
+    """The database file was written by an older sandbox HIS whose tables lack what this one keeps."""
 
 
 class HisError(Exception):
@@ -88,7 +93,7 @@ CREATE TABLE IF NOT EXISTS bills (
     dept_name TEXT,
     amount_fen INTEGER NOT NULL CHECK (amount_fen >= 0),
     created_at TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'unpaid' CHECK (status IN ('unpaid', 'paid')),
+    status TEXT NOT NULL DEFAULT 'unpaid' CHECK (status IN ('unpaid', 'paid', 'refunded')),
     trade_id INTEGER
 );
 CREATE TABLE IF NOT EXISTS inpatients (
@@ -141,10 +146,13 @@ CREATE TABLE IF NOT EXISTS refunds (
     channel_refund_no TEXT,
     refund_time TEXT,
     writeback_receipt_no TEXT UNIQUE,
-    written_back_at TEXT
+    written_back_at TEXT,
+    cancel_receipt_no TEXT UNIQUE,
+    cancel_reason TEXT,
+    cancelled_at TEXT
 );
 CREATE INDEX IF NOT EXISTS refunds_trade ON refunds(trade_no);
-CREATE INDEX IF NOT EXISTS refunds_written_back ON refunds(written_back_at, id);
+CREATE INDEX IF NOT EXISTS refunds_applied ON refunds(applied_at, id);
 CREATE TABLE IF NOT EXISTS applications (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     operation TEXT NOT NULL,
@@ -196,7 +204,19 @@ class HisState:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._refuse_outdated()
         self._db.executescript(_SCHEMA)
+
+    def _refuse_outdated(self) -> None:
+        """A file from before refund cancellation has no place to keep it, and its bills cannot be marked
+        refunded: say so rather than fail on the first refund (the sandbox keeps no migrations)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(refunds)")}
+        if columns and "cancelled_at" not in columns:
+            self._db.close()
+            raise OutdatedDatabase(
+                f"{self.db_path} was created by an older sandbox HIS (its refunds cannot be cancelled);"
+                " move it away or start without --db"
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -325,7 +345,8 @@ class HisState:
         receipts, such as quyi's ``GetRecieptRefundStatus``)."""
         row = self._one(
             "SELECT t.trade_no, t.kind, t.amount_fen, COALESCE(SUM(r.amount_fen), 0) AS refunded_fen"
-            " FROM trades t LEFT JOIN refunds r ON r.trade_id = t.id WHERE t.receipt_no = ? GROUP BY t.id",
+            " FROM trades t LEFT JOIN refunds r ON r.trade_id = t.id AND r.cancelled_at IS NULL"
+            " WHERE t.receipt_no = ? GROUP BY t.id",
             (receipt_no,),
         )
         return dict(row) if row is not None else None
@@ -512,16 +533,59 @@ class HisState:
             return {"receipt_no": receipt_no, "balance_fen": int(inpatient["balance_fen"]) + amount_fen}
 
     # --- refunds -------------------------------------------------------------------------------------------
+    # A refund application takes back what the payment gave: the deposit balance at once (by its amount), and,
+    # once the trade's live applications cover all of it, the registration slot (退号) or the paid bills (退费).
+    # A partial refund (the insurance share after settlement) leaves the visit and the bills in place.
+    # Cancelling an application that was never paid out gives all of it back.
 
     def _first_trade(self, trade_no: str) -> sqlite3.Row | None:
         return self._one("SELECT * FROM trades WHERE trade_no = ? ORDER BY id LIMIT 1", (trade_no,))
 
+    def _live_refunds_fen(self, trade_no: str) -> int:
+        """What the trade's refund applications not cancelled add up to."""
+        row = self._one(
+            "SELECT COALESCE(SUM(amount_fen), 0) FROM refunds WHERE trade_no = ? AND cancelled_at IS NULL",
+            (trade_no,),
+        )
+        return int(row[0] if row else 0)
+
+    def _refund_total_changed(self, trade: sqlite3.Row, before_fen: int, after_fen: int) -> None:
+        """Release the slot or the bills when the trade becomes fully refunded; take them back when it stops
+        being so. A slot given away meanwhile cannot be taken back: the cancellation is refused (1002)."""
+        full_before, full_after = before_fen >= trade["amount_fen"], after_fen >= trade["amount_fen"]
+        if full_before == full_after:
+            return
+        if trade["kind"] == "registration":
+            if full_after:
+                self._db.execute(
+                    "UPDATE schedules SET booked = booked - 1 WHERE schedule_id = ?", (trade["schedule_id"],)
+                )
+                return
+            schedule = self._schedule(trade["schedule_id"])
+            if self._free_slots(schedule, self._now()) <= 0:
+                raise HisError(
+                    "1002",
+                    f"号源已满，无法恢复挂号 (schedule {trade['schedule_id']} is full: the registration"
+                    f" {trade['receipt_no']} cannot be restored)",
+                )
+            self._db.execute("UPDATE schedules SET booked = booked + 1 WHERE schedule_id = ?", (trade["schedule_id"],))
+        elif trade["kind"] == "charge":
+            status = "refunded" if full_after else "paid"
+            self._db.execute("UPDATE bills SET status = ? WHERE trade_id = ?", (status, trade["id"]))
+
+    @staticmethod
+    def _refund_state(refund: sqlite3.Row) -> str:
+        if refund["cancel_receipt_no"] is not None:
+            return "cancelled"
+        return "written_back" if refund["writeback_receipt_no"] is not None else "applied"
+
     def apply_refund(self, trade_no: str, refund_no: str, amount_fen: int, reason: str | None = None) -> dict[str, Any]:
         """Cancel part or all of a trade in the HIS.
 
-        ``refundable_fen`` is what the trade still had to refund before this refund (paid minus refunds already
-        applied; for a deposit also capped by the balance). A second apply of the same ``refund_no`` returns the
-        first answer, as a real HIS would, but still counts as an application.
+        ``refundable_fen`` is what the trade still had to refund before this refund (paid minus live refund
+        applications; for a deposit also capped by the balance). A second apply of the same ``refund_no`` returns
+        the first answer, as a real HIS would, but still counts as an application; one that was cancelled is
+        refused (3005): a new refund needs a new number.
         """
         if isinstance(amount_fen, bool) or not isinstance(amount_fen, int) or not 0 < amount_fen <= MAX_FEN:
             raise HisError("9001", f"金额无效 (refund amount must be positive fen, got {amount_fen!r})")
@@ -532,13 +596,19 @@ class HisState:
             if existing is not None:
                 if existing["trade_no"] != trade_no:
                     raise HisError("9001", f"退款单号已用于其他交易 (refund {refund_no} belongs to another trade)")
+                if existing["cancel_receipt_no"] is not None:
+                    raise HisError(
+                        "3005",
+                        f"退款申请已撤销 (refund {refund_no} was cancelled at {existing['cancelled_at']}; a new"
+                        " refund needs a new refund number)",
+                    )
                 self._applied("ApplyRefund", trade_no, refund_no)
                 return {"refundable_fen": int(existing["refundable_fen"]), "his_refund_id": existing["his_refund_id"]}
             trade = self._first_trade(trade_no)
             if trade is None:
                 raise HisError("3001", f"交易不存在 (trade {trade_no} unknown)")
-            applied = self._one("SELECT COALESCE(SUM(amount_fen), 0) FROM refunds WHERE trade_no = ?", (trade_no,))
-            refundable = int(trade["amount_fen"]) - int(applied[0] if applied else 0)
+            applied = self._live_refunds_fen(trade_no)
+            refundable = int(trade["amount_fen"]) - applied
             if trade["kind"] == "prepay":
                 refundable = min(refundable, self.balance(trade["inpatient_no"]))
             if amount_fen > refundable:
@@ -548,6 +618,7 @@ class HisState:
                     "UPDATE inpatients SET balance_fen = balance_fen - ? WHERE inpatient_no = ?",
                     (amount_fen, trade["inpatient_no"]),
                 )
+            self._refund_total_changed(trade, applied, applied + amount_fen)
             cur = db.execute(
                 "INSERT INTO refunds (refund_no, trade_no, trade_id, amount_fen, refundable_fen, reason, applied_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -558,16 +629,28 @@ class HisState:
             self._applied("ApplyRefund", trade_no, refund_no)
             return {"refundable_fen": refundable, "his_refund_id": his_refund_id}
 
+    def _refund(self, trade_no: str, refund_no: str) -> sqlite3.Row:
+        refund = self._one("SELECT * FROM refunds WHERE refund_no = ?", (refund_no,))
+        if refund is None or refund["trade_no"] != trade_no:
+            raise HisError("3003", f"退款申请不存在 (refund {refund_no} unknown for trade {trade_no})")
+        return refund
+
     def writeback_refund(
         self, trade_no: str, refund_no: str, amount_fen: int, channel_refund_no: str, refund_time: dt.datetime
     ) -> dict[str, Any]:
-        """Record the channel's refund serial against an applied refund; a repeat returns the same receipt."""
+        """Record the channel's refund serial against an applied refund; a repeat returns the same receipt. A
+        cancelled application is refused (3005): the HIS gave back what it took, so money the channel paid for it
+        is for finance to recover."""
         if not channel_refund_no:
             raise HisError("9001", "缺少渠道退款单号 (ChannelRefundNo is required)")
         with self._tx() as db:
-            refund = self._one("SELECT * FROM refunds WHERE refund_no = ?", (refund_no,))
-            if refund is None or refund["trade_no"] != trade_no:
-                raise HisError("3003", f"退款申请不存在 (refund {refund_no} unknown for trade {trade_no})")
+            refund = self._refund(trade_no, refund_no)
+            if refund["cancel_receipt_no"] is not None:
+                raise HisError(
+                    "3005",
+                    f"退款申请已撤销 (refund {refund_no} was cancelled at {refund['cancelled_at']}; it cannot be"
+                    " written back)",
+                )
             if amount_fen != refund["amount_fen"]:
                 raise HisError(
                     "2003", f"金额不符 (amount {amount_fen} fen, refund applied for {refund['amount_fen']} fen)"
@@ -584,6 +667,39 @@ class HisState:
             self._applied("WritebackRefund", trade_no, refund_no)
             return {"receipt_no": receipt_no}
 
+    def cancel_refund(self, trade_no: str, refund_no: str, reason: str | None = None) -> dict[str, Any]:
+        """Withdraw a refund application the channel never paid: the deposit balance, the slot or the bills come
+        back. A repeat returns the same voucher (and still counts as an application); a refund already written
+        back is refused (3004), since the money went back to the patient."""
+        with self._tx() as db:
+            refund = self._refund(trade_no, refund_no)
+            amount_fen = int(refund["amount_fen"])
+            receipt_no = refund["cancel_receipt_no"]
+            if receipt_no is None:
+                if refund["writeback_receipt_no"] is not None:
+                    raise HisError(
+                        "3004",
+                        f"退款已完成，不能撤销 (refund {refund_no} was written back at {refund['written_back_at']}"
+                        f" with channel refund {refund['channel_refund_no']}: the money went back)",
+                    )
+                trade = self._one("SELECT * FROM trades WHERE id = ?", (refund["trade_id"],))
+                assert trade is not None
+                live = self._live_refunds_fen(trade_no)
+                self._refund_total_changed(trade, live, live - amount_fen)
+                if trade["kind"] == "prepay":
+                    db.execute(
+                        "UPDATE inpatients SET balance_fen = balance_fen + ? WHERE inpatient_no = ?",
+                        (amount_fen, trade["inpatient_no"]),
+                    )
+                now = self._now()
+                receipt_no = f"CX{now[:10].replace('-', '')}{int(refund['id']):06d}"
+                db.execute(
+                    "UPDATE refunds SET cancel_receipt_no = ?, cancel_reason = ?, cancelled_at = ? WHERE id = ?",
+                    (receipt_no, reason, now, refund["id"]),
+                )
+            self._applied("CancelRefund", trade_no, refund_no)
+            return {"receipt_no": receipt_no, "amount_fen": amount_fen}
+
     # --- checks and reconciliation -------------------------------------------------------------------------
 
     def check_trade(self, trade_no: str, operation: str, refund_no: str | None = None) -> dict[str, Any]:
@@ -596,7 +712,10 @@ class HisState:
             )
             if row is None:
                 return not_found
-            refunded = self._one("SELECT COALESCE(SUM(amount_fen), 0) FROM refunds WHERE trade_id = ?", (row["id"],))
+            refunded = self._one(
+                "SELECT COALESCE(SUM(amount_fen), 0) FROM refunds WHERE trade_id = ? AND cancelled_at IS NULL",
+                (row["id"],),
+            )
             refunded_fen = int(refunded[0] if refunded else 0)
             status = "paid" if refunded_fen == 0 else "refunded" if refunded_fen >= row["amount_fen"] else "partial"
             return {"found": True, "receipt_no": row["receipt_no"], "amount_fen": row["amount_fen"], "status": status}
@@ -609,14 +728,13 @@ class HisState:
             if status == "locked" and row["expires_at"] <= self._now():
                 status = "expired"
             return {"found": True, "receipt_no": row["lock_id"], "amount_fen": row["amount_fen"], "status": status}
-        if operation in ("refund.apply", "refund.writeback"):
+        if operation in ("refund.apply", "refund.writeback", "refund.cancel"):
             if not refund_no:
                 raise HisError("9001", f"缺少退款单号 (RefundNo is required to check {operation})")
             row = self._one("SELECT * FROM refunds WHERE refund_no = ? AND trade_no = ?", (refund_no, trade_no))
             if row is None:
                 return not_found
-            written_back = row["writeback_receipt_no"] is not None
-            status = "written_back" if written_back else "applied"
+            status = self._refund_state(row)
             if operation == "refund.apply":
                 return {
                     "found": True,
@@ -624,18 +742,15 @@ class HisState:
                     "amount_fen": row["refundable_fen"],
                     "status": status,
                 }
-            if not written_back:
+            receipt_no = row["writeback_receipt_no" if operation == "refund.writeback" else "cancel_receipt_no"]
+            if receipt_no is None:
                 return not_found
-            return {
-                "found": True,
-                "receipt_no": row["writeback_receipt_no"],
-                "amount_fen": row["amount_fen"],
-                "status": status,
-            }
+            return {"found": True, "receipt_no": receipt_no, "amount_fen": row["amount_fen"], "status": status}
         raise HisError("9001", f"不支持的业务类型 (Operation {operation!r} is not a write the HIS records)")
 
     def recon(self, date: dt.date, page: int = 1, page_size: int = 500) -> dict[str, Any]:
-        """One page of the day's records: commits by the time recorded, refunds by the time written back.
+        """One page of the day's records: commits by the time recorded, refunds by the time applied (booked),
+        written back or not, with their state; a cancelled application is no longer in the books.
 
         Ordered by time, then commits before refunds, then insertion order, so pages never shift.
         """
@@ -645,11 +760,14 @@ class HisState:
         end = f"{(date + dt.timedelta(days=1)).isoformat()} 00:00:00"
         union = (
             "SELECT 0 AS src, id, trade_no, kind, receipt_no, amount_fen, pay_mode, channel_trade_no,"
-            " NULL AS refund_no, recorded_at AS time FROM trades WHERE recorded_at >= ?1 AND recorded_at < ?2"
+            " NULL AS refund_no, recorded_at AS time, NULL AS refund_state, NULL AS channel_refund_no,"
+            " NULL AS written_back_at FROM trades WHERE recorded_at >= ?1 AND recorded_at < ?2"
             " UNION ALL"
             " SELECT 1, r.id, r.trade_no, 'refund', r.writeback_receipt_no, r.amount_fen, t.pay_mode,"
-            " t.channel_trade_no, r.refund_no, r.written_back_at FROM refunds r JOIN trades t ON t.id = r.trade_id"
-            " WHERE r.written_back_at >= ?1 AND r.written_back_at < ?2"
+            " t.channel_trade_no, r.refund_no, r.applied_at,"
+            " CASE WHEN r.writeback_receipt_no IS NULL THEN 'applied' ELSE 'written_back' END,"
+            " r.channel_refund_no, r.written_back_at FROM refunds r JOIN trades t ON t.id = r.trade_id"
+            " WHERE r.applied_at >= ?1 AND r.applied_at < ?2 AND r.cancelled_at IS NULL"
         )
         with self._lock:
             total_row = self._one(f"SELECT COUNT(*) FROM ({union})", (start, end))
@@ -670,6 +788,9 @@ class HisState:
                     "channel_trade_no",
                     "refund_no",
                     "time",
+                    "refund_state",
+                    "channel_refund_no",
+                    "written_back_at",
                 )
             }
             for row in rows

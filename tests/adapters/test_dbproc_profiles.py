@@ -22,7 +22,7 @@ from tests.support.db_fixtures import SandboxDb
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ROOT / "config" / "profiles"
 DB_PROFILES = {"postgresql": "dbproc-postgresql.toml", "mariadb": "dbproc-mariadb-dispatcher.toml"}
-TIME_FIELDS = frozenset({"expires_at", "created_at", "time"})
+TIME_FIELDS = frozenset({"expires_at", "created_at", "time", "written_back_at"})
 
 
 def dbproc_adapter(db: SandboxDb, **overrides: Any) -> DbprocAdapter:
@@ -178,6 +178,15 @@ async def scenario(adapter: Adapter) -> list[Any]:
         await call(adapter, "trade.check", trade_no="T-CHG1", operation="refund.apply", refund_no="R1"),
         await call(adapter, "trade.check", trade_no="T-CHG1", operation="refund.writeback", refund_no="R1"),
         await call(adapter, "trade.check", trade_no="T-CHG1", operation="charge.commit"),
+        await call(adapter, "trade.check", trade_no="T-PRE1", operation="refund.cancel", refund_no="R3"),
+        await call(adapter, "refund.cancel", request_id="req-cx-3", trade_no="T-PRE1", refund_no="R3", reason="不退了"),
+        await call(adapter, "refund.cancel", request_id="req-cx-3b", trade_no="T-PRE1", refund_no="R3"),
+        await call(adapter, "refund.cancel", request_id="req-cx-1", trade_no="T-CHG1", refund_no="R1"),
+        await call(adapter, "refund.cancel", request_id="req-cx-9", trade_no="T-CHG1", refund_no="R9"),
+        await call(adapter, "trade.check", trade_no="T-PRE1", operation="refund.cancel", refund_no="R3"),
+        await call(adapter, "trade.check", trade_no="T-PRE1", operation="refund.apply", refund_no="R3"),
+        await call(adapter, "refund.apply", request_id="req-rf-3c", trade_no="T-PRE1", refund_no="R3", amount_fen=1),
+        await call(adapter, "refund.apply", request_id="req-rf-4", trade_no="T-PRE1", refund_no="R4", amount_fen=50000),
         await call(adapter, "recon.fetch", date=today, page=1, page_size=2),
         await call(adapter, "recon.fetch", date=today, page=2, page_size=2),
         await call(adapter, "recon.fetch", date=today),
@@ -231,7 +240,18 @@ async def test_every_operation_maps_like_the_soap_profile(
     assert results[13] == ("error", "permanent", "2002")
     counts = dict(sandbox_db.query("SELECT operation, COUNT(*) FROM applications GROUP BY operation"))
     assert counts["CommitCharge"] == 1
-    assert counts["ApplyRefund"] == 3
+    assert counts["ApplyRefund"] == 4
+    assert counts["CancelRefund"] == 2
+    before, cancel, again, written_back, unknown, check, applied, reapplied, fresh = results[32:41]
+    assert before == {"found": False, "receipt_no": None, "amount_fen": None, "status": None}
+    assert cancel == again == {"cancelled": True, "receipt_no": cancel["receipt_no"], "amount_fen": 30000}
+    assert (written_back, unknown) == (("error", "permanent", "3004"), ("error", "permanent", "3003"))
+    assert check == {"found": True, "receipt_no": cancel["receipt_no"], "amount_fen": 30000, "status": "cancelled"}
+    assert applied["status"] == "cancelled" and reapplied == ("error", "permanent", "3005")
+    assert fresh["refundable_fen"] == 50000  # the withdrawn 300.00 counts no more against the deposit
+    assert sandbox_db.query("SELECT balance_fen FROM inpatients WHERE inpatient_no = 'Z0001'") == [(200000,)]
+    states = {r["refund_no"]: r["refund_state"] for r in results[-2]["records"] if r["kind"] == "refund"}
+    assert states == {"R1": "written_back", "R4": "applied"}
 
 
 def test_both_profiles_bind_every_catalog_operation(sandbox_db: SandboxDb) -> None:

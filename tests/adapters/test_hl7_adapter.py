@@ -97,6 +97,12 @@ async def scenario(call: Call) -> list[Any]:
         channel_refund_no="wxr1",
         refunded_at=NOW,
     )
+    await step("refund.apply", request_id="req-ref-4", trade_no="TC1", refund_no="RF4", amount_fen=8600)
+    await step("refund.cancel", request_id="req-cx-4", trade_no="TC1", refund_no="RF4", reason="不退|了^")
+    await step("refund.cancel", request_id="req-cx-4b", trade_no="TC1", refund_no="RF4")
+    await step("refund.cancel", request_id="req-cx-1", trade_no="TC1", refund_no="RF1")
+    await step("refund.cancel", request_id="req-cx-9", trade_no="TC1", refund_no="RF9")
+    await step("refund.apply", request_id="req-ref-3", trade_no="TP1", refund_no="RF3", amount_fen=100)
     for operation, trade_no, refund_no in [
         ("registration.lock", "TR2", None),
         ("registration.unlock", "TR2", None),
@@ -107,6 +113,8 @@ async def scenario(call: Call) -> list[Any]:
         ("refund.apply", "TC1", "RF1"),
         ("refund.writeback", "TC1", "RF1"),
         ("refund.writeback", "TC1", None),
+        ("refund.cancel", "TC1", "RF4"),
+        ("refund.cancel", "TC1", "RF1"),
     ]:
         await step("trade.check", trade_no=trade_no, operation=operation, refund_no=refund_no)
     await step("recon.fetch", date=NOW.date(), page=1, page_size=3)
@@ -146,6 +154,18 @@ async def test_every_operation_gives_what_the_soap_profile_gives() -> None:
     assert next(s for s in hl7 if s[0] == "charge.commit")[1:3] == ("permanent", "2003")
     assert ("patient.query", {"found": False}) in hl7
     assert any(s[0] == "recon.fetch" and s[1]["has_more"] for s in hl7)
+    cancels = [s for s in hl7 if s[0] == "refund.cancel"]
+    assert (
+        cancels[0]
+        == cancels[1]
+        == ("refund.cancel", {"cancelled": True, "receipt_no": "CX20250314000002", "amount_fen": 8600})
+    )
+    assert [c[1:3] for c in cancels[2:]] == [("permanent", "3004"), ("permanent", "3003")]
+    refunds = [r for s in hl7 if s[0] == "recon.fetch" for r in s[1]["records"] if r["kind"] == "refund"]
+    assert [(r["refund_no"], r["refund_state"], r["channel_refund_no"]) for r in refunds] == [
+        ("RF1", "written_back", "wxr1"),
+        ("RF3", "applied", None),
+    ]
 
 
 @pytest.mark.parametrize("name", ["亅乗乛亊", "王亅五", "A|B^C~D&E\\F"])

@@ -148,8 +148,18 @@ async def test_writes_their_checks_and_the_days_records(his: SandboxHis, adapter
         await call(adapter, "registration.commit", **{**registration, "trade_no": "T-Q3", "amount_fen": 999})
     assert wrong_fee.value.code == "2003"
 
+    # Refunds booked through HisService on the same books are listed on the day the HIS applied them, with their
+    # state; a withdrawn one is not listed at all.
+    his.state.apply_refund("T-Q1", "R-Q1", 1250)
+    his.state.writeback_refund("T-Q1", "R-Q1", 1250, "wxr-Q1", NOW)
+    his.state.apply_refund("T-Q1", "R-Q2", 100)
+    his.state.apply_refund("T-Q1", "R-Q3", 200)
+    his.state.cancel_refund("T-Q1", "R-Q3")
+
     day = await call(adapter, "recon.fetch", date="2025-03-14")
-    assert (day["total"], day["has_more"]) == (2, False)
+    assert (day["total"], day["has_more"]) == (4, False)
+    payment = {"refund_no": None, "refund_state": None, "channel_refund_no": None, "written_back_at": None}
+    refund = {"kind": "refund", "trade_no": "T-Q1", "channel": "wechat", "channel_trade_no": "weT-Q1"}
     assert day["records"] == [
         {
             "trade_no": "T-Q1",
@@ -158,8 +168,8 @@ async def test_writes_their_checks_and_the_days_records(his: SandboxHis, adapter
             "amount_fen": 9850,
             "channel": "wechat",
             "channel_trade_no": "weT-Q1",
-            "refund_no": None,
             "time": "2025-03-14T09:30:00+08:00",
+            **payment,
         },
         {
             "trade_no": "T-Q2",
@@ -168,8 +178,28 @@ async def test_writes_their_checks_and_the_days_records(his: SandboxHis, adapter
             "amount_fen": 1000,
             "channel": "alipay",
             "channel_trade_no": "alT-Q2",
-            "refund_no": None,
             "time": "2025-03-14T09:30:00+08:00",
+            **payment,
+        },
+        {
+            **refund,
+            "receipt_no": "TF20250314000001",
+            "amount_fen": 1250,
+            "refund_no": "R-Q1",
+            "time": "2025-03-14T09:30:00+08:00",
+            "refund_state": "written_back",
+            "channel_refund_no": "wxr-Q1",
+            "written_back_at": "2025-03-14T09:30:00+08:00",
+        },
+        {
+            **refund,
+            "receipt_no": None,
+            "amount_fen": 100,
+            "refund_no": "R-Q2",
+            "time": "2025-03-14T09:30:00+08:00",
+            "refund_state": "applied",
+            "channel_refund_no": None,
+            "written_back_at": None,
         },
     ]
     assert await call(adapter, "recon.fetch", date="2025-03-15") == {"records": [], "total": 0, "has_more": False}

@@ -129,7 +129,7 @@ async def test_wsdl_is_asmx_shaped_and_points_at_the_sandbox(his: SandboxHis, cl
     operations = port.binding._operations
     assert set(operations) == {
         "QueryPatient", "QueryUnpaidBills", "LockRegistration", "UnlockRegistration", "CommitRegistration",
-        "CommitCharge", "CommitPrepay", "ApplyRefund", "WritebackRefund", "CheckTrade", "FetchRecon",
+        "CommitCharge", "CommitPrepay", "ApplyRefund", "WritebackRefund", "CancelRefund", "CheckTrade", "FetchRecon",
     }  # fmt: skip
     assert operations["CommitCharge"].soapaction == "http://tempuri.org/CommitCharge"
 

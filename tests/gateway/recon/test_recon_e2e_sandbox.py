@@ -38,6 +38,12 @@ async def _post(session: aiohttp.ClientSession, url: str, payload: dict[str, Any
         assert resp.status in (200, 201), await resp.text()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10, gateway side: the HIS's recon.fetch now lists the refund whose write-back it refused, on the"
+    " day it applied it, with refund_state 'applied'; reconciliation must read refund_state (a refund the channel"
+    " paid and the HIS holds as applied is an exception) before this day's expectations hold again",
+)
 async def test_a_day_with_a_refused_commit_a_lost_notification_and_partial_refunds(
     gateway_factory, api_factory, his_link, his, wechat_sandbox, tmp_path, db_url
 ):

@@ -20,6 +20,8 @@ DROP PROCEDURE IF EXISTS his_c_charge_submit;
 DROP PROCEDURE IF EXISTS his_c_commit_prepay;
 DROP PROCEDURE IF EXISTS his_c_apply_refund;
 DROP PROCEDURE IF EXISTS his_c_writeback_refund;
+DROP PROCEDURE IF EXISTS his_c_cancel_refund;
+DROP PROCEDURE IF EXISTS his_refund_total_changed;
 DROP PROCEDURE IF EXISTS his_c_check_trade;
 DROP PROCEDURE IF EXISTS his_charge_open;
 DROP PROCEDURE IF EXISTS his_charge_add_line;
@@ -66,7 +68,7 @@ CREATE TABLE bills (
     dept_name VARCHAR(100),
     amount_fen BIGINT NOT NULL CHECK (amount_fen >= 0),
     created_at DATETIME NOT NULL,
-    status VARCHAR(10) NOT NULL DEFAULT 'unpaid' CHECK (status IN ('unpaid', 'paid')),
+    status VARCHAR(10) NOT NULL DEFAULT 'unpaid' CHECK (status IN ('unpaid', 'paid', 'refunded')),
     trade_id BIGINT
 ) ENGINE = InnoDB;
 CREATE TABLE inpatients (
@@ -120,7 +122,11 @@ CREATE TABLE refunds (
     refund_time DATETIME,
     writeback_receipt_no VARCHAR(32) UNIQUE,
     written_back_at DATETIME,
-    KEY refunds_trade (trade_no)
+    cancel_receipt_no VARCHAR(32) UNIQUE,
+    cancel_reason VARCHAR(200),
+    cancelled_at DATETIME,
+    KEY refunds_trade (trade_no),
+    KEY refunds_applied (applied_at, id)
 ) ENGINE = InnoDB;
 CREATE TABLE applications (
     id BIGINT AUTO_INCREMENT PRIMARY KEY,

@@ -304,11 +304,45 @@ BEGIN
     CALL his_applied('CommitPrepay', p_trade_no, NULL);
 END$$
 
+-- A refund application takes back the deposit balance at once, and, once the trade's live applications cover
+-- all of it, the registration slot (退号) or the paid bills (退费); a cancelled application gives all of it back.
+-- This releases the slot or the bills when the trade becomes fully refunded and takes them back when it stops
+-- being so; a slot given away meanwhile cannot be taken back (1002).
+CREATE PROCEDURE his_refund_total_changed(IN p_trade_id BIGINT, IN p_before_fen BIGINT, IN p_after_fen BIGINT)
+BEGIN
+    DECLARE v_kind VARCHAR(20);
+    DECLARE v_amount BIGINT;
+    DECLARE v_schedule VARCHAR(64);
+    DECLARE v_receipt VARCHAR(32);
+    DECLARE v_free INT;
+    SELECT kind, amount_fen, schedule_id, receipt_no INTO v_kind, v_amount, v_schedule, v_receipt
+    FROM trades WHERE id = p_trade_id;
+    IF (p_before_fen >= v_amount) <> (p_after_fen >= v_amount) THEN
+        IF v_kind = 'registration' THEN
+            IF p_after_fen >= v_amount THEN
+                UPDATE schedules SET booked = booked - 1 WHERE schedule_id = v_schedule;
+            ELSE
+                SELECT capacity - booked INTO v_free FROM schedules WHERE schedule_id = v_schedule FOR UPDATE;
+                SET v_free = v_free - (SELECT COUNT(*) FROM locks
+                    WHERE schedule_id = v_schedule AND status = 'locked' AND expires_at > his_now());
+                IF v_free <= 0 THEN
+                    CALL his_fail(1002, CONCAT('号源已满，无法恢复挂号 (schedule ', v_schedule, ' is full: the registration ',
+                        v_receipt, ' cannot be restored)'));
+                END IF;
+                UPDATE schedules SET booked = booked + 1 WHERE schedule_id = v_schedule;
+            END IF;
+        ELSEIF v_kind = 'charge' THEN
+            UPDATE bills SET status = IF(p_after_fen >= v_amount, 'refunded', 'paid') WHERE trade_id = p_trade_id;
+        END IF;
+    END IF;
+END$$
+
 CREATE PROCEDURE his_c_apply_refund(
     IN p_trade_no VARCHAR(64), IN p_refund_no VARCHAR(64), IN p_amount_fen BIGINT, IN p_reason VARCHAR(200),
     OUT o_refundable_fen BIGINT, OUT o_his_refund_id VARCHAR(32))
 BEGIN
     DECLARE v_existing_trade VARCHAR(64);
+    DECLARE v_cancelled_at DATETIME;
     DECLARE v_trade_id, v_paid, v_refunded, v_balance BIGINT;
     DECLARE v_kind VARCHAR(20);
     DECLARE v_inpatient VARCHAR(64);
@@ -318,11 +352,16 @@ BEGIN
     IF IFNULL(p_refund_no, '') = '' THEN
         CALL his_fail(9001, '缺少退款单号 (RefundNo is required)');
     END IF;
-    SELECT trade_no, refundable_fen, his_refund_id INTO v_existing_trade, o_refundable_fen, o_his_refund_id
+    SELECT trade_no, refundable_fen, his_refund_id, cancelled_at
+    INTO v_existing_trade, o_refundable_fen, o_his_refund_id, v_cancelled_at
     FROM refunds WHERE refund_no = p_refund_no;
     IF v_existing_trade IS NOT NULL THEN
         IF v_existing_trade <> p_trade_no THEN
             CALL his_fail(9001, CONCAT('退款单号已用于其他交易 (refund ', p_refund_no, ' belongs to another trade)'));
+        END IF;
+        IF v_cancelled_at IS NOT NULL THEN
+            CALL his_fail(3005, CONCAT('退款申请已撤销 (refund ', p_refund_no, ' was cancelled at ', his_time_text(v_cancelled_at),
+                '; a new refund needs a new refund number)'));
         END IF;
         CALL his_applied('ApplyRefund', p_trade_no, p_refund_no);
     ELSE
@@ -331,7 +370,7 @@ BEGIN
         IF v_trade_id IS NULL THEN
             CALL his_fail(3001, CONCAT('交易不存在 (trade ', IFNULL(p_trade_no, ''), ' unknown)'));
         END IF;
-        SELECT IFNULL(SUM(amount_fen), 0) INTO v_refunded FROM refunds WHERE trade_no = p_trade_no;
+        SELECT IFNULL(SUM(amount_fen), 0) INTO v_refunded FROM refunds WHERE trade_no = p_trade_no AND cancelled_at IS NULL;
         SET o_refundable_fen = v_paid - v_refunded;
         IF v_kind = 'prepay' THEN
             SELECT balance_fen INTO v_balance FROM inpatients WHERE inpatient_no = v_inpatient FOR UPDATE;
@@ -343,6 +382,7 @@ BEGIN
         IF v_kind = 'prepay' THEN
             UPDATE inpatients SET balance_fen = balance_fen - p_amount_fen WHERE inpatient_no = v_inpatient;
         END IF;
+        CALL his_refund_total_changed(v_trade_id, v_refunded, v_refunded + p_amount_fen);
         INSERT INTO refunds (refund_no, trade_no, trade_id, amount_fen, refundable_fen, reason, applied_at)
         VALUES (p_refund_no, p_trade_no, v_trade_id, p_amount_fen, o_refundable_fen, p_reason, his_now());
         SET o_his_refund_id = CONCAT('HR', LPAD(LAST_INSERT_ID(), 8, '0'));
@@ -357,14 +397,19 @@ CREATE PROCEDURE his_c_writeback_refund(
 BEGIN
     DECLARE v_id, v_amount BIGINT;
     DECLARE v_trade VARCHAR(64);
+    DECLARE v_cancelled_at DATETIME;
     DECLARE v_now DATETIME DEFAULT his_now();
     IF IFNULL(p_channel_refund_no, '') = '' THEN
         CALL his_fail(9001, '缺少渠道退款单号 (ChannelRefundNo is required)');
     END IF;
-    SELECT id, trade_no, amount_fen, writeback_receipt_no INTO v_id, v_trade, v_amount, o_receipt_no
+    SELECT id, trade_no, amount_fen, writeback_receipt_no, cancelled_at INTO v_id, v_trade, v_amount, o_receipt_no, v_cancelled_at
     FROM refunds WHERE refund_no = p_refund_no FOR UPDATE;
     IF v_id IS NULL OR v_trade <> p_trade_no THEN
         CALL his_fail(3003, CONCAT('退款申请不存在 (refund ', IFNULL(p_refund_no, ''), ' unknown for trade ', IFNULL(p_trade_no, ''), ')'));
+    END IF;
+    IF v_cancelled_at IS NOT NULL THEN
+        CALL his_fail(3005, CONCAT('退款申请已撤销 (refund ', p_refund_no, ' was cancelled at ', his_time_text(v_cancelled_at),
+            '; it cannot be written back)'));
     END IF;
     IF p_amount_fen IS NULL OR p_amount_fen <> v_amount THEN
         CALL his_fail(2003, CONCAT('金额不符 (amount ', IFNULL(p_amount_fen, 'NULL'), ' fen, refund applied for ', v_amount, ' fen)'));
@@ -377,6 +422,41 @@ BEGIN
     CALL his_applied('WritebackRefund', p_trade_no, p_refund_no);
 END$$
 
+CREATE PROCEDURE his_c_cancel_refund(
+    IN p_trade_no VARCHAR(64), IN p_refund_no VARCHAR(64), IN p_reason VARCHAR(200),
+    OUT o_receipt_no VARCHAR(32), OUT o_amount_fen BIGINT)
+BEGIN
+    DECLARE v_id, v_trade_id, v_live BIGINT;
+    DECLARE v_trade VARCHAR(64);
+    DECLARE v_writeback VARCHAR(32);
+    DECLARE v_written_back_at DATETIME;
+    DECLARE v_channel_refund VARCHAR(64);
+    DECLARE v_kind VARCHAR(20);
+    DECLARE v_inpatient VARCHAR(64);
+    DECLARE v_now DATETIME DEFAULT his_now();
+    SELECT id, trade_no, trade_id, amount_fen, writeback_receipt_no, written_back_at, channel_refund_no, cancel_receipt_no
+    INTO v_id, v_trade, v_trade_id, o_amount_fen, v_writeback, v_written_back_at, v_channel_refund, o_receipt_no
+    FROM refunds WHERE refund_no = p_refund_no FOR UPDATE;
+    IF v_id IS NULL OR v_trade <> p_trade_no THEN
+        CALL his_fail(3003, CONCAT('退款申请不存在 (refund ', IFNULL(p_refund_no, ''), ' unknown for trade ', IFNULL(p_trade_no, ''), ')'));
+    END IF;
+    IF o_receipt_no IS NULL THEN
+        IF v_writeback IS NOT NULL THEN
+            CALL his_fail(3004, CONCAT('退款已完成，不能撤销 (refund ', p_refund_no, ' was written back at ',
+                his_time_text(v_written_back_at), ' with channel refund ', v_channel_refund, ': the money went back)'));
+        END IF;
+        SELECT kind, inpatient_no INTO v_kind, v_inpatient FROM trades WHERE id = v_trade_id FOR UPDATE;
+        SELECT IFNULL(SUM(amount_fen), 0) INTO v_live FROM refunds WHERE trade_no = p_trade_no AND cancelled_at IS NULL;
+        CALL his_refund_total_changed(v_trade_id, v_live, v_live - o_amount_fen);
+        IF v_kind = 'prepay' THEN
+            UPDATE inpatients SET balance_fen = balance_fen + o_amount_fen WHERE inpatient_no = v_inpatient;
+        END IF;
+        SET o_receipt_no = CONCAT('CX', DATE_FORMAT(v_now, '%Y%m%d'), LPAD(v_id, 6, '0'));
+        UPDATE refunds SET cancel_receipt_no = o_receipt_no, cancel_reason = p_reason, cancelled_at = v_now WHERE id = v_id;
+    END IF;
+    CALL his_applied('CancelRefund', p_trade_no, p_refund_no);
+END$$
+
 CREATE PROCEDURE his_c_check_trade(
     IN p_trade_no VARCHAR(64), IN p_operation VARCHAR(64), IN p_refund_no VARCHAR(64),
     OUT o_found INT, OUT o_receipt_no VARCHAR(32), OUT o_amount_fen BIGINT, OUT o_status VARCHAR(20))
@@ -385,19 +465,20 @@ BEGIN
     DECLARE v_id, v_refunded BIGINT;
     DECLARE v_expires DATETIME;
     DECLARE v_writeback VARCHAR(32);
+    DECLARE v_cancel VARCHAR(32);
     DECLARE v_his_refund VARCHAR(32);
     DECLARE v_refundable BIGINT;
     SET v_op = CASE p_operation
         WHEN 'LockRegistration' THEN 'registration.lock' WHEN 'UnlockRegistration' THEN 'registration.unlock'
         WHEN 'CommitRegistration' THEN 'registration.commit' WHEN 'CommitCharge' THEN 'charge.commit'
         WHEN 'CommitPrepay' THEN 'prepay.commit' WHEN 'ApplyRefund' THEN 'refund.apply'
-        WHEN 'WritebackRefund' THEN 'refund.writeback' ELSE p_operation END;
+        WHEN 'WritebackRefund' THEN 'refund.writeback' WHEN 'CancelRefund' THEN 'refund.cancel' ELSE p_operation END;
     SET o_found = 0, o_receipt_no = NULL, o_amount_fen = NULL, o_status = NULL;
     IF v_op IN ('registration.commit', 'charge.commit', 'prepay.commit') THEN
         SELECT id, receipt_no, amount_fen INTO v_id, o_receipt_no, o_amount_fen FROM trades
         WHERE trade_no = p_trade_no AND kind = SUBSTRING_INDEX(v_op, '.', 1) ORDER BY id LIMIT 1;
         IF v_id IS NOT NULL THEN
-            SELECT IFNULL(SUM(amount_fen), 0) INTO v_refunded FROM refunds WHERE trade_id = v_id;
+            SELECT IFNULL(SUM(amount_fen), 0) INTO v_refunded FROM refunds WHERE trade_id = v_id AND cancelled_at IS NULL;
             SET o_found = 1, o_status = CASE WHEN v_refunded = 0 THEN 'paid' WHEN v_refunded >= o_amount_fen THEN 'refunded'
                 ELSE 'partial' END;
         END IF;
@@ -410,19 +491,24 @@ BEGIN
                 SET o_status = 'expired';
             END IF;
         END IF;
-    ELSEIF v_op IN ('refund.apply', 'refund.writeback') THEN
+    ELSEIF v_op IN ('refund.apply', 'refund.writeback', 'refund.cancel') THEN
         IF IFNULL(p_refund_no, '') = '' THEN
             CALL his_fail(9001, CONCAT('缺少退款单号 (RefundNo is required to check ', v_op, ')'));
         END IF;
-        SELECT id, his_refund_id, refundable_fen, amount_fen, writeback_receipt_no
-        INTO v_id, v_his_refund, v_refundable, v_refunded, v_writeback
+        SELECT id, his_refund_id, refundable_fen, amount_fen, writeback_receipt_no, cancel_receipt_no
+        INTO v_id, v_his_refund, v_refundable, v_refunded, v_writeback, v_cancel
         FROM refunds WHERE refund_no = p_refund_no AND trade_no = p_trade_no;
         IF v_id IS NOT NULL THEN
+            SET o_status = CASE WHEN v_cancel IS NOT NULL THEN 'cancelled' WHEN v_writeback IS NOT NULL THEN 'written_back'
+                ELSE 'applied' END;
             IF v_op = 'refund.apply' THEN
-                SET o_found = 1, o_receipt_no = v_his_refund, o_amount_fen = v_refundable,
-                    o_status = IF(v_writeback IS NULL, 'applied', 'written_back');
-            ELSEIF v_writeback IS NOT NULL THEN
-                SET o_found = 1, o_receipt_no = v_writeback, o_amount_fen = v_refunded, o_status = 'written_back';
+                SET o_found = 1, o_receipt_no = v_his_refund, o_amount_fen = v_refundable;
+            ELSEIF v_op = 'refund.writeback' AND v_writeback IS NOT NULL THEN
+                SET o_found = 1, o_receipt_no = v_writeback, o_amount_fen = v_refunded;
+            ELSEIF v_op = 'refund.cancel' AND v_cancel IS NOT NULL THEN
+                SET o_found = 1, o_receipt_no = v_cancel, o_amount_fen = v_refunded;
+            ELSE
+                SET o_status = NULL;
             END IF;
         END IF;
     ELSE

@@ -261,6 +261,9 @@ BEGIN
         CALL his_c_writeback_refund(his_xr(d, 'TradeNo'), his_xr(d, 'RefundNo'), his_xfen(d, 'Amount'),
             his_xr(d, 'ChannelRefundNo'), his_xtime(d, 'RefundTime'), v_a);
         SET v_body = his_el('ReceiptNo', v_a);
+    WHEN 'CancelRefund' THEN
+        CALL his_c_cancel_refund(his_xr(d, 'TradeNo'), his_xr(d, 'RefundNo'), his_x(d, 'Reason'), v_a, v_fen);
+        SET v_body = CONCAT(his_el('ReceiptNo', v_a), his_el('Amount', his_yuan(v_fen)));
     WHEN 'CheckTrade' THEN
         CALL his_c_check_trade(his_xr(d, 'TradeNo'), his_xr(d, 'Operation'), his_x(d, 'RefundNo'), v_found, v_a, v_fen, v_c);
         SET v_body = CONCAT(his_el('Found', v_found), his_el('ReceiptNo', v_a), his_el('Amount', his_yuan(v_fen)),
@@ -273,13 +276,15 @@ BEGIN
         DROP TEMPORARY TABLE IF EXISTS his_recon_day;
         CREATE TEMPORARY TABLE his_recon_day AS
             SELECT 0 AS src, t.id, t.trade_no, t.kind, t.receipt_no, t.amount_fen, t.pay_mode, t.channel_trade_no,
-                   CAST(NULL AS CHAR(64)) AS refund_no, t.recorded_at AS at_time
+                   CAST(NULL AS CHAR(64)) AS refund_no, t.recorded_at AS at_time, CAST(NULL AS CHAR(20)) AS refund_state,
+                   CAST(NULL AS CHAR(64)) AS channel_refund_no, CAST(NULL AS DATETIME) AS written_back_at
             FROM trades t WHERE t.recorded_at >= v_date AND t.recorded_at < v_date + INTERVAL 1 DAY
             UNION ALL
             SELECT 1, r.id, r.trade_no, 'refund', r.writeback_receipt_no, r.amount_fen, t.pay_mode, t.channel_trade_no,
-                   r.refund_no, r.written_back_at
+                   r.refund_no, r.applied_at, IF(r.writeback_receipt_no IS NULL, 'applied', 'written_back'),
+                   r.channel_refund_no, r.written_back_at
             FROM refunds r JOIN trades t ON t.id = r.trade_id
-            WHERE r.written_back_at >= v_date AND r.written_back_at < v_date + INTERVAL 1 DAY;
+            WHERE r.applied_at >= v_date AND r.applied_at < v_date + INTERVAL 1 DAY AND r.cancelled_at IS NULL;
         SELECT COUNT(*) INTO v_total FROM his_recon_day;
         BEGIN
             DECLARE v_offset BIGINT DEFAULT (v_page - 1) * v_size;
@@ -287,7 +292,9 @@ BEGIN
                           IFNULL(GROUP_CONCAT(CONCAT('<Record>', his_el('TradeNo', x.trade_no), his_el('Kind', x.kind),
                               his_el('ReceiptNo', x.receipt_no), his_el('Amount', his_yuan(x.amount_fen)),
                               his_el('PayMode', x.pay_mode), his_el('ChannelTradeNo', x.channel_trade_no),
-                              his_el('RefundNo', x.refund_no), his_el('Time', his_time_text(x.at_time)), '</Record>')
+                              his_el('RefundNo', x.refund_no), his_el('Time', his_time_text(x.at_time)),
+                              his_el('RefundState', x.refund_state), his_el('ChannelRefundNo', x.channel_refund_no),
+                              his_el('WrittenBackAt', his_time_text(x.written_back_at)), '</Record>')
                           ORDER BY x.at_time, x.src, x.id SEPARATOR ''), ''), '</Records>')
             INTO v_body
             FROM (SELECT * FROM his_recon_day ORDER BY at_time, src, id LIMIT v_offset, v_size) x;

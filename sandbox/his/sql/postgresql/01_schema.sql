@@ -39,7 +39,7 @@ CREATE TABLE bills (
     dept_name TEXT,
     amount_fen BIGINT NOT NULL CHECK (amount_fen >= 0),
     created_at TIMESTAMP(0) NOT NULL,
-    status TEXT NOT NULL DEFAULT 'unpaid' CHECK (status IN ('unpaid', 'paid')),
+    status TEXT NOT NULL DEFAULT 'unpaid' CHECK (status IN ('unpaid', 'paid', 'refunded')),
     trade_id BIGINT
 );
 CREATE TABLE inpatients (
@@ -92,9 +92,13 @@ CREATE TABLE refunds (
     channel_refund_no TEXT,
     refund_time TIMESTAMP(0),
     writeback_receipt_no TEXT UNIQUE,
-    written_back_at TIMESTAMP(0)
+    written_back_at TIMESTAMP(0),
+    cancel_receipt_no TEXT UNIQUE,
+    cancel_reason TEXT,
+    cancelled_at TIMESTAMP(0)
 );
 CREATE INDEX refunds_trade ON refunds (trade_no);
+CREATE INDEX refunds_applied ON refunds (applied_at, id);
 CREATE TABLE applications (
     id BIGSERIAL PRIMARY KEY,
     operation TEXT NOT NULL,

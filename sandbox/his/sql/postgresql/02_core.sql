@@ -290,12 +290,43 @@ BEGIN
 END $$;
 
 -- --- refunds -----------------------------------------------------------------------------------------------
+-- A refund application takes back the deposit balance at once, and, once the trade's live applications cover
+-- all of it, the registration slot (退号) or the paid bills (退费); a cancelled application gives all of it back.
+
+CREATE FUNCTION his_live_refunds_fen(p_trade_no TEXT) RETURNS BIGINT LANGUAGE sql STABLE AS $$
+    SELECT coalesce(sum(amount_fen), 0)::BIGINT FROM refunds WHERE trade_no = p_trade_no AND cancelled_at IS NULL
+$$;
+
+-- Releases the slot or the bills when the trade becomes fully refunded, takes them back when it stops being so;
+-- a slot given away meanwhile cannot be taken back (1002).
+CREATE FUNCTION his_refund_total_changed(t trades, p_before_fen BIGINT, p_after_fen BIGINT) RETURNS VOID
+LANGUAGE plpgsql AS $$
+DECLARE v_full_before BOOLEAN := p_before_fen >= t.amount_fen; v_full_after BOOLEAN := p_after_fen >= t.amount_fen;
+    s schedules;
+BEGIN
+    IF v_full_before = v_full_after THEN
+        RETURN;
+    END IF;
+    IF t.kind = 'registration' THEN
+        s := his_schedule(t.schedule_id);
+        IF v_full_after THEN
+            UPDATE schedules SET booked = booked - 1 WHERE schedule_id = t.schedule_id;
+        ELSIF his_free_slots(s, his_now()) <= 0 THEN
+            PERFORM his_fail('1002', format('号源已满，无法恢复挂号 (schedule %s is full: the registration %s cannot be restored)',
+                t.schedule_id, t.receipt_no));
+        ELSE
+            UPDATE schedules SET booked = booked + 1 WHERE schedule_id = t.schedule_id;
+        END IF;
+    ELSIF t.kind = 'charge' THEN
+        UPDATE bills SET status = CASE WHEN v_full_after THEN 'refunded' ELSE 'paid' END WHERE trade_id = t.id;
+    END IF;
+END $$;
 
 CREATE FUNCTION his_core_apply_refund(
     p_trade_no TEXT, p_refund_no TEXT, p_amount_fen BIGINT, p_reason TEXT,
     OUT refundable_fen BIGINT, OUT his_refund_id TEXT
 ) LANGUAGE plpgsql AS $$
-DECLARE r refunds; t trades; v_balance BIGINT; v_id BIGINT;
+DECLARE r refunds; t trades; v_balance BIGINT; v_id BIGINT; v_live BIGINT;
 BEGIN
     IF p_amount_fen IS NULL OR p_amount_fen <= 0 OR p_amount_fen > 10000000000 THEN
         PERFORM his_fail('9001', format('金额无效 (refund amount must be positive fen, got %s)', p_amount_fen));
@@ -307,6 +338,10 @@ BEGIN
         IF r.trade_no <> p_trade_no THEN
             PERFORM his_fail('9001', format('退款单号已用于其他交易 (refund %s belongs to another trade)', p_refund_no));
         END IF;
+        IF r.cancel_receipt_no IS NOT NULL THEN
+            PERFORM his_fail('3005', format('退款申请已撤销 (refund %s was cancelled at %s; a new refund needs a new refund number)',
+                p_refund_no, his_time_text(r.cancelled_at)));
+        END IF;
         PERFORM his_applied('ApplyRefund', p_trade_no, p_refund_no);
         refundable_fen := r.refundable_fen;
         his_refund_id := r.his_refund_id;
@@ -316,7 +351,8 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM his_fail('3001', format('交易不存在 (trade %s unknown)', p_trade_no));
     END IF;
-    refundable_fen := t.amount_fen - (SELECT coalesce(sum(amount_fen), 0) FROM refunds WHERE trade_no = p_trade_no);
+    v_live := his_live_refunds_fen(p_trade_no);
+    refundable_fen := t.amount_fen - v_live;
     IF t.kind = 'prepay' THEN
         SELECT balance_fen INTO v_balance FROM inpatients WHERE inpatient_no = t.inpatient_no FOR UPDATE;
         refundable_fen := least(refundable_fen, v_balance);
@@ -327,11 +363,22 @@ BEGIN
     IF t.kind = 'prepay' THEN
         UPDATE inpatients SET balance_fen = balance_fen - p_amount_fen WHERE inpatient_no = t.inpatient_no;
     END IF;
+    PERFORM his_refund_total_changed(t, v_live, v_live + p_amount_fen);
     INSERT INTO refunds (refund_no, trade_no, trade_id, amount_fen, refundable_fen, reason, applied_at)
     VALUES (p_refund_no, p_trade_no, t.id, p_amount_fen, refundable_fen, p_reason, his_now()) RETURNING id INTO v_id;
     his_refund_id := 'HR' || lpad(v_id::TEXT, 8, '0');
     UPDATE refunds SET his_refund_id = his_core_apply_refund.his_refund_id WHERE id = v_id;
     PERFORM his_applied('ApplyRefund', p_trade_no, p_refund_no);
+END $$;
+
+CREATE FUNCTION his_refund_of(p_trade_no TEXT, p_refund_no TEXT) RETURNS refunds LANGUAGE plpgsql AS $$
+DECLARE r refunds;
+BEGIN
+    SELECT * INTO r FROM refunds WHERE refund_no = p_refund_no FOR UPDATE;
+    IF NOT FOUND OR r.trade_no <> p_trade_no THEN
+        PERFORM his_fail('3003', format('退款申请不存在 (refund %s unknown for trade %s)', p_refund_no, p_trade_no));
+    END IF;
+    RETURN r;
 END $$;
 
 CREATE FUNCTION his_core_writeback_refund(
@@ -345,9 +392,10 @@ BEGIN
     IF p_refund_time IS NULL THEN
         PERFORM his_fail('9001', '缺少必填项 (RefundTime is required)');
     END IF;
-    SELECT * INTO r FROM refunds WHERE refund_no = p_refund_no FOR UPDATE;
-    IF NOT FOUND OR r.trade_no <> p_trade_no THEN
-        PERFORM his_fail('3003', format('退款申请不存在 (refund %s unknown for trade %s)', p_refund_no, p_trade_no));
+    r := his_refund_of(p_trade_no, p_refund_no);
+    IF r.cancel_receipt_no IS NOT NULL THEN
+        PERFORM his_fail('3005', format('退款申请已撤销 (refund %s was cancelled at %s; it cannot be written back)',
+            p_refund_no, his_time_text(r.cancelled_at)));
     END IF;
     IF p_amount_fen IS DISTINCT FROM r.amount_fen THEN
         PERFORM his_fail('2003', format('金额不符 (amount %s fen, refund applied for %s fen)', p_amount_fen, r.amount_fen));
@@ -362,6 +410,34 @@ BEGIN
     RETURN v_receipt;
 END $$;
 
+CREATE FUNCTION his_core_cancel_refund(
+    p_trade_no TEXT, p_refund_no TEXT, p_reason TEXT, OUT receipt_no TEXT, OUT amount_fen BIGINT
+) LANGUAGE plpgsql AS $$
+DECLARE r refunds; t trades; v_now TIMESTAMP(0) := his_now(); v_live BIGINT;
+BEGIN
+    PERFORM his_require(p_trade_no, 'TradeNo');
+    PERFORM his_require(p_refund_no, 'RefundNo');
+    r := his_refund_of(p_trade_no, p_refund_no);
+    amount_fen := r.amount_fen;
+    receipt_no := r.cancel_receipt_no;
+    IF receipt_no IS NULL THEN
+        IF r.writeback_receipt_no IS NOT NULL THEN
+            PERFORM his_fail('3004', format('退款已完成，不能撤销 (refund %s was written back at %s with channel refund %s: the money went back)',
+                p_refund_no, his_time_text(r.written_back_at), r.channel_refund_no));
+        END IF;
+        SELECT * INTO t FROM trades WHERE id = r.trade_id FOR UPDATE;
+        v_live := his_live_refunds_fen(p_trade_no);
+        PERFORM his_refund_total_changed(t, v_live, v_live - r.amount_fen);
+        IF t.kind = 'prepay' THEN
+            UPDATE inpatients SET balance_fen = balance_fen + r.amount_fen WHERE inpatient_no = t.inpatient_no;
+        END IF;
+        receipt_no := 'CX' || to_char(v_now, 'YYYYMMDD') || lpad(r.id::TEXT, 6, '0');
+        UPDATE refunds SET cancel_receipt_no = his_core_cancel_refund.receipt_no, cancel_reason = p_reason,
+            cancelled_at = v_now WHERE id = r.id;
+    END IF;
+    PERFORM his_applied('CancelRefund', p_trade_no, p_refund_no);
+END $$;
+
 -- --- checks and reconciliation -----------------------------------------------------------------------------
 
 CREATE FUNCTION his_core_check_trade(
@@ -374,12 +450,12 @@ BEGIN
         WHEN 'LockRegistration' THEN 'registration.lock' WHEN 'UnlockRegistration' THEN 'registration.unlock'
         WHEN 'CommitRegistration' THEN 'registration.commit' WHEN 'CommitCharge' THEN 'charge.commit'
         WHEN 'CommitPrepay' THEN 'prepay.commit' WHEN 'ApplyRefund' THEN 'refund.apply'
-        WHEN 'WritebackRefund' THEN 'refund.writeback' ELSE p_operation END;
+        WHEN 'WritebackRefund' THEN 'refund.writeback' WHEN 'CancelRefund' THEN 'refund.cancel' ELSE p_operation END;
     is_found := FALSE;
     IF v_op IN ('registration.commit', 'charge.commit', 'prepay.commit') THEN
         SELECT * INTO t FROM trades WHERE trade_no = p_trade_no AND kind = split_part(v_op, '.', 1) ORDER BY id LIMIT 1;
         IF NOT FOUND THEN RETURN; END IF;
-        SELECT coalesce(sum(x.amount_fen), 0) INTO v_refunded FROM refunds x WHERE x.trade_id = t.id;
+        SELECT coalesce(sum(x.amount_fen), 0) INTO v_refunded FROM refunds x WHERE x.trade_id = t.id AND x.cancelled_at IS NULL;
         is_found := TRUE; receipt_no := t.receipt_no; amount_fen := t.amount_fen;
         status := CASE WHEN v_refunded = 0 THEN 'paid' WHEN v_refunded >= t.amount_fen THEN 'refunded' ELSE 'partial' END;
     ELSIF v_op IN ('registration.lock', 'registration.unlock') THEN
@@ -388,36 +464,45 @@ BEGIN
         IF NOT FOUND THEN RETURN; END IF;
         is_found := TRUE; receipt_no := l.lock_id; amount_fen := l.amount_fen;
         status := CASE WHEN l.status = 'locked' AND l.expires_at <= his_now() THEN 'expired' ELSE l.status END;
-    ELSIF v_op IN ('refund.apply', 'refund.writeback') THEN
+    ELSIF v_op IN ('refund.apply', 'refund.writeback', 'refund.cancel') THEN
         IF coalesce(p_refund_no, '') = '' THEN
             PERFORM his_fail('9001', format('缺少退款单号 (RefundNo is required to check %s)', v_op));
         END IF;
         SELECT * INTO r FROM refunds WHERE refund_no = p_refund_no AND trade_no = p_trade_no;
         IF NOT FOUND THEN RETURN; END IF;
-        status := CASE WHEN r.writeback_receipt_no IS NULL THEN 'applied' ELSE 'written_back' END;
+        status := CASE WHEN r.cancel_receipt_no IS NOT NULL THEN 'cancelled'
+            WHEN r.writeback_receipt_no IS NOT NULL THEN 'written_back' ELSE 'applied' END;
         IF v_op = 'refund.apply' THEN
             is_found := TRUE; receipt_no := r.his_refund_id; amount_fen := r.refundable_fen;
-        ELSIF r.writeback_receipt_no IS NOT NULL THEN
-            is_found := TRUE; receipt_no := r.writeback_receipt_no; amount_fen := r.amount_fen;
         ELSE
-            status := NULL;
+            receipt_no := CASE WHEN v_op = 'refund.writeback' THEN r.writeback_receipt_no ELSE r.cancel_receipt_no END;
+            IF receipt_no IS NOT NULL THEN
+                is_found := TRUE; amount_fen := r.amount_fen;
+            ELSE
+                status := NULL;
+            END IF;
         END IF;
     ELSE
         PERFORM his_fail('9001', format('不支持的业务类型 (Operation %L is not a write the HIS records)', p_operation));
     END IF;
 END $$;
 
+-- A day of the HIS's books: payments by the time recorded, refund applications by the time applied (written
+-- back or not, with their state); a cancelled application is no longer in the books.
 CREATE FUNCTION his_core_recon(p_date DATE)
 RETURNS TABLE (src INTEGER, id BIGINT, trade_no TEXT, kind TEXT, receipt_no TEXT, amount_fen BIGINT, pay_mode TEXT,
-               channel_trade_no TEXT, refund_no TEXT, at_time TIMESTAMP(0))
+               channel_trade_no TEXT, refund_no TEXT, at_time TIMESTAMP(0), refund_state TEXT,
+               channel_refund_no TEXT, written_back_at TIMESTAMP(0))
 LANGUAGE sql STABLE AS $$
-    SELECT 0, t.id, t.trade_no, t.kind, t.receipt_no, t.amount_fen, t.pay_mode, t.channel_trade_no, NULL, t.recorded_at
+    SELECT 0, t.id, t.trade_no, t.kind, t.receipt_no, t.amount_fen, t.pay_mode, t.channel_trade_no, NULL, t.recorded_at,
+           NULL, NULL, NULL
     FROM trades t WHERE t.recorded_at >= p_date AND t.recorded_at < p_date + 1
     UNION ALL
     SELECT 1, r.id, r.trade_no, 'refund', r.writeback_receipt_no, r.amount_fen, t.pay_mode, t.channel_trade_no,
-           r.refund_no, r.written_back_at
+           r.refund_no, r.applied_at, CASE WHEN r.writeback_receipt_no IS NULL THEN 'applied' ELSE 'written_back' END,
+           r.channel_refund_no, r.written_back_at
     FROM refunds r JOIN trades t ON t.id = r.trade_id
-    WHERE r.written_back_at >= p_date AND r.written_back_at < p_date + 1
+    WHERE r.applied_at >= p_date AND r.applied_at < p_date + 1 AND r.cancelled_at IS NULL
 $$;
 
 CREATE FUNCTION his_check_page(p_page BIGINT, p_page_size BIGINT) RETURNS VOID LANGUAGE plpgsql AS $$

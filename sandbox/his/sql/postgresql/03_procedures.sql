@@ -106,7 +106,8 @@ BEGIN
     RETURN NEXT c_status;
     IF v_code IS NULL THEN
         OPEN c_rows FOR SELECT x.trade_no, x.kind, x.receipt_no, his_yuan(x.amount_fen) AS amount, x.pay_mode,
-                x.channel_trade_no, x.refund_no, x.at_time AS time
+                x.channel_trade_no, x.refund_no, x.at_time AS time, x.refund_state, x.channel_refund_no,
+                x.written_back_at
             FROM his_core_recon(p_date) x ORDER BY x.at_time, x.src, x.id
             LIMIT p_page_size OFFSET (p_page - 1) * p_page_size;
         RETURN NEXT c_rows;
@@ -227,6 +228,26 @@ BEGIN
             receipt_no := his_core_writeback_refund(p_trade_no, p_refund_no, his_fen(p_amount), p_channel_refund_no,
                                                     p_refund_time);
             status := 'T'; code := '0'; message := '成功';
+        EXCEPTION WHEN OTHERS THEN
+            IF left(SQLSTATE, 1) <> 'H' THEN RAISE; END IF;
+            status := 'F'; code := substr(SQLSTATE, 2); message := SQLERRM;
+        END;
+    ELSE
+        status := 'F'; message := '系统错误 (injected error)';
+    END IF;
+    RETURN NEXT;
+END $$;
+
+CREATE FUNCTION his_refund_cancel(p_trade_no TEXT, p_refund_no TEXT, p_reason TEXT)
+RETURNS TABLE (status TEXT, code TEXT, message TEXT, receipt_no TEXT, amount NUMERIC(12, 2)) LANGUAGE plpgsql AS $$
+DECLARE r record;
+BEGIN
+    code := his_fault('his_refund_cancel');
+    IF code IS NULL THEN
+        BEGIN
+            r := his_core_cancel_refund(p_trade_no, p_refund_no, p_reason);
+            status := 'T'; code := '0'; message := '成功';
+            receipt_no := r.receipt_no; amount := his_yuan(r.amount_fen);
         EXCEPTION WHEN OTHERS THEN
             IF left(SQLSTATE, 1) <> 'H' THEN RAISE; END IF;
             status := 'F'; code := substr(SQLSTATE, 2); message := SQLERRM;
@@ -422,6 +443,9 @@ BEGIN
         v_receipt := his_core_writeback_refund(his_x_required(d, 'TradeNo'), his_x_required(d, 'RefundNo'),
             his_x_fen(d, 'Amount'), his_x_required(d, 'ChannelRefundNo'), his_x_time(d, 'RefundTime'));
         RETURN xmlelement(name "ReceiptNo", v_receipt);
+    WHEN 'CancelRefund' THEN
+        r := his_core_cancel_refund(his_x_required(d, 'TradeNo'), his_x_required(d, 'RefundNo'), his_x(d, 'Reason'));
+        RETURN xmlconcat(xmlelement(name "ReceiptNo", r.receipt_no), xmlelement(name "Amount", his_yuan(r.amount_fen)::TEXT));
     WHEN 'CheckTrade' THEN
         r := his_core_check_trade(his_x_required(d, 'TradeNo'), his_x_required(d, 'Operation'), his_x(d, 'RefundNo'));
         RETURN xmlconcat(xmlelement(name "Found", CASE WHEN r.is_found THEN '1' ELSE '0' END),
@@ -442,7 +466,10 @@ BEGIN
                         xmlelement(name "TradeNo", x.trade_no), xmlelement(name "Kind", x.kind),
                         xmlelement(name "ReceiptNo", x.receipt_no), xmlelement(name "Amount", his_yuan(x.amount_fen)::TEXT),
                         xmlelement(name "PayMode", x.pay_mode), xmlelement(name "ChannelTradeNo", x.channel_trade_no),
-                        xmlelement(name "RefundNo", x.refund_no), xmlelement(name "Time", his_time_text(x.at_time)))
+                        xmlelement(name "RefundNo", x.refund_no), xmlelement(name "Time", his_time_text(x.at_time)),
+                        xmlelement(name "RefundState", x.refund_state),
+                        xmlelement(name "ChannelRefundNo", x.channel_refund_no),
+                        xmlelement(name "WrittenBackAt", his_time_text(x.written_back_at)))
                         ORDER BY x.at_time, x.src, x.id)
                     FROM (SELECT * FROM his_core_recon(v_date) y ORDER BY y.at_time, y.src, y.id
                           LIMIT v_size OFFSET (v_page - 1) * v_size) x)));
