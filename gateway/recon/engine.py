@@ -16,7 +16,8 @@ An entry key is ``pay:<out_trade_no>`` or ``refund:<out_refund_no>``; an entry v
 ``(amount_fen, seconds, flag)`` where ``seconds`` is the entry's time from the start of its day and ``flag``
 says how the side holds the entry:
 
-- HIS: always ``SETTLED`` (the HIS lists what it booked);
+- HIS: ``SETTLED`` (the HIS lists what it booked), or ``APPLIED`` for a refund the HIS applied whose payout it
+  has not recorded yet (``refund_state = applied``: no write-back);
 - platform: ``SETTLED`` (order paid and the HIS expected to book it / refund succeeded), ``UNSETTLED`` (a
   record, not settled: an order still paying, a refund in flight or refused), ``NO_HIS`` (settled, but the HIS
   is not expected to know it: a payment the gateway holds back from the HIS — refused, held — or a refund of
@@ -32,7 +33,7 @@ from enum import IntEnum
 
 Entry = tuple[int, int, int]
 
-UNSETTLED, SETTLED, NO_HIS, CANCELLED = 0, 1, 2, 3
+UNSETTLED, SETTLED, NO_HIS, CANCELLED, APPLIED = 0, 1, 2, 3, 4
 DAY_S = 86_400
 
 
@@ -98,7 +99,7 @@ def match(his: Side, platform: Side, channel: Side) -> DayOutcome:
     for k, h in h_all.items():
         c = c_get(k)
         p = p_get(k)
-        if c is not None and c[2] and p is not None and p[2] == SETTLED and c[0] == h[0] == p[0]:
+        if c is not None and c[2] and p is not None and p[2] == SETTLED and h[2] == SETTLED and c[0] == h[0] == p[0]:
             if k not in dup_keys:
                 matched += 1
             continue
@@ -129,6 +130,8 @@ class Evidence:
     """Amounts of the channel's success rows (rows in any other state are kept for display only)."""
     platform: tuple[int, int] | None
     """(amount, flag) of the platform's current record, None when it has none."""
+    his_applied: bool = False
+    """The HIS holds the refund as applied, its payout not written back."""
 
 
 def classify(key: str, ev: Evidence) -> Cls | None:
@@ -143,7 +146,7 @@ def classify(key: str, ev: Evidence) -> Cls | None:
     if h is not None and c is not None:
         if c != h or (p_amount is not None and p_amount != h):
             return Cls.amount_mismatch
-        if p_flag == SETTLED:
+        if p_flag == SETTLED and not ev.his_applied:
             return None
         return Cls.status_mismatch
     if c is not None:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.recon import his_detail
-from gateway.recon.engine import SETTLED, UNSETTLED
+from gateway.recon.engine import APPLIED, SETTLED, UNSETTLED
 from gateway.recon.his_side import entry_key, record_time
 from gateway.recon.normalize import StatementRow
 from gateway.recon.statements import parse
@@ -44,11 +44,16 @@ class Observation:
 Observations = dict[str, list[Observation]]
 
 
+def his_flag(record: dict[str, Any]) -> int:
+    """A refund the HIS applied but has not recorded as paid out is held as ``APPLIED``, anything else it lists
+    as ``SETTLED``."""
+    return APPLIED if record.get("kind") == "refund" and record.get("refund_state") == "applied" else SETTLED
+
+
 def of_his(record: dict[str, Any], day: dt.date) -> tuple[str, Observation]:
     t = record_time(record)
-    return entry_key(record), Observation(
-        "his", day, int(record["amount_fen"]), t, SETTLED, {**record, "time": t.isoformat()}
-    )
+    ob = Observation("his", day, int(record["amount_fen"]), t, his_flag(record), {**record, "time": t.isoformat()})
+    return entry_key(record), ob
 
 
 def statement_key(row: StatementRow) -> str:

@@ -225,7 +225,7 @@ async def _load(
             key = entry_key(record)
             t = record_time(record)
             amount = int(record["amount_fen"])
-            side.add(key, amount, _seconds(t, start), SETTLED)
+            side.add(key, amount, _seconds(t, start), evidence.his_flag(record))
             records.add(key, {**record, "time": t.isoformat()})
             totals["his_fen"] += -amount if record.get("kind") == "refund" else amount
             counts["his_count"] += 1

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.model import utcnow
-from gateway.recon.engine import NO_HIS, ONE_SIDED, Cls, Evidence, classify
+from gateway.recon.engine import APPLIED, NO_HIS, ONE_SIDED, Cls, Evidence, classify
 from gateway.recon.evidence import Observation
 from gateway.store import audit, finance_exceptions
 from gateway.store.finance_exceptions import RECON, with_note
@@ -59,10 +59,12 @@ class KeyEvidence:
 
     def engine_evidence(self) -> Evidence:
         p = (self.platform.amount_fen, self.platform.flag) if self.platform is not None else None
+        his = self.side("his")
         return Evidence(
-            his=[o.amount_fen for o in self.side("his")],
+            his=[o.amount_fen for o in his],
             channel=[o.amount_fen for o in self.side("channel", settled_only=True)],
             platform=p,
+            his_applied=any(o.flag == APPLIED for o in his),
         )
 
 
@@ -126,6 +128,8 @@ def _detail(cls: str, ev: KeyEvidence) -> str:
             parts.append("held back from the HIS")
     elif p is not None:
         parts.append(f"platform refund {p.get('state')}")
+    if any(o.flag == APPLIED for o in ev.side("his")):
+        parts.append("HIS refund applied, its payout not written back")
     unsettled = [o for o in ev.side("channel") if not o.flag]
     if unsettled and not ev.side("channel", settled_only=True):
         parts.append(f"channel status {(unsettled[0].record or {}).get('status')}")

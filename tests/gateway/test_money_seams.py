@@ -208,6 +208,24 @@ async def test_a_refund_the_his_applied_but_the_channel_refused_is_finances_to_s
     async with running.svc.db.read() as conn:
         options = {r.action: r for r in await actions.remedies(conn, row)}
     assert not options["pay_refund"].allowed and options["cancel_his_refund"].allowed
+    balance_after_apply = his.state.balance("Z0001")
+
+    # Two people agree to undo the application at the HIS: the deposit comes back, the exception closes, and the
+    # next reconciliation finds nothing owed either way.
+    await actions.propose(running.svc, CLERK, row["id"], "cancel_his_refund", None, "渠道拒绝，撤销 HIS 退费申请")
+    await actions.approve(running.svc, APPROVER, row["id"])
+    await settle(running, sandbox_admin, due=True)
+    await actions.settle(running.svc)
+    cancelled = await _refund_view(client, "SEAM-UNPAID-r1")
+    assert cancelled["state"] == "cancelled"
+    assert his.state.application_count("CancelRefund") == 1
+    assert his.state.balance("Z0001") == balance_after_apply + 1200
+    assert (await ex.get_exception(running.svc.db, row["id"]))["status"] == "closed"
+    await reconcile(running, his=his_link)
+    rows = await ex.list_exceptions(running.svc.db, hospital=HOSPITAL, source="recon")
+    assert [r for r in rows if r["status"] in ("open", "proposed")] == []
+    _, listed = await client.call("GET", "/v1/orders?exceptions=1")
+    assert listed["orders"] == []
 
 
 async def test_a_refund_the_gateway_could_not_reserve_is_paid_out_after_two_people_agree(
@@ -353,3 +371,52 @@ async def test_a_payment_success_without_an_amount_is_not_believed(gateway_facto
     await drain(running.gateway)
     view = (await get(client, "SEAM-NOAMOUNT"))["order"]
     assert view["status"] in ("paid", "completed") and view["paid_fen"] == 800
+
+
+async def test_insurance_settlement_refunds_the_insured_share_written_back_after_the_first_reconciliation(
+    sandbox_gateway, api_factory, sandbox_admin, his_link, his, dev_certs, db_url
+):
+    """The patient pays the whole bill on the phone (B0003 + B0004, 303.80); the kiosk settles with medical
+    insurance, which covers 260.00, and the insured share goes back to the phone by a partial refund. Its
+    write-back reaches the HIS only after the first reconciliation has run (the link is cut at 23:00 and back
+    after midnight): the first run lets it wait, nothing offers to pay it out again, and the rerun matches it."""
+    running = await sandbox_gateway(db_url, his=his_link)
+    client = api_factory(running)
+    order = await sandbox_paid_order(
+        running, client, sandbox_admin, "INS-1", amount_fen=30380, business_type="charge", patient_id="P0002",
+        bill_nos=["B0003", "B0004"], subject="门诊缴费",
+    )  # fmt: skip
+    assert order["status"] == "completed"
+
+    cut = BridgeHis(make_client(dev_certs, f"https://127.0.0.1:{free_port()}", retries=0))
+    refund = await _refund(client, "INS-1", "INS-1-yb", 26000)  # the HIS applies it, then the link is cut
+    running.svc.his[HOSPITAL] = cut
+    await settle(running, sandbox_admin)
+    refund = await _refund_view(client, "INS-1-yb")
+    assert refund["state"] == "succeeded" and await sandbox_admin.refunded_fen(order["out_trade_no"]) == 26000
+    assert his.state.application_count("WritebackRefund") == 0
+
+    running.gateway.cfg.recon.suspense_days = 3
+    day = shanghai_today()
+    first = await run_reconciliation(
+        running.svc.db, running.gateway.cfg, HOSPITAL, day, channels=running.svc.channels, his=his_link
+    )
+    assert first.exceptions == {"cross_day": [f"refund:{refund['out_refund_no']}"]}
+    row = await exception_of(running, f"refund:{refund['out_refund_no']}", "recon")
+    assert row["his_record"]["refund_state"] == "applied"
+    async with running.svc.db.read() as conn:
+        assert [r for r in await actions.remedies(conn, row) if r.allowed] == [], "no second payout"
+
+    running.svc.his[HOSPITAL] = his_link  # after midnight the link is back; the write-back goes through
+    await cut.close()
+    await settle(running, sandbox_admin, due=True)
+    assert (await _refund_view(client, "INS-1-yb"))["state"] == "completed"
+    assert his.state.application_count("WritebackRefund") == 1
+    again = await run_reconciliation(
+        running.svc.db, running.gateway.cfg, HOSPITAL, day, channels=running.svc.channels, his=his_link
+    )
+    assert again.exceptions == {} and again.cleared == [f"refund:{refund['out_refund_no']}"]
+    view = await get(client, "INS-1")
+    assert view["order"]["refunded_fen"] == 26000 and view["order"]["paid_fen"] == 30380
+    assert await sandbox_admin.refunded_fen(order["out_trade_no"]) == 26000
+    assert his.state.application_count("ApplyRefund") == 1

@@ -14,7 +14,19 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.recon.engine import CANCELLED, DAY_S, NO_HIS, SETTLED, UNSETTLED, Cls, Evidence, Side, classify, match
+from gateway.recon.engine import (
+    APPLIED,
+    CANCELLED,
+    DAY_S,
+    NO_HIS,
+    SETTLED,
+    UNSETTLED,
+    Cls,
+    Evidence,
+    Side,
+    classify,
+    match,
+)
 from gateway.recon.evidence import Observation
 from gateway.recon.verdicts import HELD, KeyEvidence, Platform, judge
 
@@ -39,6 +51,8 @@ INJECTIONS: dict[str, tuple[str, Cls | None, list[Shape]]] = {
     "amount_mismatch_no_his": ("refund", Cls.amount_mismatch, [(None, (5, NO_HIS), S)]),
     "status_mismatch": ("pay", Cls.status_mismatch, [(S, None, S), (S, (0, UNSETTLED), S), (None, S, None)]),
     "his_booked_held_back": ("pay", Cls.status_mismatch, [(S, (0, NO_HIS), S)]),
+    "writeback_refused": ("refund", Cls.status_mismatch, [((0, APPLIED), S, S)]),
+    "applied_refund_not_paid": ("refund", Cls.over_collection, [((0, APPLIED), (0, UNSETTLED), None)]),
 }
 ONE_SIDED_NAMES = {"over_collection", "under_collection", "status_mismatch"}
 
