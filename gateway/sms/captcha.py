@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.sms.clock import Clock
+from gateway.sms.config import CaptchaConfig
 from gateway.sms.limits_store import Counters
 
 
@@ -97,3 +98,7 @@ class SandboxCaptcha:
         if body.get("b") != self._bind(binding) or body.get("e", 0) < self.clock():
             return False
         return await self.counters.first(f"captcha/{body['n']}", self.ttl_s + 60)
+
+
+def build_captcha(cfg: CaptchaConfig, key: bytes, counters: Counters, clock: Clock) -> CaptchaProvider:
+    return SandboxCaptcha(key, counters, clock, cfg.ttl_s)

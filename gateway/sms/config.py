@@ -43,6 +43,13 @@ class PhonePolicy(_Model):
     per_day: Annotated[int, Field(ge=1)] = 10
 
 
+class IpMissingPolicy(_Model):
+    points: Annotated[int, Field(ge=0)] = 60
+    """An app that leaves out the caller's address hides the strongest per-caller signal: those requests share one
+    address bucket (``no address``) under the same caps, and carry these risk points — the riskiest case, never
+    the safest."""
+
+
 class IpPolicy(_Model):
     enabled: bool = True
     caps: list[Cap] = [
@@ -53,6 +60,7 @@ class IpPolicy(_Model):
     ]
     """Shared hospital Wi-Fi puts many patients behind one address: soft caps ask for a captcha; only an
     absurd volume is refused."""
+    missing: IpMissingPolicy = IpMissingPolicy()
 
 
 class DevicePolicy(_Model):
@@ -96,6 +104,81 @@ class ListsPolicy(_Model):
         return [normalize(v) for v in values]
 
 
+class IdentityPolicy(_Model):
+    """Caps per person as the app knows them (WeChat openid, Alipay user id, the app's own user id). The app signs
+    its requests, so an attacker needs a real account per identity: these caps bound what each one yields."""
+
+    enabled: bool = True
+    numbers_per_day: Annotated[int, Field(ge=1)] = 3
+    codes_per_hour: Annotated[int, Field(ge=1)] = 5
+    codes_per_day: Annotated[int, Field(ge=1)] = 10
+    failures_per_day: Annotated[int, Field(ge=1)] = 2
+    """Codes sent for this identity and never verified; past it the identity is refused until the next day."""
+    missing_points: Annotated[int, Field(ge=0)] = 30
+
+
+KnownMode = Literal["require", "prefer", "off"]
+
+
+class KnownPatientsPolicy(_Model):
+    """Whether the number must be the one the HIS has on file (``require``: otherwise nothing is sent, and the
+    answer is the same as for a sent code), only counts in its favour (``prefer``), or is not looked up."""
+
+    binding: KnownMode = "require"
+    payment: KnownMode = "require"
+    login: KnownMode = "prefer"
+    cache_s: Annotated[int, Field(ge=0, le=7 * DAY_S)] = DAY_S
+    """How long a number found on file stays known without asking the HIS again."""
+    miss_cache_s: Annotated[int, Field(ge=0, le=DAY_S)] = 600
+    lookups_per_minute: Annotated[int, Field(ge=1)] = 120
+    """HIS look-ups per hospital; past it (or when the agent cannot answer) the number counts as unchecked."""
+    unchecked: Literal["refuse", "allow"] = "refuse"
+    """In ``require`` mode, what an unchecked number gets: ``sms_unavailable``, or the other layers' judgement."""
+    trust_days: Annotated[int, Field(ge=0, le=3650)] = 180
+    """A number that verified a code here within this many days counts as known without asking the HIS."""
+
+    def mode(self, purpose: str) -> KnownMode:
+        mode: KnownMode = getattr(self, purpose)
+        return mode
+
+
+class ConversionPolicy(_Model):
+    """The verify rate (codes verified ÷ codes settled) per scope, and how a scope escalates when it falls.
+
+    A code settles as ``verified``, or as ``failed`` once ``sms.conversion_grace_s`` has passed without it being
+    verified (a later verification moves it back). A scope whose rate is confidently below its band asks for a
+    captcha (level 1); confidently below ``refuse_ratio`` of the band, it refuses past a hard cap that a solved
+    captcha does not lift (level 2). The band is ``band_ratio`` × the scope's normal rate, learnt from its last
+    ``history_days`` when it has ``history_min_codes`` settled codes there, else ``normal_rate``; kept within
+    [``band_floor``, ``band_ceiling``] so that weeks of pumping cannot teach it that failure is normal."""
+
+    enabled: bool = True
+    window_s: Annotated[int, Field(ge=300, le=DAY_S)] = 1800
+    bucket_s: Annotated[int, Field(ge=30, le=3600)] = 300
+    min_codes: Annotated[int, Field(ge=1)] = 4
+    normal_rate: Annotated[float, Field(gt=0, le=1)] = 0.7
+    history_days: Annotated[int, Field(ge=1, le=30)] = 7
+    history_min_codes: Annotated[int, Field(ge=1)] = 200
+    band_ratio: Annotated[float, Field(gt=0, le=1)] = 0.6
+    band_floor: Annotated[float, Field(ge=0, le=1)] = 0.2
+    band_ceiling: Annotated[float, Field(ge=0, le=1)] = 0.6
+    refuse_ratio: Annotated[float, Field(gt=0, le=1)] = 0.75
+    z: Annotated[float, Field(gt=0, le=5)] = 1.64
+    """One-sided confidence for the rate's Wilson bounds (1.64: 95 %)."""
+    hold_s: Annotated[int, Field(ge=60, le=DAY_S)] = 1800
+    """An escalation stands at least this long unless the rate is confidently back in its band."""
+    cap_window_s: Annotated[int, Field(ge=60, le=DAY_S)] = 1800
+    cap_floor: Annotated[int, Field(ge=0)] = 1
+    cap_headroom: Annotated[float, Field(ge=0)] = 1.5
+    """At level 2 a scope sends at most ``cap_floor`` + ``cap_headroom`` × its verified codes in the window per
+    ``cap_window_s``."""
+    ip_failures: Annotated[int, Field(ge=1)] = 2
+    subnet_failures: Annotated[int, Field(ge=1)] = 8
+    device_failures: Annotated[int, Field(ge=1)] = 3
+    """Failed codes per day from one address, one /16 (IPv6: /48), one device: past them the source is tainted —
+    a captcha always, and refused while the scope is escalated."""
+
+
 class Policy(_Model):
     captcha_threshold: Annotated[int, Field(ge=1)] = 100
     """A request whose risk points reach this needs a solved captcha."""
@@ -107,6 +190,9 @@ class Policy(_Model):
     device: DevicePolicy = DevicePolicy()
     segment: SegmentPolicy = SegmentPolicy()
     lists: ListsPolicy = ListsPolicy()
+    identity: IdentityPolicy = IdentityPolicy()
+    known_patients: KnownPatientsPolicy = KnownPatientsPolicy()
+    conversion: ConversionPolicy = ConversionPolicy()
 
 
 class BreakerConfig(_Model):
@@ -150,6 +236,9 @@ class SmsConfig(_Model):
     timezone: str = "Asia/Shanghai"
     """Where a day starts, for daily caps and budgets."""
     daily_budget: Annotated[int, Field(ge=0)] = 10000
+    conversion_grace_s: Annotated[int, Field(ge=30, le=1800)] = 120
+    """A code not verified this long after it was sent counts as failed for the conversion layer (patients type
+    theirs in within a minute or two; a verification after it still counts)."""
     breaker: BreakerConfig = BreakerConfig()
     provider: ProviderConfig = ProviderConfig()
     captcha: CaptchaConfig = CaptchaConfig()
@@ -183,6 +272,9 @@ class SmsConfig(_Model):
 
     def policy(self, hospital: str, purpose: str) -> Policy:
         return self._policies.get((hospital, purpose), self.defaults)
+
+    def all_policies(self) -> list[Policy]:
+        return [self.defaults, *self._policies.values()]
 
     def resolve(self, base: Path) -> None:
         def r(p: Path | None) -> Path | None:

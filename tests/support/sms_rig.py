@@ -33,8 +33,13 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+NO_HIS_LOOKUPS = {"known_patients": {"binding": "off", "payment": "off", "login": "off"}}
+"""Most SMS tests run without a bridge: the tests of the known-patient layer turn it on with the real agent."""
+
+
 def sms_section(directory: Path, **overrides: Any) -> dict[str, Any]:
-    return merge({"enabled": True, "secret_file": str(write_secret(directory))}, overrides)
+    base = {"enabled": True, "secret_file": str(write_secret(directory)), "defaults": NO_HIS_LOOKUPS}
+    return merge(base, overrides)
 
 
 def sms_gateway_config(directory: Path, keys: GatewayKeys, db_url: str, sms: dict[str, Any]) -> GatewayConfig:
