@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import sqlalchemy as sa
+
 from gateway.his import HisLink, NoBridge
 from gateway.services import log
 from gateway.sms.captcha import CaptchaAnswer, build_captcha
@@ -38,6 +40,7 @@ from gateway.sms.providers import SmsMessage, SmsProvider, build_provider
 from gateway.sms.risk import Decision, RiskEngine
 from gateway.store import audit
 from gateway.store.db import Database
+from gateway.store.sms_tables import sms_escalations
 
 PRUNE_INTERVAL_S = 600
 
@@ -150,6 +153,12 @@ class SmsService:
         settled = await self.codes.settle_due(self.cfg.conversion_grace_s)
         await self._record(settled)
         return len(settled)
+
+    async def escalations(self) -> list[dict[str, Any]]:
+        """The conversion scopes that are or were escalated, highest level first (operators, the simulator)."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(sa.select(sms_escalations).order_by(sms_escalations.c.level.desc()))
+            return [dict(r._mapping) for r in rows]
 
     async def _record(self, settled: list[Settled]) -> None:
         for s in settled:
