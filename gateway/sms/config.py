@@ -172,11 +172,13 @@ class ConversionPolicy(_Model):
     cap_headroom: Annotated[float, Field(ge=0)] = 1.5
     """At level 2 a scope sends at most ``cap_floor`` + ``cap_headroom`` × its verified codes in the window per
     ``cap_window_s``."""
+    phone_failures: Annotated[int, Field(ge=1)] = 1
     ip_failures: Annotated[int, Field(ge=1)] = 2
     subnet_failures: Annotated[int, Field(ge=1)] = 8
     device_failures: Annotated[int, Field(ge=1)] = 3
     """Failed codes per day from one address, one /16 (IPv6: /48), one device: past them the source is tainted —
-    a captcha always, and refused while the scope is escalated."""
+    a captcha always, and refused while the scope is escalated (known patients excepted). A number past
+    ``phone_failures`` gets nothing more (silently) while its scope is escalated."""
 
 
 class Policy(_Model):
@@ -236,7 +238,7 @@ class SmsConfig(_Model):
     timezone: str = "Asia/Shanghai"
     """Where a day starts, for daily caps and budgets."""
     daily_budget: Annotated[int, Field(ge=0)] = 10000
-    conversion_grace_s: Annotated[int, Field(ge=30, le=1800)] = 120
+    conversion_grace_s: Annotated[int, Field(ge=30, le=1800)] = 90
     """A code not verified this long after it was sent counts as failed for the conversion layer (patients type
     theirs in within a minute or two; a verification after it still counts)."""
     breaker: BreakerConfig = BreakerConfig()

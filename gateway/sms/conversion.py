@@ -42,8 +42,8 @@ from gateway.store.sms_tables import sms_escalations
 
 GATEWAY = "gw"
 ESCALATED = ("identified", "open", "bare")
-"""The assurances a rate scope's level applies to; ``identified`` only ever up to a captcha (identity caps carry
-the hard limit there), ``known`` and ``onsite`` never."""
+"""The assurances a rate scope's level applies to: ``identified`` only through its own hospital scope and only
+ever up to a captcha (identity caps carry the hard limit there); ``known`` and ``onsite`` never."""
 
 
 def subnet(ip: str) -> str:
@@ -62,7 +62,10 @@ def rate_scopes(req: OtpRequest, policy: Policy) -> list[str]:
 
 
 def source_scopes(req: OtpRequest) -> list[str]:
-    scopes = [f"ip/{req.ip_hash[:32]}" if req.ip_hash else f"ip/none/{req.hospital_id}"]
+    scopes = [
+        f"ph/{req.subject.phone_hash[:32]}",
+        f"ip/{req.ip_hash[:32]}" if req.ip_hash else f"ip/none/{req.hospital_id}",
+    ]
     if req.subnet_hash:
         scopes.append(f"net/{req.subnet_hash[:32]}")
     if req.device and req.has_fingerprint:
@@ -78,7 +81,7 @@ def applies(scope: str, assurance: str) -> bool:
         return False
     if scope.startswith("hp/"):
         return scope.endswith(f"/{assurance}")
-    return assurance != "identified" or scope.startswith("seg/")
+    return assurance != "identified"
 
 
 def _is_rate_scope(scope: str) -> bool:
@@ -153,6 +156,11 @@ class Conversion:
         scopes = [s for s in source_scopes(req) if s.split("/")[0] in limits]
         counts = await self.counters.peek([Window(f"cvf/{s}", DAY_S) for s in scopes])
         return [s.split("/")[0] for s, n in zip(scopes, counts, strict=True) if n >= limits[s.split("/")[0]]]
+
+    async def phone_failed(self, req: OtpRequest, c: ConversionPolicy) -> bool:
+        """Whether a code to this number went unverified today."""
+        (failed,) = await self.counters.peek([Window(f"cvf/ph/{req.subject.phone_hash[:32]}", DAY_S)])
+        return failed >= c.phone_failures
 
     async def _normal_rate(self, scope: str, c: ConversionPolicy) -> float:
         """The scope's verify rate over its last ``history_days`` (cached for ten minutes), or the safe default.

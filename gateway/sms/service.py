@@ -70,11 +70,11 @@ class SmsService:
         self.conversion = Conversion(c, db, clock, self.metrics)
         layers = [
             ListsLayer(),
+            AssuranceLayer(self.patients, self.metrics),
             IpLayer(c),
             DeviceLayer(c),
             SegmentLayer(c),
             IdentityLayer(c),
-            AssuranceLayer(self.patients, self.metrics),
             ConversionLayer(self.conversion),
             PhoneLayer(c, self.codes),
             BudgetLayer(c, cfg.daily_budget, cfg.breaker),

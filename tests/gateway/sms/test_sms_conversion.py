@@ -77,12 +77,13 @@ async def test_level_two_refuses_past_a_cap_that_a_captcha_does_not_lift(sms_fac
     assert await captcha_then(rig, phone(11), 11) == (429, True), "a solved captcha does not lift the cap"
     levels = {e["scope"]: e["level"] for e in await rig.service.escalations()}
     assert levels["hp/H001/binding/open"] == 2
-    status, body = await rig.app.otp(phone(12), client_info=client(12), identity={"kind": "app_user", "id": "u-1"})
-    assert (status, body["error"]["code"]) == (403, "captcha_required"), "an identified person: a captcha at most"
+    status, _ = await rig.app.otp(phone(12), client_info=client(12), identity={"kind": "app_user", "id": "u-1"})
+    assert status == 200, "an identified person is judged by their own scope and the identity caps"
     assert await captcha_then(rig, phone(13), 13) == (429, True)
 
     clock.advance(3600 + GRACE)
-    assert (await rig.app.otp(phone(14), client_info=client(14)))[0] == 200, "the hold ran out, nothing against it"
+    fresh = client(14, ip="203.0.113.14")  # the test's other addresses share a /16 with eight failed codes today
+    assert (await rig.app.otp(phone(14), client_info=fresh))[0] == 200, "the hold ran out, nothing against it"
     levels = {e["scope"]: e["level"] for e in await rig.service.escalations()}
     assert levels["hp/H001/binding/open"] == 0
 
