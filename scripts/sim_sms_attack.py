@@ -94,6 +94,8 @@ class Patient:
     asked_captcha: bool = False
     refused: bool = False
     verified: bool = False
+    on_file: bool = False
+    answer: str = ""
 
 
 @dataclass
@@ -206,8 +208,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     hot = rng.choice(CARRIER_PREFIXES) + f"{rng.randrange(10**4):04d}"
     patients = [make_patient(rng, n, hot) for n in range(args.patients)]
     for n, p in enumerate(patients):
-        on_file = p.purpose != "login" or rng.random() < 0.7
-        if on_file:
+        p.on_file = p.purpose != "login" or rng.random() < 0.7
+        if p.on_file:
             his.his.state.add_patient(f"SIM{n:06d}", f"患者{n}", card_no=f"SIM{n:06d}", phone=p.phone)
     attack = Attack(rng, patients)
     attack.sequence = iter(f"{hot}{n:04d}" for n in range(10**4))
@@ -240,10 +242,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             p: Patient = event.who
             if event.kind in ("ask", "resend"):
-                status, _, asked = await app.otp_solving(p.phone, p.purpose, client_info=p.client, **p.extra)
+                status, body, asked = await app.otp_solving(p.phone, p.purpose, client_info=p.client, **p.extra)
                 p.asked_captcha |= asked
                 if status != 200:
                     p.refused = True
+                    p.answer = body["error"]["code"]
                     continue
                 kind = "resend" if event.kind == "ask" and p.resends else "verify"
                 heapq.heappush(events, Event(event.at + (70 if kind == "resend" else 20), next(seq), kind, p))
@@ -253,7 +256,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if received:
                     _, answer = await app.verify(p.phone, received[-1].code, p.purpose)
                     p.verified = answer["verified"]
-                p.refused |= not p.verified
+                if not p.verified:
+                    p.refused, p.answer = True, "no code received"
         await sms_service.flush()
         escalations = await sms_service.escalations()
     finally:
@@ -309,6 +313,11 @@ def report(
     print(f"  in all: {sent} of {attempts} attempts got an SMS ({sent / max(1, attempts):.2%})")
     print(f"patients: {len(patients)}, verified {sum(p.verified for p in patients)}, refused {refused},"
           f" asked for a captcha {captcha_rate:.1%}")  # fmt: skip
+    for p in patients:
+        if p.refused:
+            known = "on file" if p.on_file else "not on file"
+            who = "with" if "identity" in p.extra else "without"
+            print(f"  refused: a {p.purpose} patient, {known}, {who} identity, from {p.client['ip']}: {p.answer}")
     print(f"scopes escalated at the end: {[(e['scope'], e['level']) for e in escalations if e['level']]}")
     by_strategy = {
         s: {

@@ -206,20 +206,65 @@ class BreakerConfig(_Model):
     """Once this share of the daily budget is spent, every request needs a captcha."""
 
 
-class ProviderConfig(BaseModel):
-    """``kind = "sandbox"`` records messages (in memory, and to ``record_file`` when set); a real provider
-    takes its own keys."""
+class TencentCredentials(_Model):
+    secret_id: Annotated[str, Field(min_length=1)] = ""
+    secret_key_file: Path | None = None
+    """A file holding the SecretKey (never the key itself in the config)."""
+    region: str = "ap-guangzhou"
 
-    model_config = ConfigDict(extra="allow")
-    kind: Literal["sandbox"] = "sandbox"
+
+class TencentSmsConfig(TencentCredentials):
+    endpoint: str = "https://sms.tencentcloudapi.com"
+    sdk_app_id: Annotated[str, Field(min_length=1)]
+    sign_name: Annotated[str, Field(min_length=1)]
+    """The approved signature (签名), e.g. the hospital's name."""
+    templates: dict[Purpose, str]
+    """The approved template id per purpose; each takes the code and its minutes, in that order."""
+
+    @field_validator("templates")
+    @classmethod
+    def _every_purpose(cls, value: dict[str, str]) -> dict[str, str]:
+        missing = set(PURPOSES) - set(value)
+        if missing:
+            raise ValueError(f"a template id for every purpose: missing {sorted(missing)}")
+        return value
+
+
+class TencentCaptchaConfig(TencentCredentials):
+    endpoint: str = "https://captcha.tencentcloudapi.com"
+    captcha_app_id: Annotated[int, Field(ge=1)]
+    app_secret_key_file: Path
+
+
+class ProviderConfig(_Model):
+    """``kind = "sandbox"`` records messages (in memory, and to ``record_file`` when set); ``"tencent"`` sends
+    through Tencent Cloud SMS (``SendSms``) with the ``[sms.provider.tencent]`` settings."""
+
+    kind: Literal["sandbox", "tencent"] = "sandbox"
     record_file: Path | None = None
     signature: str = "医院"
+    tencent: TencentSmsConfig | None = None
+
+    @model_validator(mode="after")
+    def _settings(self) -> ProviderConfig:
+        if self.kind == "tencent" and self.tencent is None:
+            raise ValueError("sms.provider.kind = 'tencent' needs [sms.provider.tencent]")
+        return self
 
 
-class CaptchaConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    kind: Literal["sandbox"] = "sandbox"
+class CaptchaConfig(_Model):
+    """``kind = "sandbox"`` (the default) issues and checks its own puzzles; ``"tencent"`` has the page show
+    Tencent Cloud's captcha and checks its tickets with ``DescribeCaptchaResult``."""
+
+    kind: Literal["sandbox", "tencent"] = "sandbox"
     ttl_s: Annotated[int, Field(ge=30, le=1800)] = 300
+    tencent: TencentCaptchaConfig | None = None
+
+    @model_validator(mode="after")
+    def _settings(self) -> CaptchaConfig:
+        if self.kind == "tencent" and self.tencent is None:
+            raise ValueError("sms.captcha.kind = 'tencent' needs [sms.captcha.tencent]")
+        return self
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -284,3 +329,8 @@ class SmsConfig(_Model):
 
         self.secret_file = r(self.secret_file)
         self.provider.record_file = r(self.provider.record_file)
+        for vendor in (self.provider.tencent, self.captcha.tencent):
+            if vendor is not None:
+                vendor.secret_key_file = r(vendor.secret_key_file)
+        if self.captcha.tencent is not None:
+            self.captcha.tencent.app_secret_key_file = r(self.captcha.tencent.app_secret_key_file)

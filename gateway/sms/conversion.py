@@ -187,7 +187,10 @@ class Conversion:
             for o in ("verified", "failed")
             for b in range(buckets + 1)
         ]
-        counts = iter(await self.counters.peek(windows))
+        windows += [Window(f"cvd/{s}/{o}", DAY_S) for s in scopes for o in ("verified", "failed")]
+        values = await self.counters.peek(windows)
+        today = iter(values[-2 * len(scopes) :])
+        counts = iter(values[: -2 * len(scopes)])
         async with self.db.read() as conn:
             rows = await conn.execute(sa.select(sms_escalations).where(sms_escalations.c.scope.in_(scopes)))
             held = {r.scope: r for r in rows}
@@ -203,9 +206,16 @@ class Conversion:
             if n >= c.min_codes and upper < band:
                 evidence = 2 if upper < band * c.refuse_ratio else 1
             healthy = n >= c.min_codes and lower >= band
+            day_ok, day_failed = next(today), next(today)
             row = held.get(scope)
             current = row.level if row is not None else 0
             held_on = row is not None and row.held_until > now
+            if not held_on and current > evidence and not healthy:
+                # The hold ran out with nothing new: today's rate decides, so that a pump held off by the level
+                # does not win a fresh allowance every ``hold_s``.
+                held_on = day_ok + day_failed >= c.min_codes and wilson(day_ok, day_ok + day_failed, c.z)[1] < band
+                if held_on:
+                    evidence = current
             rising_or_steady = evidence > current or (evidence == current and evidence > 0)
             level = evidence if rising_or_steady or healthy or not held_on else current
             state = ScopeState(scope, level, ok, failed, band)

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from gateway.his import HisLink, NoBridge
 from gateway.services import log
-from gateway.sms.captcha import CaptchaAnswer, build_captcha
+from gateway.sms.captcha import CaptchaAnswer
 from gateway.sms.clock import Clock, system_clock
 from gateway.sms.codes import CodeBook, Settled, Subject
 from gateway.sms.config import SmsConfig
@@ -36,8 +36,9 @@ from gateway.sms.limits_store import SqlStorage, build_counters
 from gateway.sms.metrics import SmsMetrics
 from gateway.sms.patients import PatientDirectory
 from gateway.sms.phones import mask
-from gateway.sms.providers import SmsMessage, SmsProvider, build_provider
+from gateway.sms.providers import SmsMessage, SmsProvider
 from gateway.sms.risk import Decision, RiskEngine
+from gateway.sms.vendors import build_captcha, build_provider
 from gateway.store import audit
 from gateway.store.db import Database
 from gateway.store.sms_tables import sms_escalations
@@ -64,7 +65,7 @@ class SmsService:
         self.counters = build_counters(cfg.counters, db, clock, cfg.timezone)
         self.codes = CodeBook(db, self.keys, clock)
         self.captcha = build_captcha(cfg.captcha, self.keys.captcha_key, self.counters, clock)
-        self.provider = provider or build_provider(cfg.provider)
+        self.provider = provider or build_provider(cfg.provider, clock)
         c = self.counters
         self.patients = PatientDirectory(his_for, c, db, clock)
         self.conversion = Conversion(c, db, clock, self.metrics)

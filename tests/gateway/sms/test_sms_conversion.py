@@ -83,7 +83,11 @@ async def test_level_two_refuses_past_a_cap_that_a_captcha_does_not_lift(sms_fac
 
     clock.advance(3600 + GRACE)
     fresh = client(14, ip="203.0.113.14")  # the test's other addresses share a /16 with eight failed codes today
-    assert (await rig.app.otp(phone(14), client_info=fresh))[0] == 200, "the hold ran out, nothing against it"
+    status, _ = await rig.app.otp(phone(14), client_info=fresh)
+    assert status == 403, "the hold ran out, but today's rate still says pump: held again"
+    clock.advance(86400)
+    fresh = client(15, ip="203.0.113.15")
+    assert (await rig.app.otp(phone(15), client_info=fresh))[0] == 200, "a new day, nothing against it"
     levels = {e["scope"]: e["level"] for e in await rig.service.escalations()}
     assert levels["hp/H001/binding/open"] == 0
 
