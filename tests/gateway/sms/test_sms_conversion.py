@@ -8,7 +8,8 @@ from __future__ import annotations
 import aiohttp
 
 from gateway.store import audit
-from tests.support.sms_rig import client
+from tests.support.gateway_rig import ApiClient
+from tests.support.sms_rig import SmsApp, client, service, sms_section, start_sms_gateway
 
 ONLY_CONVERSION = {
     "ip": {"enabled": False},
@@ -128,3 +129,34 @@ async def test_a_late_verification_takes_the_failure_back(sms_factory, clock):
         assert (await rig.app.verify(phone(n), rig.provider.to(phone(n))[-1].code))[1] == {"verified": True}
     status, _ = await rig.app.otp(phone(10), client_info=client(10))
     assert status == 200, "two of four verified after all: in band"
+
+
+async def test_two_instances_on_redis_share_the_rates_and_escalate_once(tmp_path, keys, pg_url, redis_server, clock):
+    section = sms_section(tmp_path, counters=redis_server.url, defaults=ONLY_CONVERSION)
+    started = [await start_sms_gateway(tmp_path, keys, pg_url, section, clock) for _ in range(2)]
+    apps = [SmsApp(ApiClient(r.url, keys.app, keys.gateway.public()), service(r).captcha) for r, _ in started]
+    try:
+        a, b = apps
+        for n in range(4):
+            assert (await (a if n % 2 else b).otp(phone(n), client_info=client(n)))[0] == 200
+        clock.advance(GRACE)
+        statuses = [(await app.otp(phone(10 + n), client_info=client(10 + n)))[0] for n, app in enumerate(apps)]
+        assert statuses == [403, 403], "both instances see the same four failures"
+        entries = await audit.entries(started[0][0].svc.db)
+        escalated = [e for e in entries if e["action"] == "sms.scope_escalated" and e["subject"] == "sms-scope:gw"]
+        assert len(escalated) == 1, "one escalation, whichever instance saw it first"
+        for n in range(10, 20):
+            status, _, _ = await b.otp_solving(phone(100 + n), client_info=client(n))
+            assert status == 200
+            await service(started[0][0]).flush()
+            await service(started[1][0]).flush()
+            sent = started[0][1].to(phone(100 + n)) + started[1][1].to(phone(100 + n))
+            assert sent
+            assert (await a.verify(phone(100 + n), sent[-1].code))[1] == {"verified": True}, "verified on the other"
+        assert (await a.otp(phone(50), client_info=client(50)))[0] == 200, "recovered for both"
+        assert (await b.otp(phone(51), client_info=client(51)))[0] == 200
+    finally:
+        for app in apps:
+            await app.api.close()
+        for running, _ in started:
+            await running.stop()
