@@ -70,3 +70,15 @@ async def test_patients_on_the_hospital_wifi_are_not_challenged(sms_factory):
         assert status == 200
         asked.append(challenged)
     assert not any(asked)
+
+
+async def test_identified_patients_behind_a_carrier_nat_are_not_challenged_for_sharing_it(sms_factory):
+    caps = [{"window_s": 3600, "limit": 2}, {"window_s": 3600, "limit": 30, "action": "refuse"}]
+    rig = await sms_factory(defaults={**QUIET, "ip": {"caps": caps}})
+    cgnat = "100.72.0.9"
+    for n in range(6):
+        person = {"kind": "wechat_openid", "id": f"o-person-{n}"}
+        status, _, asked = await rig.app.otp_solving(phone(n), client_info=client(n, ip=cgnat), identity=person)
+        assert (status, asked) == (200, False)
+    status, body = await rig.app.otp(phone(9), client_info=client(9, ip=cgnat))
+    assert (status, body["error"]["code"]) == (403, "captcha_required"), "without an identity the address counts"
