@@ -254,7 +254,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 heapq.heappush(events, Event(event.at + (70 if kind == "resend" else 20), next(seq), kind, p))
             elif event.kind == "verify":
                 await sms_service.flush()
-                received = provider.to(p.phone)
+                received = [m for m in provider.to(p.phone) if m.purpose == p.purpose]
                 if received:
                     _, answer = await app.verify(p.phone, received[-1].code, p.purpose)
                     p.verified = answer["verified"]
