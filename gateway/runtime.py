@@ -81,7 +81,7 @@ class Gateway:
         if cfg.sms.enabled:
             from gateway.sms.service import SmsService
 
-            self.sms = SmsService(cfg.sms, db, clock=self.clock, provider=self.sms_provider)
+            self.sms = SmsService(cfg.sms, db, clock=self.clock, provider=self.sms_provider, his_for=self.svc.his_for)
         run = cfg.workers.enabled if self.run_workers is None else self.run_workers
         if run:
             self._tasks = [asyncio.create_task(w.run(), name=f"worker-{w.name}") for w in self.workers]

@@ -1,7 +1,8 @@
 """``POST /v1/sms/otp`` and ``POST /v1/sms/verify`` for the hospital apps, signed like the rest of ``/v1``.
 
 The app forwards what it knows of the patient's browser (``client``: address, user agent, language, selected
-headers, the page's fingerprint); the gateway never sees the browser itself. Answers about a phone are the same
+headers, the page's fingerprint) and of the person (``identity``: their WeChat openid, Alipay user id or the app's
+own user id); the gateway never sees the browser itself. Answers about a phone are the same
 whether or not anything is known about it: a request is ``sent`` whether it sent, re-sent the live code, or was
 dropped by a per-phone rule; a verification is ``{"verified": false}`` for a wrong, expired, exhausted or
 missing code alike.
@@ -9,7 +10,7 @@ missing code alike.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
@@ -44,6 +45,13 @@ class ClientInfo(_Body):
     headers: Annotated[dict[str, Short], Field(max_length=16)] = {}
 
 
+class IdentityBody(_Body):
+    """Who the person is in the app, as the app knows them (it signs the request, so it vouches for this)."""
+
+    kind: Literal["wechat_openid", "alipay_user_id", "app_user"]
+    id: Annotated[str, Field(min_length=1, max_length=128)]
+
+
 class CaptchaBody(_Body):
     challenge_id: Annotated[str, Field(min_length=1, max_length=512)]
     token: Annotated[str, Field(min_length=1, max_length=512)]
@@ -53,6 +61,9 @@ class OtpBody(_Body):
     phone: Annotated[str, Field(min_length=11, max_length=20)]
     purpose: Purpose
     client: ClientInfo = ClientInfo()
+    identity: IdentityBody | None = None
+    card_no: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z_-]+$")] | None = None
+    """For ``binding``: the medical card being bound; the number must be the one the HIS has for it."""
     captcha: CaptchaBody | None = None
 
 
@@ -84,6 +95,8 @@ async def request_otp(request: web.Request) -> web.Response:
         fingerprint=client.fingerprint,
         headers=client.headers,
         captcha=CaptchaAnswer(body.captcha.challenge_id, body.captcha.token) if body.captcha else None,
+        identity=(body.identity.kind, body.identity.id) if body.identity else None,
+        card_no=body.card_no,
     )
     decision = await sms.request_code(req)
     policy = sms.cfg.policy(app.hospital_id, body.purpose)

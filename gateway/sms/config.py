@@ -43,6 +43,13 @@ class PhonePolicy(_Model):
     per_day: Annotated[int, Field(ge=1)] = 10
 
 
+class IpMissingPolicy(_Model):
+    points: Annotated[int, Field(ge=0)] = 60
+    """An app that leaves out the caller's address hides the strongest per-caller signal: those requests share one
+    address bucket (``no address``) under the same caps, and carry these risk points — the riskiest case, never
+    the safest."""
+
+
 class IpPolicy(_Model):
     enabled: bool = True
     caps: list[Cap] = [
@@ -53,6 +60,7 @@ class IpPolicy(_Model):
     ]
     """Shared hospital Wi-Fi puts many patients behind one address: soft caps ask for a captcha; only an
     absurd volume is refused."""
+    missing: IpMissingPolicy = IpMissingPolicy()
 
 
 class DevicePolicy(_Model):
@@ -96,6 +104,83 @@ class ListsPolicy(_Model):
         return [normalize(v) for v in values]
 
 
+class IdentityPolicy(_Model):
+    """Caps per person as the app knows them (WeChat openid, Alipay user id, the app's own user id). The app signs
+    its requests, so an attacker needs a real account per identity: these caps bound what each one yields."""
+
+    enabled: bool = True
+    numbers_per_day: Annotated[int, Field(ge=1)] = 3
+    codes_per_hour: Annotated[int, Field(ge=1)] = 5
+    codes_per_day: Annotated[int, Field(ge=1)] = 10
+    failures_per_day: Annotated[int, Field(ge=1)] = 2
+    """Codes sent for this identity and never verified; past it the identity is refused until the next day."""
+    missing_points: Annotated[int, Field(ge=0)] = 30
+
+
+KnownMode = Literal["require", "prefer", "off"]
+
+
+class KnownPatientsPolicy(_Model):
+    """Whether the number must be the one the HIS has on file (``require``: otherwise nothing is sent, and the
+    answer is the same as for a sent code), only counts in its favour (``prefer``), or is not looked up."""
+
+    binding: KnownMode = "require"
+    payment: KnownMode = "require"
+    login: KnownMode = "prefer"
+    cache_s: Annotated[int, Field(ge=0, le=7 * DAY_S)] = DAY_S
+    """How long a number found on file stays known without asking the HIS again."""
+    miss_cache_s: Annotated[int, Field(ge=0, le=DAY_S)] = 600
+    lookups_per_minute: Annotated[int, Field(ge=1)] = 120
+    """HIS look-ups per hospital; past it (or when the agent cannot answer) the number counts as unchecked."""
+    unchecked: Literal["refuse", "allow"] = "refuse"
+    """In ``require`` mode, what an unchecked number gets: ``sms_unavailable``, or the other layers' judgement."""
+    trust_days: Annotated[int, Field(ge=0, le=3650)] = 180
+    """A number that verified a code here within this many days counts as known without asking the HIS."""
+
+    def mode(self, purpose: str) -> KnownMode:
+        mode: KnownMode = getattr(self, purpose)
+        return mode
+
+
+class ConversionPolicy(_Model):
+    """The verify rate (codes verified ÷ codes settled) per scope, and how a scope escalates when it falls.
+
+    A code settles as ``verified``, or as ``failed`` once ``sms.conversion_grace_s`` has passed without it being
+    verified (a later verification moves it back). A scope whose rate is confidently below its band asks for a
+    captcha (level 1); confidently below ``refuse_ratio`` of the band, it refuses past a hard cap that a solved
+    captcha does not lift (level 2). The band is ``band_ratio`` × the scope's normal rate, learnt from its last
+    ``history_days`` when it has ``history_min_codes`` settled codes there, else ``normal_rate``; kept within
+    [``band_floor``, ``band_ceiling``] so that weeks of pumping cannot teach it that failure is normal."""
+
+    enabled: bool = True
+    window_s: Annotated[int, Field(ge=300, le=DAY_S)] = 1800
+    bucket_s: Annotated[int, Field(ge=30, le=3600)] = 300
+    min_codes: Annotated[int, Field(ge=1)] = 4
+    normal_rate: Annotated[float, Field(gt=0, le=1)] = 0.7
+    history_days: Annotated[int, Field(ge=1, le=30)] = 7
+    history_min_codes: Annotated[int, Field(ge=1)] = 200
+    band_ratio: Annotated[float, Field(gt=0, le=1)] = 0.6
+    band_floor: Annotated[float, Field(ge=0, le=1)] = 0.2
+    band_ceiling: Annotated[float, Field(ge=0, le=1)] = 0.6
+    refuse_ratio: Annotated[float, Field(gt=0, le=1)] = 0.75
+    z: Annotated[float, Field(gt=0, le=5)] = 1.64
+    """One-sided confidence for the rate's Wilson bounds (1.64: 95 %)."""
+    hold_s: Annotated[int, Field(ge=60, le=DAY_S)] = 1800
+    """An escalation stands at least this long unless the rate is confidently back in its band."""
+    cap_window_s: Annotated[int, Field(ge=60, le=DAY_S)] = 1800
+    cap_floor: Annotated[int, Field(ge=0)] = 1
+    cap_headroom: Annotated[float, Field(ge=0)] = 1.5
+    """At level 2 a scope sends at most ``cap_floor`` + ``cap_headroom`` × its verified codes in the window per
+    ``cap_window_s``."""
+    phone_failures: Annotated[int, Field(ge=1)] = 1
+    ip_failures: Annotated[int, Field(ge=1)] = 2
+    subnet_failures: Annotated[int, Field(ge=1)] = 8
+    device_failures: Annotated[int, Field(ge=1)] = 3
+    """Failed codes per day from one address, one /16 (IPv6: /48), one device: past them the source is tainted —
+    a captcha always, and refused while the scope is escalated (known patients excepted). A number past
+    ``phone_failures`` gets nothing more (silently) while its scope is escalated."""
+
+
 class Policy(_Model):
     captcha_threshold: Annotated[int, Field(ge=1)] = 100
     """A request whose risk points reach this needs a solved captcha."""
@@ -107,6 +192,9 @@ class Policy(_Model):
     device: DevicePolicy = DevicePolicy()
     segment: SegmentPolicy = SegmentPolicy()
     lists: ListsPolicy = ListsPolicy()
+    identity: IdentityPolicy = IdentityPolicy()
+    known_patients: KnownPatientsPolicy = KnownPatientsPolicy()
+    conversion: ConversionPolicy = ConversionPolicy()
 
 
 class BreakerConfig(_Model):
@@ -118,20 +206,65 @@ class BreakerConfig(_Model):
     """Once this share of the daily budget is spent, every request needs a captcha."""
 
 
-class ProviderConfig(BaseModel):
-    """``kind = "sandbox"`` records messages (in memory, and to ``record_file`` when set); a real provider
-    takes its own keys."""
+class TencentCredentials(_Model):
+    secret_id: Annotated[str, Field(min_length=1)] = ""
+    secret_key_file: Path | None = None
+    """A file holding the SecretKey (never the key itself in the config)."""
+    region: str = "ap-guangzhou"
 
-    model_config = ConfigDict(extra="allow")
-    kind: Literal["sandbox"] = "sandbox"
+
+class TencentSmsConfig(TencentCredentials):
+    endpoint: str = "https://sms.tencentcloudapi.com"
+    sdk_app_id: Annotated[str, Field(min_length=1)]
+    sign_name: Annotated[str, Field(min_length=1)]
+    """The approved signature (签名), e.g. the hospital's name."""
+    templates: dict[Purpose, str]
+    """The approved template id per purpose; each takes the code and its minutes, in that order."""
+
+    @field_validator("templates")
+    @classmethod
+    def _every_purpose(cls, value: dict[str, str]) -> dict[str, str]:
+        missing = set(PURPOSES) - set(value)
+        if missing:
+            raise ValueError(f"a template id for every purpose: missing {sorted(missing)}")
+        return value
+
+
+class TencentCaptchaConfig(TencentCredentials):
+    endpoint: str = "https://captcha.tencentcloudapi.com"
+    captcha_app_id: Annotated[int, Field(ge=1)]
+    app_secret_key_file: Path
+
+
+class ProviderConfig(_Model):
+    """``kind = "sandbox"`` records messages (in memory, and to ``record_file`` when set); ``"tencent"`` sends
+    through Tencent Cloud SMS (``SendSms``) with the ``[sms.provider.tencent]`` settings."""
+
+    kind: Literal["sandbox", "tencent"] = "sandbox"
     record_file: Path | None = None
     signature: str = "医院"
+    tencent: TencentSmsConfig | None = None
+
+    @model_validator(mode="after")
+    def _settings(self) -> ProviderConfig:
+        if self.kind == "tencent" and self.tencent is None:
+            raise ValueError("sms.provider.kind = 'tencent' needs [sms.provider.tencent]")
+        return self
 
 
-class CaptchaConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    kind: Literal["sandbox"] = "sandbox"
+class CaptchaConfig(_Model):
+    """``kind = "sandbox"`` (the default) issues and checks its own puzzles; ``"tencent"`` has the page show
+    Tencent Cloud's captcha and checks its tickets with ``DescribeCaptchaResult``."""
+
+    kind: Literal["sandbox", "tencent"] = "sandbox"
     ttl_s: Annotated[int, Field(ge=30, le=1800)] = 300
+    tencent: TencentCaptchaConfig | None = None
+
+    @model_validator(mode="after")
+    def _settings(self) -> CaptchaConfig:
+        if self.kind == "tencent" and self.tencent is None:
+            raise ValueError("sms.captcha.kind = 'tencent' needs [sms.captcha.tencent]")
+        return self
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +283,9 @@ class SmsConfig(_Model):
     timezone: str = "Asia/Shanghai"
     """Where a day starts, for daily caps and budgets."""
     daily_budget: Annotated[int, Field(ge=0)] = 10000
+    conversion_grace_s: Annotated[int, Field(ge=30, le=1800)] = 90
+    """A code not verified this long after it was sent counts as failed for the conversion layer (patients type
+    theirs in within a minute or two; a verification after it still counts)."""
     breaker: BreakerConfig = BreakerConfig()
     provider: ProviderConfig = ProviderConfig()
     captcha: CaptchaConfig = CaptchaConfig()
@@ -184,9 +320,17 @@ class SmsConfig(_Model):
     def policy(self, hospital: str, purpose: str) -> Policy:
         return self._policies.get((hospital, purpose), self.defaults)
 
+    def all_policies(self) -> list[Policy]:
+        return [self.defaults, *self._policies.values()]
+
     def resolve(self, base: Path) -> None:
         def r(p: Path | None) -> Path | None:
             return p if p is None or p.is_absolute() else base / p
 
         self.secret_file = r(self.secret_file)
         self.provider.record_file = r(self.provider.record_file)
+        for vendor in (self.provider.tencent, self.captcha.tencent):
+            if vendor is not None:
+                vendor.secret_key_file = r(vendor.secret_key_file)
+        if self.captcha.tencent is not None:
+            self.captcha.tencent.app_secret_key_file = r(self.captcha.tencent.app_secret_key_file)

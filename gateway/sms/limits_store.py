@@ -115,7 +115,11 @@ class Window:
     name: str
     window_s: int
     back: int = 0
-    """0 for the current window, 1 for the previous one."""
+    """0 for the current window, 1 for the previous one, and so on."""
+    keep: int = 2
+    """How many windows the counter is kept for (a week of daily history needs 8)."""
+    at: float | None = None
+    """The window holding this moment instead of now (an outcome counted when it happened)."""
 
 
 class Counters:
@@ -125,10 +129,14 @@ class Counters:
         self.tz = ZoneInfo(timezone)
 
     def _key(self, w: Window) -> tuple[str, int]:
-        now = self.clock()
+        now = self.clock() if w.at is None else w.at
         offset = dt.datetime.fromtimestamp(now, self.tz).utcoffset() or dt.timedelta()
         index = math.floor((now + offset.total_seconds()) / w.window_s) - w.back
-        return f"{w.name}/{w.window_s}/{index}", 2 * w.window_s + 60
+        return f"{w.name}/{w.window_s}/{index}", w.keep * w.window_s + 60
+
+    def index(self, window_s: int) -> int:
+        """The current window's number (for names that must change with the window)."""
+        return int(self._key(Window("", window_s))[0].rsplit("/", 1)[1])
 
     async def hit(self, windows: Sequence[Window], amount: int = 1) -> list[int]:
         """Count one more in each window; returns the counts after it."""
@@ -142,6 +150,16 @@ class Counters:
         if isinstance(self.storage, SqlStorage):
             return await self.storage.get_many(keys)
         return list(await asyncio.gather(*(self.storage.get(k) for k in keys)))
+
+    async def hit_many(self, items: Sequence[tuple[Window, int]]) -> None:
+        """Add a (possibly negative) amount to each window, in one transaction where the storage allows."""
+        keys = [(*self._key(w), amount) for w, amount in items]
+        if not keys:
+            return
+        if isinstance(self.storage, SqlStorage):
+            await self.storage.incr_many(keys)
+        else:
+            await asyncio.gather(*(self.storage.incr(k, e, a) for k, e, a in keys))
 
     async def first(self, name: str, ttl_s: int) -> bool:
         """True only for the first caller with this name (single-use tokens)."""

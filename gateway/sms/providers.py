@@ -1,7 +1,7 @@
 """Who delivers the SMS. A provider gets the number, the approved template and its parameters; the sandbox one
 records what it would have sent (in memory, and as JSON lines in ``record_file`` so that tests can read what
-several gateway processes sent). A real provider (Aliyun, Tencent Cloud SMS, …) implements ``SmsProvider``
-and is picked by ``sms.provider.kind``."""
+several gateway processes sent). Tencent Cloud SMS (``gateway.sms.tencent``) implements ``SmsProvider`` too;
+``sms.provider.kind`` picks one (``gateway.sms.vendors``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
-
-from gateway.sms.config import ProviderConfig
 
 TEMPLATES = {
     "binding": "【{signature}】您正在绑定就诊卡，验证码 {code}，{minutes} 分钟内有效。如非本人操作请忽略。",
@@ -70,7 +68,3 @@ def read_records(path: Path) -> list[dict[str, object]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
-def build_provider(cfg: ProviderConfig) -> SmsProvider:
-    return SandboxSmsProvider(signature=cfg.signature, record_file=cfg.record_file)

@@ -49,7 +49,7 @@ class RiskEngine:
         score = 0 if phone_allowed(req, policy) else sum(v.points for v in risky)
         signals = [f"{v.layer}:{v.reason}" for v in risky]
         if score >= policy.captcha_threshold:
-            solved = req.captcha is not None and await self.captcha.verify(req.captcha, req.subject.binding)
+            solved = req.captcha is not None and await self.captcha.verify(req.captcha, req.subject.binding, req.ip)
             if not solved:
                 top = max(risky, key=lambda v: v.points)
                 reason = "captcha_invalid" if req.captcha is not None else top.reason

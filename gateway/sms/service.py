@@ -1,5 +1,6 @@
 """The SMS defences of one gateway instance: builds the layers, the code book, the captcha and the provider
-from ``[sms]``, and runs one code request or verification through them.
+from ``[sms]``, and runs one code request or verification through them; settles codes for the conversion layer
+(failed once their grace has passed, verified when checked).
 
 Sending happens in a background task after the decision is stored, so the answer never waits on the provider:
 a request that was silently dropped and one that sent an SMS take the same path and the same time to answer.
@@ -8,28 +9,39 @@ a request that was silently dropped and one that sent an SMS take the same path 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
+import sqlalchemy as sa
+
+from gateway.his import HisLink, NoBridge
 from gateway.services import log
-from gateway.sms.captcha import CaptchaAnswer, SandboxCaptcha
+from gateway.sms.captcha import CaptchaAnswer
 from gateway.sms.clock import Clock, system_clock
-from gateway.sms.codes import CodeBook, Subject
+from gateway.sms.codes import CodeBook, Settled, Subject
 from gateway.sms.config import SmsConfig
+from gateway.sms.conversion import Conversion, subnet
 from gateway.sms.keys import SmsKeys
 from gateway.sms.layers import OtpRequest
+from gateway.sms.layers.assurance import AssuranceLayer
 from gateway.sms.layers.budget import BudgetLayer
+from gateway.sms.layers.conversion import ConversionLayer
 from gateway.sms.layers.device import DeviceLayer, device_id
+from gateway.sms.layers.identity import IdentityLayer
 from gateway.sms.layers.ip import IpLayer
 from gateway.sms.layers.lists import ListsLayer
 from gateway.sms.layers.phone import PhoneLayer
 from gateway.sms.layers.segment import SegmentLayer
 from gateway.sms.limits_store import SqlStorage, build_counters
 from gateway.sms.metrics import SmsMetrics
+from gateway.sms.patients import PatientDirectory
 from gateway.sms.phones import mask
-from gateway.sms.providers import SmsMessage, SmsProvider, build_provider
+from gateway.sms.providers import SmsMessage, SmsProvider
 from gateway.sms.risk import Decision, RiskEngine
+from gateway.sms.vendors import build_captcha, build_provider
 from gateway.store import audit
 from gateway.store.db import Database
+from gateway.store.sms_tables import sms_escalations
 
 PRUNE_INTERVAL_S = 600
 
@@ -42,6 +54,7 @@ class SmsService:
         *,
         clock: Clock = system_clock,
         provider: SmsProvider | None = None,
+        his_for: Callable[[str], HisLink] = NoBridge,
     ) -> None:
         assert cfg.secret_file is not None
         self.cfg = cfg
@@ -51,14 +64,19 @@ class SmsService:
         self.metrics = SmsMetrics()
         self.counters = build_counters(cfg.counters, db, clock, cfg.timezone)
         self.codes = CodeBook(db, self.keys, clock)
-        self.captcha = SandboxCaptcha(self.keys.captcha_key, self.counters, clock, cfg.captcha.ttl_s)
-        self.provider = provider or build_provider(cfg.provider)
+        self.captcha = build_captcha(cfg.captcha, self.keys.captcha_key, self.counters, clock)
+        self.provider = provider or build_provider(cfg.provider, clock)
         c = self.counters
+        self.patients = PatientDirectory(his_for, c, db, clock)
+        self.conversion = Conversion(c, db, clock, self.metrics)
         layers = [
             ListsLayer(),
+            AssuranceLayer(self.patients, self.metrics),
             IpLayer(c),
             DeviceLayer(c),
             SegmentLayer(c),
+            IdentityLayer(c),
+            ConversionLayer(self.conversion),
             PhoneLayer(c, self.codes),
             BudgetLayer(c, cfg.daily_budget, cfg.breaker),
         ]
@@ -81,8 +99,11 @@ class SmsService:
         fingerprint: str | None = None,
         headers: dict[str, str] | None = None,
         captcha: CaptchaAnswer | None = None,
+        identity: tuple[str, str] | None = None,
+        card_no: str | None = None,
     ) -> OtpRequest:
-        """``phone`` in normal form (``gateway.sms.phones.normalize``)."""
+        """``phone`` in normal form (``gateway.sms.phones.normalize``); ``identity`` as (kind, id) in the app."""
+        h = self.keys.subject_hash
         return OtpRequest(
             app_id=app_id,
             phone=phone,
@@ -94,13 +115,21 @@ class SmsService:
             ),
             has_fingerprint=bool(fingerprint),
             captcha=captcha,
+            identity_hash=h("identity", f"{app_id}|{identity[0]}|{identity[1]}") if identity else None,
+            card_no=card_no,
+            subnet_hash=h("subnet", subnet(ip)) if ip else None,
         )
 
     async def request_code(self, req: OtpRequest) -> Decision:
         policy = self.cfg.policy(req.hospital_id, req.purpose)
+        await self.settle()
         decision = await self.engine.decide(req, policy)
         if decision.action == "send":
-            code = await self.codes.issue(req.subject, policy)
+            issued = await self.codes.issue(
+                req.subject, policy, req.scopes, req.identity_hash, self.cfg.conversion_grace_s
+            )
+            await self._record(issued.settled)
+            code = issued.code
             if code is not None:
                 self._dispatch(SmsMessage(req.phone, req.hospital_id, req.purpose, code, policy.code.ttl_s // 60))
                 self.metrics.sent.labels(req.hospital_id, req.purpose).inc()
@@ -111,9 +140,35 @@ class SmsService:
 
     async def verify_code(self, hospital_id: str, purpose: str, phone: str, code: str) -> bool:
         subject = self.subject(hospital_id, purpose, phone)
-        ok = await self.codes.verify(subject, code, self.cfg.policy(hospital_id, purpose))
-        self.metrics.verifications.labels(hospital_id, purpose, "verified" if ok else "failed").inc()
-        return ok
+        settled = await self.codes.verify(subject, code, self.cfg.policy(hospital_id, purpose))
+        self.metrics.verifications.labels(hospital_id, purpose, "verified" if settled else "failed").inc()
+        if settled is None:
+            return False
+        await self._record([settled])
+        await self.patients.remember(hospital_id, "phone", subject.phone_hash)
+        return True
+
+    async def settle(self) -> int:
+        """Settle the codes whose grace has passed (on every request: no background task needed, and tests
+        that move the clock see it at once)."""
+        settled = await self.codes.settle_due(self.cfg.conversion_grace_s)
+        await self._record(settled)
+        return len(settled)
+
+    async def escalations(self) -> list[dict[str, Any]]:
+        """The conversion scopes that are or were escalated, highest level first (operators, the simulator)."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(sa.select(sms_escalations).order_by(sms_escalations.c.level.desc()))
+            return [dict(r._mapping) for r in rows]
+
+    async def _record(self, settled: list[Settled]) -> None:
+        for s in settled:
+            c = self.cfg.policy(s.hospital_id, s.purpose).conversion
+            if s.was_failed:
+                await self.conversion.record(s.scopes, "failed", -1, c)
+            await self.conversion.record(s.scopes, s.outcome, 1, c, s.at)
+            assurance = next((x.rsplit("/", 1)[1] for x in s.scopes if x.startswith("hp/")), "unknown")
+            self.metrics.settled.labels(s.hospital_id, s.purpose, assurance, s.outcome).inc()
 
     async def _refused(self, req: OtpRequest, d: Decision) -> None:
         layer = d.layer or "unknown"
@@ -129,6 +184,8 @@ class SmsService:
             "signals": d.signals,
             "ip": req.ip,
             "device": req.device,
+            "assurance": req.assurance,
+            "escalation": req.escalation,
         }
         log.info("sms_refused", **{k: detail[k] for k in ("phone", "purpose", "layer", "reason", "action")})
         action = "sms.captcha_required" if d.action == "captcha" else "sms.refused"
@@ -153,7 +210,10 @@ class SmsService:
             await asyncio.gather(*list(self._sending), return_exceptions=True)
 
     async def prune(self) -> int:
+        await self.settle()
         pruned = await self.codes.prune()
+        trust_days = max(p.known_patients.trust_days for p in self.cfg.all_policies())
+        pruned += await self.patients.forget_older_than(trust_days)
         if isinstance(self.counters.storage, SqlStorage):
             pruned += await self.counters.storage.prune()
         return pruned

@@ -48,11 +48,13 @@ def test_gateway_rules_use_only_exported_sms_metrics():
     from gateway.money_metrics import MoneyMetrics
     from gateway.sms.metrics import SmsMetrics
 
-    exported = {m.name + "_total" for m in SmsMetrics().registry.collect() if m.type == "counter"}
+    suffix = {"counter": "_total", "gauge": ""}
+    exported = {m.name + suffix[m.type] for m in SmsMetrics().registry.collect() if m.type in suffix}
     exported |= {m.name for m in MoneyMetrics().registry.collect() if m.type == "gauge"}
     in_rules = set(re.findall(r"\b(hisgateway_[a-z_]+)", RULES.read_text()))
     assert in_rules and in_rules <= exported, in_rules - exported
-    assert "HisGatewaySmsVerifyRateLow" in RULES.read_text()
+    for alert in ("HisGatewaySmsVerifyRateLow", "HisGatewaySmsScopeEscalated", "HisGatewaySmsScopeRefusing"):
+        assert alert in RULES.read_text()
 
 
 def test_rules_and_dashboard_use_only_exported_metrics():

@@ -6,7 +6,7 @@ phone's and the budget's allowance). The risk engine (``gateway.sms.risk``) runs
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.sms.captcha import CaptchaAnswer
@@ -19,7 +19,13 @@ Refusal = Literal["silent", "refused", "rate_limited", "unavailable"]
 ``refused``: a blocked address; ``rate_limited``: a hard cap; ``unavailable``: the SMS budget is spent."""
 
 
-@dataclass(frozen=True)
+Assurance = Literal["known", "onsite", "identified", "open", "bare"]
+"""What vouches for a request, strongest first: the number is a patient's (on file at the HIS, or it verified a
+code here before); it comes from the hospital's own network; the app names the person; the app sent the
+caller's address and fingerprint; nothing at all."""
+
+
+@dataclass
 class OtpRequest:
     app_id: str
     phone: str
@@ -29,6 +35,18 @@ class OtpRequest:
     device: str | None
     has_fingerprint: bool
     captcha: CaptchaAnswer | None
+    identity_hash: str | None = None
+    card_no: str | None = None
+    subnet_hash: str | None = None
+    """The address's /16 (IPv6: /48), hashed: proxies and botnets rent addresses in blocks."""
+    assurance: Assurance = "bare"
+    """Set by the assurance layer before the conversion layer reads it."""
+    escalation: int = 0
+    """The conversion layer's level for this request, kept for ``charge``."""
+    scopes: list[str] = field(default_factory=list)
+    """The conversion scopes this request counts in, stored with the code it gets."""
+    capped: list[tuple[str, int]] = field(default_factory=list)
+    """Level-2 scopes (and their verified codes) whose hard cap a send must fit in."""
 
     @property
     def hospital_id(self) -> str:

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
+from gateway.his import HisLink
 from gateway.runtime import RunningGateway
 from gateway.sms.clock import ManualClock
 from tests.support.databases import DatabaseUnavailable
 from tests.support.redis_server import RedisServer
-from tests.support.sms_rig import SmsApp, SmsRig, service, sms_section, start_sms_gateway
+from tests.support.sms_rig import HisRig, SmsApp, SmsRig, service, sms_section, start_his_rig, start_sms_gateway
 
 
 @pytest.fixture(scope="session")
@@ -37,9 +38,10 @@ async def sms_factory(tmp_path, keys, clock, api_factory) -> Any:
     """Start a gateway with ``[sms]`` = the defaults merged with the given overrides."""
     started: list[RunningGateway] = []
 
-    async def start(db_url: str | None = None, **sms: Any) -> SmsRig:
+    async def start(db_url: str | None = None, his: HisLink | None = None, **sms: Any) -> SmsRig:
         url = db_url or f"sqlite+aiosqlite:///{tmp_path / 'gateway.sqlite3'}"
-        running, provider = await start_sms_gateway(tmp_path, keys, url, sms_section(tmp_path, **sms), clock)
+        section = sms_section(tmp_path, **sms)
+        running, provider = await start_sms_gateway(tmp_path, keys, url, section, clock, his=his)
         started.append(running)
         return SmsRig(running, provider, SmsApp(api_factory(running), service(running).captcha))
 
@@ -51,3 +53,11 @@ async def sms_factory(tmp_path, keys, clock, api_factory) -> Any:
 @pytest.fixture
 async def sms(sms_factory):
     return await sms_factory()
+
+
+@pytest.fixture
+async def his_rig(tmp_path) -> Any:
+    """The sandbox HIS behind a real bridge agent, for the known-patient check."""
+    rig: HisRig = await start_his_rig(tmp_path / "his")
+    yield rig
+    await rig.close()

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from tests.support.sms_rig import client
 
-OFF = {"ip": {"enabled": False}, "device": {"enabled": False}, "segment": {"enabled": False}}
+OFF = {
+    "ip": {"enabled": False},
+    "device": {"enabled": False},
+    "segment": {"enabled": False},
+    "identity": {"enabled": False},
+    "conversion": {"enabled": False},
+}
 
 
 def phone(n: int) -> str:

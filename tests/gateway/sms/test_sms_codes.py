@@ -40,8 +40,8 @@ async def test_neither_phone_nor_code_is_stored_in_the_clear(sms):
     assert row.phone_masked == "138****8000"
 
 
-async def test_the_live_code_is_reused_until_it_expires(sms, clock):
-    rig = sms
+async def test_the_live_code_is_reused_until_it_expires(sms_factory, clock):
+    rig = await sms_factory()
     await rig.app.otp(PHONE)
     clock.advance(61)
     await rig.app.otp(PHONE)

@@ -10,7 +10,13 @@ import asyncio
 from gateway.sms.providers import SmsMessage
 from tests.support.sms_rig import client
 
-OFF = {"ip": {"enabled": False}, "device": {"enabled": False}, "segment": {"enabled": False}}
+OFF = {
+    "ip": {"enabled": False},
+    "device": {"enabled": False},
+    "segment": {"enabled": False},
+    "conversion": {"enabled": False},
+}
+"""Per-number rules alone (the conversion layer's per-address taint would change answers between requests)."""
 
 
 def shape(status: int, body: dict) -> tuple[int, dict]:

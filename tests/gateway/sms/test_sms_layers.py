@@ -7,7 +7,13 @@ from __future__ import annotations
 from tests.support.sms_rig import client
 
 SENT = {"status": "sent", "resend_after_s": 60, "expires_in_s": 300}
-OFF = {"ip": {"enabled": False}, "device": {"enabled": False}, "segment": {"enabled": False}}
+OFF = {
+    "ip": {"enabled": False},
+    "device": {"enabled": False},
+    "segment": {"enabled": False},
+    "identity": {"enabled": False},
+    "conversion": {"enabled": False},
+}
 
 
 def phone(n: int, prefix: str = "139") -> str:

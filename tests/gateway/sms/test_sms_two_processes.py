@@ -62,6 +62,8 @@ caps = [{{ window_s = {LONG}, limit = 3 }}]
 enabled = false
 [sms.defaults.segment]
 enabled = false
+[sms.defaults.known_patients]
+binding = "off"
 """
     )
     return path
