@@ -7,6 +7,7 @@ write local times without a zone). Yuan strings are read exactly (``statements.f
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -52,8 +53,40 @@ class StatementTotals:
     refund_count: int | None = None
 
 
+@dataclass(slots=True)
+class StatementTally:
+    """Counts and sums of a statement's rows, kept as they stream past: what the summary is checked against and
+    what is stored, without keeping the rows."""
+
+    count: int = 0
+    pay_count: int = 0
+    refund_count: int = 0
+    pay_fen: int = 0
+    refund_fen: int = 0
+    fee_fen: int = 0
+
+    def add(self, row: StatementRow) -> None:
+        self.count += 1
+        if row.type == "pay":
+            self.pay_count += 1
+            self.pay_fen += row.amount_fen
+        else:
+            self.refund_count += 1
+            self.refund_fen += row.amount_fen
+        self.fee_fen += row.fee_fen
+
+    @classmethod
+    def of(cls, rows: Iterable[StatementRow]) -> StatementTally:
+        tally = cls()
+        for row in rows:
+            tally.add(row)
+        return tally
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedStatement:
+    """A whole statement in memory: for the CLI, tests and small files; runs stream (``statements.rows``)."""
+
     rows: list[StatementRow]
     totals: StatementTotals
 
@@ -68,6 +101,16 @@ class ParsedStatement:
     @property
     def fee_fen(self) -> int:
         return sum(r.fee_fen for r in self.rows)
+
+
+def collect(rows: Iterable[StatementRow]) -> ParsedStatement:
+    """A streamed statement held whole. Exhausting ``rows`` runs the parser's summary check; the totals kept are
+    those of the rows, which the check has just found equal to what the statement announced."""
+    kept = list(rows)
+    t = StatementTally.of(kept)
+    return ParsedStatement(
+        kept, StatementTotals(t.count, t.pay_fen, t.refund_fen, t.fee_fen, t.pay_count, t.refund_count)
+    )
 
 
 def local_time(text: str) -> dt.datetime:
@@ -91,21 +134,20 @@ def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
     return start, start + dt.timedelta(days=1)
 
 
-def check_totals(parsed: ParsedStatement, what: str) -> None:
-    """Compare the rows with the statement's own summary; any difference fails the batch."""
-    t = parsed.totals
-    rows = parsed.rows
+def check_totals(totals: StatementTotals, tally: StatementTally, what: str) -> None:
+    """Compare the rows (as tallied) with what the statement's own summary announced; any difference fails the
+    batch. Totals left ``None`` are ones the format does not promise and are not checked."""
     problems = []
-    if t.count != len(rows):
-        problems.append(f"{t.count} rows announced, {len(rows)} parsed")
-    if t.pay_count is not None and t.pay_count != sum(r.type == "pay" for r in rows):
-        problems.append(f"{t.pay_count} payments announced, {sum(r.type == 'pay' for r in rows)} parsed")
-    if t.refund_count is not None and t.refund_count != sum(r.type == "refund" for r in rows):
-        problems.append(f"{t.refund_count} refunds announced, {sum(r.type == 'refund' for r in rows)} parsed")
+    if totals.count != tally.count:
+        problems.append(f"{totals.count} rows announced, {tally.count} parsed")
+    if totals.pay_count is not None and totals.pay_count != tally.pay_count:
+        problems.append(f"{totals.pay_count} payments announced, {tally.pay_count} parsed")
+    if totals.refund_count is not None and totals.refund_count != tally.refund_count:
+        problems.append(f"{totals.refund_count} refunds announced, {tally.refund_count} parsed")
     for name, announced, actual in (
-        ("payments", t.pay_fen, parsed.pay_fen),
-        ("refunds", t.refund_fen, parsed.refund_fen),
-        ("fees", t.fee_fen, parsed.fee_fen),
+        ("payments", totals.pay_fen, tally.pay_fen),
+        ("refunds", totals.refund_fen, tally.refund_fen),
+        ("fees", totals.fee_fen, tally.fee_fen),
     ):
         if announced is not None and announced != actual:
             problems.append(f"{name} total {announced} fen announced, rows sum to {actual} fen")

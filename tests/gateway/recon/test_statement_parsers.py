@@ -21,9 +21,9 @@ from gateway.recon.statements import alipay as alipay_bill
 from gateway.recon.statements import wechat as wechat_bill
 from sandbox.channels import bills
 from tests.support.gateway_rig import eventually
-from tests.support.rig import SHARED_FIXTURES
+from tests.support.rig import REPO
 
-SAMPLES = SHARED_FIXTURES / "wechatpay"
+SAMPLES = REPO / "tests" / "fixtures" / "statements" / "wechatpay"
 
 
 def sample(name: str) -> bytes:
