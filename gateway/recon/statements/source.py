@@ -21,6 +21,8 @@ from gateway.recon.normalize import StatementError
 
 CHUNK = 1 << 20
 """Bytes decoded at a time: large enough that per-chunk work is noise, small enough to bound memory."""
+SNIFF = 1 << 16
+"""Bytes of text, from the first non-ASCII one, that decide between UTF-8 and GB18030."""
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 """What ``str.splitlines`` splits on: a stream splits exactly as the whole text did."""
 GZIP_MAGIC = b"\x1f\x8b"
@@ -54,34 +56,58 @@ def zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> It
         yield from _read_chunks(stream, what)
 
 
+def _encoding_of(sample: bytes, at_start: bool, final: bool) -> str:
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final)
+    except UnicodeDecodeError:
+        return "gb18030"
+    return "utf-8-sig" if at_start else "utf-8"
+
+
 def decoded(chunks: Iterable[bytes], what: str) -> Iterator[str]:
-    """Text from byte chunks. A UTF-8 BOM means UTF-8; otherwise the first chunk with a non-ASCII byte is tried
-    as UTF-8 and taken as GB18030 (a superset of GBK) when it is not valid UTF-8 — GBK text of any length is
-    practically never valid UTF-8, while the other way round GB18030 would accept UTF-8 bytes as mojibake."""
+    """Text from byte chunks, decided as the whole file would be: UTF-8 (a BOM dropped) if valid, else GB18030
+    (a superset of GBK). The decision is taken on the first ``SNIFF`` bytes from the first non-ASCII one (the
+    whole file when shorter): a GBK file whose first 64 KiB of text is valid UTF-8 does not occur, while trying
+    GB18030 first would take UTF-8 bytes for mojibake. Bytes past that point that are not valid in the chosen
+    encoding fail the batch."""
     decoder: codecs.IncrementalDecoder | None = None
     encoding = ""
-    first = True
+    at_start = True
+    pending: list[bytes] = []
+    size = 0
     for chunk in chunks:
         if decoder is None:
-            if chunk.isascii():
+            if not pending and chunk.isascii():
                 yield chunk.decode("ascii")
-                first = False
+                at_start = False
                 continue
-            encoding = "utf-8-sig" if first else "utf-8"
-            try:
-                codecs.getincrementaldecoder("utf-8")().decode(chunk, False)
-            except UnicodeDecodeError:
-                encoding = "gb18030"
+            pending.append(chunk)
+            size += len(chunk)
+            if size < SNIFF:
+                continue
+            chunk = b"".join(pending)
+            pending = []
+            encoding = _encoding_of(chunk, at_start, final=False)
             decoder = codecs.getincrementaldecoder(encoding)()
-        try:
-            yield decoder.decode(chunk, False)
-        except UnicodeDecodeError as exc:
-            raise StatementError(f"{what}: not valid {encoding} text past its start ({exc.reason})") from None
-    if decoder is not None:
-        try:
-            yield decoder.decode(b"", True)
-        except UnicodeDecodeError:
-            raise StatementError(f"{what}: the file ends inside a character: it may be cut short") from None
+        yield _decode(decoder, chunk, encoding, what)
+    if decoder is None:
+        if not pending:
+            return
+        sample = b"".join(pending)
+        encoding = _encoding_of(sample, at_start, final=True)
+        decoder = codecs.getincrementaldecoder(encoding)()
+        yield _decode(decoder, sample, encoding, what)
+    try:
+        yield decoder.decode(b"", True)
+    except UnicodeDecodeError:
+        raise StatementError(f"{what}: the file ends inside a character: it may be cut short") from None
+
+
+def _decode(decoder: codecs.IncrementalDecoder, chunk: bytes, encoding: str, what: str) -> str:
+    try:
+        return decoder.decode(chunk, False)
+    except UnicodeDecodeError as exc:
+        raise StatementError(f"{what}: not valid {encoding.removesuffix('-sig')} text ({exc.reason})") from None
 
 
 def lines(texts: Iterable[str]) -> Iterator[str]:
