@@ -134,7 +134,12 @@ def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
     return start, start + dt.timedelta(days=1)
 
 
-def check_totals(totals: StatementTotals, tally: StatementTally, what: str) -> None:
+def check_totals(parsed: ParsedStatement, what: str) -> None:
+    """``check_tally`` for a statement held whole (parsers not yet streaming)."""
+    check_tally(parsed.totals, StatementTally.of(parsed.rows), what)
+
+
+def check_tally(totals: StatementTotals, tally: StatementTally, what: str) -> None:
     """Compare the rows (as tallied) with what the statement's own summary announced; any difference fails the
     batch. Totals left ``None`` are ones the format does not promise and are not checked."""
     problems = []

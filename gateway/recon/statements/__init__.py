@@ -19,7 +19,7 @@ Adapting a parser written as ``parse(data, *, merchant=None) -> ParsedStatement`
    calling ``splitlines()``;
 3. replace ``rows.append(row)`` by ``tally.add(row)`` then ``yield row``;
 4. where it built ``ParsedStatement(rows, totals)`` and called ``check_totals(parsed, what)``, call
-   ``check_totals(totals, tally, what)``; return nothing;
+   ``check_tally(totals, tally, what)``; return nothing;
 5. keep ``parse = lambda data, *, merchant=None: collect(rows(data, merchant=merchant))`` for callers that
    want the whole statement.
 

@@ -31,7 +31,7 @@ from gateway.recon.normalize import (
     StatementRow,
     StatementTally,
     StatementTotals,
-    check_totals,
+    check_tally,
     collect,
 )
 from gateway.recon.statements.fields import Header, TimeCache, fee_units, fen, fen_abs, units_to_fen
@@ -52,8 +52,8 @@ def _fields(line: str) -> list[str]:
     return [v.strip().lstrip("`") for v in line.split(",")]
 
 
-def _is_summary_header(line: str) -> bool:
-    return line.startswith(SUMMARY_FIRST) or line.lstrip("\ufeff`").startswith(SUMMARY_FIRST)
+SUMMARY_AT = len(SUMMARY_FIRST) + 2
+"""The summary header starts with 总交易单数, after a BOM or a backtick at most."""
 
 
 def rows(
@@ -91,7 +91,7 @@ def rows(
     n = 1
     for line in lines:
         n += 1
-        if _is_summary_header(line):
+        if SUMMARY_FIRST in line[:SUMMARY_AT] and line.lstrip("\ufeff`").startswith(SUMMARY_FIRST):
             summary_header = line
             break
         if not line.strip():
@@ -191,7 +191,7 @@ def _check_summary(
             problems.append(f"手续费总金额 {_yuan5(announced_fee)} announced, rows sum to {_yuan5(fee_sum)}")
     if problems:
         raise StatementError(f"{WHAT}: summary mismatch: " + "; ".join(problems))
-    check_totals(StatementTotals(count=count), tally, WHAT)
+    check_tally(StatementTotals(count=count), tally, WHAT)
 
 
 def parse(data: bytes | str, *, merchant: str | None = None) -> ParsedStatement:

@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 
 from gateway.channels.base import ChannelError
 from gateway.recon import statements
-from gateway.recon.normalize import ParsedStatement, StatementError, StatementRow, StatementTally, StatementTotals
+from gateway.recon.normalize import (
+    ParsedStatement,
+    StatementError,
+    StatementRow,
+    StatementTally,
+    StatementTotals,
+    check_totals,
+)
 from gateway.recon.statements import alipay as alipay_bill
 from gateway.recon.statements import source
 from gateway.recon.statements import wechat as wechat_bill
@@ -191,15 +198,20 @@ def test_damage_late_in_a_stream_fails_the_batch(monkeypatch):
 
 def test_a_parser_not_yet_streaming_registers_as_it_is():
     def whole_parse(data: bytes | str, *, merchant: str | None = None) -> ParsedStatement:
+        """Written against the older interface: all rows in a list, then check_totals on the whole."""
         row = StatementRow("unionpay", merchant or "898", "U1", "P-1", None, None, "pay", 1250, 3,
                            dt.datetime(2025, 3, 14, 9, tzinfo=dt.UTC), "success")  # fmt: skip
-        return ParsedStatement([row], StatementTotals(count=1))
+        parsed = ParsedStatement([row], StatementTotals(count=1, pay_fen=1250 if data == b"ok" else 1300))
+        check_totals(parsed, "unionpay statement")
+        return parsed
 
     statements.register("unionpay-test", parse=whole_parse)
     try:
-        assert statements.check("unionpay-test", b"x").pay_fen == 1250
-        assert [r.amount_fen for r in statements.rows("unionpay-test", b"x")] == [1250]
-        assert statements.parse("unionpay-test", b"x").totals.count == 1
+        assert statements.check("unionpay-test", b"ok").pay_fen == 1250
+        assert [r.amount_fen for r in statements.rows("unionpay-test", b"ok")] == [1250]
+        assert statements.parse("unionpay-test", b"ok").totals.count == 1
+        with pytest.raises(StatementError, match="payments total 1300 fen announced, rows sum to 1250"):
+            statements.check("unionpay-test", b"bad")
     finally:
         del statements.PARSERS["unionpay-test"]
     with pytest.raises(TypeError):
