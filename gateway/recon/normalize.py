@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -36,9 +36,21 @@ class StatementRow:
     """``success``, or the channel's own word for anything else (lower case)."""
 
     def as_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["time"] = self.time.isoformat()
-        return out
+        """The row as JSON-ready values, fields in declaration order. Built by hand: ``dataclasses.asdict``
+        deep-copies every field, which was a third of a million-row run's time."""
+        return {
+            "channel": self.channel,
+            "merchant": self.merchant,
+            "channel_trade_no": self.channel_trade_no,
+            "out_trade_no": self.out_trade_no,
+            "out_refund_no": self.out_refund_no,
+            "channel_refund_no": self.channel_refund_no,
+            "type": self.type,
+            "amount_fen": self.amount_fen,
+            "fee_fen": self.fee_fen,
+            "time": self.time.isoformat(),
+            "status": self.status,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from the same bytes. Memory is measured by scripts/bench_recon.py (``parse_peak_
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import gzip
 import io
@@ -262,3 +263,9 @@ async def test_fetch_checks_once_stores_the_tally_and_streams_rows_again(db):
 
     empty = await fetch(db, HOSPITAL, MERCHANT, "alipay", StatementChannel(None), day)
     assert empty.statement_id is None and len(empty.parsed.rows) == 0 and list(empty.parsed.rows) == []
+
+
+def test_row_json_carries_every_field_in_order():
+    row = alipay_bill.parse(dict(_alipay_variants())["fixture zip"]).rows[9]
+    expected = dataclasses.asdict(row) | {"time": "2025-03-14T15:10:02+08:00"}
+    assert list(row.as_json().items()) == list(expected.items())
