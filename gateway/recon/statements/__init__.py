@@ -17,11 +17,12 @@ Adapting a parser written as ``parse(data, *, merchant=None) -> ParsedStatement`
 1. rename it ``rows`` and add ``tally: StatementTally | None = None`` (a fresh one when ``None``);
 2. read lines with ``source.text_lines(data, what)`` (or ``source.zip_lines``) instead of decoding the bytes and
    calling ``splitlines()``;
-3. replace ``rows.append(row)`` by ``tally.add(row)`` then ``yield row``;
+3. drop the list of rows: replace ``rows.append(row)`` by ``tally.add(row)`` then ``yield row``, and take
+   whatever it computed from the list (``len(rows)``, sums by type) from ``tally``;
 4. where it built ``ParsedStatement(rows, totals)`` and called ``check_totals(parsed, what)``, call
    ``check_tally(totals, tally, what)``; return nothing;
-5. keep ``parse = lambda data, *, merchant=None: collect(rows(data, merchant=merchant))`` for callers that
-   want the whole statement.
+5. keep ``def parse(data, *, merchant=None): return collect(rows(data, merchant=merchant))`` for callers that
+   want the whole statement, and list ``rows`` in ``PARSERS``.
 
 Until then, ``register(channel, parse=…)`` accepts the old form as it is (it then holds that channel's rows in
 memory, as before).
@@ -66,9 +67,12 @@ def whole_file(parse: WholeParser) -> RowParser:
 
 def register(channel: str, *, rows: RowParser | None = None, parse: WholeParser | None = None) -> None:
     """Add a channel's parser: streaming (``rows``) or, for one not yet adapted, whole-file (``parse``)."""
-    if (rows is None) == (parse is None):
+    if rows is not None and parse is None:
+        PARSERS[channel] = rows
+    elif parse is not None and rows is None:
+        PARSERS[channel] = whole_file(parse)
+    else:
         raise TypeError("register a channel's parser with exactly one of rows= or parse=")
-    PARSERS[channel] = rows if rows is not None else whole_file(parse)  # type: ignore[arg-type]
 
 
 def _parser(channel: str) -> RowParser:
