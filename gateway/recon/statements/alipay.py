@@ -31,7 +31,7 @@ from collections.abc import Iterator
 
 from gateway.recon.normalize import ParsedStatement, StatementError, StatementRow, StatementTally, collect
 from gateway.recon.statements.fields import Header, TimeCache, fee_fen, fen
-from gateway.recon.statements.source import open_zip, text_lines, zip_lines, zip_name
+from gateway.recon.statements.source import ZIP_MAGIC, open_zip, text_lines, zip_lines, zip_name
 
 WHAT = "alipay statement"
 _AMOUNT = r"([-+]?[\d,]*\.?\d+)"
@@ -113,7 +113,7 @@ def rows(
     closing lines and the summary file are checked (StatementError if they do not add up) and ``tally`` holds
     the rows' counts and sums."""
     tally = tally if tally is not None else StatementTally()
-    if isinstance(data, str) or not data.startswith(b"PK"):
+    if isinstance(data, str) or not data.startswith(ZIP_MAGIC):
         yield from _detail(text_lines(data, WHAT), merchant, tally, None)
         return
     archive, detail, summary = _members(data)

@@ -23,6 +23,8 @@ CHUNK = 1 << 20
 """Bytes decoded at a time: large enough that per-chunk work is noise, small enough to bound memory."""
 SNIFF = 1 << 16
 """Bytes of text, from the first non-ASCII one, that decide between UTF-8 and GB18030."""
+MAX_LINE = 1 << 16
+"""Characters in one line at most (a real row is a few hundred)."""
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 """What ``str.splitlines`` splits on: a stream splits exactly as the whole text did."""
 GZIP_MAGIC = b"\x1f\x8b"
@@ -110,9 +112,10 @@ def _decode(decoder: codecs.IncrementalDecoder, chunk: bytes, encoding: str, wha
         raise StatementError(f"{what}: not valid {encoding.removesuffix('-sig')} text ({exc.reason})") from None
 
 
-def lines(texts: Iterable[str]) -> Iterator[str]:
+def lines(texts: Iterable[str], what: str) -> Iterator[str]:
     """The lines of a text given in pieces, without their line ends, exactly as ``str.splitlines`` would give
-    them for the whole text (a ``\\r\\n`` split across two pieces is one line end)."""
+    them for the whole text (a ``\\r\\n`` split across two pieces is one line end). A line longer than
+    ``MAX_LINE`` characters fails the batch: no statement has one, and holding it would undo the streaming."""
     held = ""
     for piece in texts:
         if not piece:
@@ -123,6 +126,8 @@ def lines(texts: Iterable[str]) -> Iterator[str]:
             buf, trail = buf[:-1], "\r"
         parts = buf.splitlines()
         held = parts.pop() + trail if buf and buf[-1] not in LINE_BREAKS else trail
+        if len(held) > MAX_LINE:
+            raise StatementError(f"{what}: a line longer than {MAX_LINE} characters: not a statement")
         yield from parts
     if held:
         yield held[:-1] if held[-1] == "\r" else held
@@ -132,7 +137,7 @@ def text_lines(data: bytes | str, what: str) -> Iterator[str]:
     """A plain or gzipped statement as lines; a ``str`` is taken as already decoded."""
     if isinstance(data, str):
         return iter(data.splitlines())
-    return lines(decoded(gunzipped(data, what), what))
+    return lines(decoded(gunzipped(data, what), what), what)
 
 
 def open_zip(data: bytes, what: str) -> zipfile.ZipFile:
@@ -153,4 +158,4 @@ def zip_name(info: zipfile.ZipInfo) -> str:
 
 
 def zip_lines(archive: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> Iterator[str]:
-    return lines(decoded(zip_member(archive, info, what), what))
+    return lines(decoded(zip_member(archive, info, what), what), what)

@@ -58,7 +58,7 @@ def pieces(text: str, cuts: list[int]) -> list[str]:
 )
 def test_lines_across_any_cut_equal_splitlines_of_the_whole(parts, cuts):
     text = "".join(parts)
-    assert list(source.lines(pieces(text, cuts))) == text.splitlines()
+    assert list(source.lines(pieces(text, cuts), "test")) == text.splitlines()
 
 
 @contextlib.contextmanager
@@ -195,6 +195,12 @@ def test_damage_late_in_a_stream_fails_the_batch(monkeypatch):
     packed[body] ^= 0xFF
     with pytest.raises(StatementError, match="alipay statement: the compressed file is damaged"):
         statements.check("alipay", bytes(packed))  # found by the member's CRC (or inflate) as it streams
+
+
+def test_a_file_without_line_ends_is_refused_without_being_held():
+    endless = gzip.compress(b"`" + b"9" * (source.MAX_LINE * 4))
+    with pytest.raises(StatementError, match="a line longer than 65536 characters"):
+        statements.check("wechat", endless)
 
 
 def test_a_parser_not_yet_streaming_registers_as_it_is():
