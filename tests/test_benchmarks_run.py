@@ -44,6 +44,8 @@ BENCHMARKS = {
             "recon_peak_rss_mb",
             "wechat_parse_rows_per_s",
             "alipay_parse_rows_per_s",
+            "parse_peak_rss_mb",
+            "recon_e2e_1m_seconds",
         },
     ),
 }

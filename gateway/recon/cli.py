@@ -56,16 +56,16 @@ class ProgressBar:
 
 
 def _parse_statement(args: argparse.Namespace) -> int:
-    from gateway.recon.statements import parse
+    from gateway.recon.statements import check, rows
 
     data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()  # noqa: SIM115
     try:
-        parsed = parse(args.channel, data, merchant=args.merchant)
+        check(args.channel, data, merchant=args.merchant)  # a statement that does not add up prints no row
     except StatementError as exc:
         print(f"his-gateway: {exc}", file=sys.stderr)
         return 1
     out = sys.stdout
-    for row in parsed.rows:
+    for row in rows(args.channel, data, merchant=args.merchant):
         out.write(json.dumps(row.as_json(), ensure_ascii=False, separators=(",", ":")) + "\n")
     return 0
 

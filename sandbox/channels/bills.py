@@ -5,8 +5,9 @@ REFUND), every value prefixed with a backtick; then a summary header and one bac
 exactly those of the published samples (bill_type ALL/SUCCESS/REFUND). Amounts are yuan with 2 decimals, the fee
 with 5; the hash announced is the SHA-1 of the uncompressed file.
 
-Alipay trade bill: a zip of two GBK CSVs, ``<pid>_<yyyymmdd>_业务明细.csv`` (comment lines starting with ``#``,
-values followed by a tab as Alipay writes them so spreadsheets keep long numbers) and its ``(汇总)`` summary.
+Alipay trade bill: a zip of two GBK CSVs, ``<account>_<yyyymmdd>_业务明细.csv`` (comment lines starting with ``#``,
+numbers and names followed by a tab as Alipay writes them so spreadsheets keep them as text; refunds as negative
+rows) and its ``(汇总)`` summary.
 """
 
 from __future__ import annotations
@@ -161,100 +162,82 @@ ALIPAY_DETAIL_COLUMNS = (
 )
 
 
+ALIPAY_SUMMARY_COLUMNS = (
+    "门店编号,门店名称,交易订单总笔数,退款订单总笔数,订单金额（元）,商家实收（元）,支付宝优惠（元）,商家优惠（元）,"
+    "卡消费金额（元）,服务费（元）,分润（元）,实收净额（元）"
+)
+ALIPAY_TABBED = frozenset({0, 1, 2, 6, 7, 8, 9, 10, 19, 21})
+"""The detail columns whose values Alipay follows with a tab (numbers and names a spreadsheet would mangle)."""
+
+
+def _alipay_row(values: list[str]) -> str:
+    return ",".join(v + "\t" if i in ALIPAY_TABBED else v for i, v in enumerate(values))
+
+
 def alipay_tradebill(
     pid: str, day: dt.date, payments: list[dict[str, Any]], refunds: list[dict[str, Any]], *, generated: dt.datetime
 ) -> bytes:
+    """As Alipay writes it: a refund row carries the refund as a negative 订单金额 and 商家实收 (its 创建时间 is the
+    payment's), the detail closes with one count-and-商家实收 line per type, and the summary's 订单金额 and
+    商家实收 are the signed column sums (net of refunds)."""
     stamp = day.strftime("%Y%m%d")
+    account = f"{pid}0156"  # the 账号 Alipay prints: the PID with 0156 appended
     start = f"{day:%Y年%m月%d日} 00:00:00"
     end = f"{day + dt.timedelta(days=1):%Y年%m月%d日} 00:00:00"
-    rows: list[list[str]] = []
+    rows: list[str] = []
     fee_rate = Decimal("0.60")
+    fees = Decimal(0)
     for t in payments:
+        fee = _fee(t["amount_fen"], fee_rate)
+        fees -= fee
+        amount = yuan(t["amount_fen"])
         rows.append(
-            [
-                t["trade_no"],
-                t["out_trade_no"],
-                "交易",
-                t["description"] or "",
-                _local(t["created_at"]),
-                _local(t["paid_at"]),
-                "",
-                "",
-                "",
-                "",
-                t["payer_id"] or "",
-                yuan(t["amount_fen"]),
-                yuan(t["amount_fen"]),
-                "0.00",
-                "0.00",
-                "0.00",
-                "0.00",
-                "0.00",
-                "",
-                "0.00",
-                "0.00",
-                "",
-                f"-{_fee(t['amount_fen'], fee_rate):.2f}",
-                "0.00",
-                "",
-            ]
-        )
+            _alipay_row(
+                [t["trade_no"], t["out_trade_no"], "交易", t["description"] or "", _local(t["created_at"]),
+                 _local(t["paid_at"]), "", "", "", "", t["payer_id"] or "", amount, amount, "0.00", "0.00", "0.00",
+                 "0.00", "0.00", "", "0.00", "0.00", "", f"-{fee:.2f}", "0.00", ""]
+            )
+        )  # fmt: skip
     for r in refunds:
+        fee = _fee(r["amount_fen"], fee_rate)
+        fees += fee
+        amount = f"-{yuan(r['amount_fen'])}"
         rows.append(
-            [
-                r["trade_no"],
-                r["out_trade_no"],
-                "退款",
-                r["description"] or "",
-                _local(r["created_at"]),
-                _local(r["succeeded_at"]),
-                "",
-                "",
-                "",
-                "",
-                r["payer_id"] or "",
-                yuan(r["total_fen"]),
-                f"-{yuan(r['amount_fen'])}",
-                "0.00",
-                "0.00",
-                "0.00",
-                "0.00",
-                "0.00",
-                "",
-                "0.00",
-                "0.00",
-                r["out_refund_no"],
-                f"{_fee(r['amount_fen'], fee_rate):.2f}",
-                "0.00",
-                "",
-            ]
-        )
+            _alipay_row(
+                [r["trade_no"], r["out_trade_no"], "退款", r["description"] or "", _local(r["created_at"]),
+                 _local(r["succeeded_at"]), "", "", "", "", r["payer_id"] or "", amount, amount, "0.00", "0.00",
+                 "0.00", "0.00", "0.00", "", "0.00", "0.00", r["out_refund_no"], f"{fee:.2f}", "0.00", ""]
+            )
+        )  # fmt: skip
+    income = sum(t["amount_fen"] for t in payments)
+    refunded = sum(r["amount_fen"] for r in refunds)
+    exported = f"#导出时间：[{generated:%Y年%m月%d日 %H:%M:%S}]"
     detail = [
         "#支付宝业务明细查询",
-        f"#账号：[{pid}]",
+        f"#账号：[{account}]",
         f"#起始日期：[{start}]   终止日期：[{end}]",
         "#-----------------------------------------业务明细列表----------------------------------------",
         ALIPAY_DETAIL_COLUMNS,
-        *(",".join(v + "\t" for v in row) for row in rows),
+        *rows,
         "#-----------------------------------------业务明细列表结束------------------------------------",
-        f"#交易合计：{len(payments)}笔，退款合计：{len(refunds)}笔",
-        f"#导出时间：[{generated:%Y年%m月%d日 %H:%M:%S}]",
+        f"#交易合计：{len(payments)}笔，商家实收共{yuan(income)}元，商家优惠共0.00元",
+        f"#退款合计：{len(refunds)}笔，商家实收退款共{yuan(-refunded)}元，商家优惠退款共0.00元",
+        exported,
     ]
-    income = sum(t["amount_fen"] for t in payments)
-    refunded = sum(r["amount_fen"] for r in refunds)
+    net = yuan(income - refunded)
     summary = [
         "#支付宝业务汇总查询",
-        f"#账号：[{pid}]",
+        f"#账号：[{account}]",
         f"#起始日期：[{start}]   终止日期：[{end}]",
-        "门店编号,门店名称,交易订单总笔数,退款订单总笔数,订单金额（元）,商家实收（元）,支付宝优惠（元）,"
-        "商家优惠（元）,卡消费金额（元）,服务费（元）,分润（元）,实收净额（元）",
-        f"合计,,{len(payments)},{len(refunds)},{yuan(income)},{yuan(income - refunded)},0.00,0.00,0.00,0.00,0.00,"
-        f"{yuan(income - refunded)}",
-        "#-----------------------------------------业务汇总列表结束------------------------------------",
-        f"#导出时间：[{generated:%Y年%m月%d日 %H:%M:%S}]",
+        "#-----------------------------------------业务汇总列表----------------------------------------",
+        ALIPAY_SUMMARY_COLUMNS,
+        f"合计,,{len(payments)},{len(refunds)},{net},{net},0.00,0.00,0.00,{fees:.2f},0.00,"
+        f"{yuan(income - refunded + int(fees * 100))}",
+        "#----------------------------------------业务汇总列表结束-------------------------------------",
+        exported,
     ]
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(f"{pid}_{stamp}_业务明细.csv", ("\r\n".join(detail) + "\r\n").encode("gbk"))
-        archive.writestr(f"{pid}_{stamp}_业务明细(汇总).csv", ("\r\n".join(summary) + "\r\n").encode("gbk"))
+        archive.writestr(f"{account}_{stamp}_业务明细.csv", ("\r\n".join(detail) + "\r\n").encode("gbk"))
+        archive.writestr(f"{account}_{stamp}_业务明细(汇总).csv", ("\r\n".join(summary) + "\r\n").encode("gbk"))
     return out.getvalue()

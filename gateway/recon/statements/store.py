@@ -1,5 +1,6 @@
 """Statements per merchant and day: downloaded through the channel (which checks the channel's own hash or zip
-integrity), kept raw with their SHA-256, parsed, and checked against their summary rows.
+integrity), kept raw with their SHA-256, and checked against their summary rows in one streaming pass that keeps
+no row; the run then streams the rows again from the same bytes (``FetchedStatement.parsed.rows``).
 
 A statement that fails its checks is stored too (``status = failed`` with the reason) so an operator can see
 what arrived, and the run fails loudly: reconciling against a statement that does not add up would turn its
@@ -8,6 +9,7 @@ errors into false exceptions. A channel with no statement for the day (no trades
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
@@ -17,8 +19,8 @@ import sqlalchemy as sa
 
 from gateway.channels.base import Channel, ChannelError
 from gateway.model import utcnow
-from gateway.recon.normalize import ParsedStatement, StatementError, StatementTotals
-from gateway.recon.statements import parse
+from gateway.recon.normalize import StatementError, StatementTally
+from gateway.recon.statements import CheckedStatement
 from gateway.store.db import Database
 from gateway.store.recon_tables import statements
 
@@ -30,7 +32,8 @@ class FetchedStatement:
     merchant_id: str
     channel: str
     statement_id: int | None
-    parsed: ParsedStatement
+    parsed: CheckedStatement
+    """Checked; ``parsed.rows`` streams the rows again from the stored bytes, ``len`` gives their count."""
 
 
 async def _store(
@@ -40,19 +43,19 @@ async def _store(
     channel: str,
     day: dt.date,
     raw: bytes,
-    parsed: ParsedStatement | None,
+    tally: StatementTally | None,
     error: str | None,
 ) -> int:
     digest = hashlib.sha256(raw).hexdigest()
     values: dict[str, Any] = {
-        "status": "parsed" if parsed is not None else "failed",
+        "status": "parsed" if tally is not None else "failed",
         "error": error,
-        "row_count": len(parsed.rows) if parsed else None,
-        "pay_count": sum(r.type == "pay" for r in parsed.rows) if parsed else None,
-        "refund_count": sum(r.type == "refund" for r in parsed.rows) if parsed else None,
-        "pay_fen": parsed.pay_fen if parsed else None,
-        "refund_fen": parsed.refund_fen if parsed else None,
-        "fee_fen": parsed.fee_fen if parsed else None,
+        "row_count": tally.count if tally else None,
+        "pay_count": tally.pay_count if tally else None,
+        "refund_count": tally.refund_count if tally else None,
+        "pay_fen": tally.pay_fen if tally else None,
+        "refund_fen": tally.refund_fen if tally else None,
+        "fee_fen": tally.fee_fen if tally else None,
         "fetched_at": utcnow(),
     }
     t = statements.c
@@ -88,14 +91,14 @@ async def fetch(
         raw = await channel.download_bill(day)
     except ChannelError as exc:
         if exc.code in NO_STATEMENT:
-            return FetchedStatement(merchant_id, channel_name, None, ParsedStatement([], StatementTotals(count=0)))
+            return FetchedStatement(merchant_id, channel_name, None, CheckedStatement.empty(channel_name))
         raise
     try:
-        parsed = parse(channel_name, raw)
+        parsed = await asyncio.to_thread(CheckedStatement.of, channel_name, raw)
     except StatementError as exc:
         await _store(db, hospital, merchant_id, channel_name, day, raw, None, str(exc))
         raise StatementError(f"merchant {merchant_id} statement of {day}: {exc}") from None
-    statement_id = await _store(db, hospital, merchant_id, channel_name, day, raw, parsed, None)
+    statement_id = await _store(db, hospital, merchant_id, channel_name, day, raw, parsed.tally, None)
     return FetchedStatement(merchant_id, channel_name, statement_id, parsed)
 
 

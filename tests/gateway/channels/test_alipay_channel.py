@@ -249,7 +249,8 @@ async def test_statement_zip(sandbox, alipay):
         detail = next(n for n in names if n.endswith("业务明细.csv"))
         text = archive.read(detail).decode("gbk")
     assert any(n.endswith("业务明细(汇总).csv") for n in names)
-    assert "ALI-BILL-001\t" in text and "RF-BILL\t" in text and "#交易合计：1笔，退款合计：1笔" in text
+    assert "ALI-BILL-001\t" in text and "RF-BILL\t" in text and ",-2.50,-2.50," in text  # the refund, negative
+    assert "#交易合计：1笔，商家实收共12.50元" in text and "#退款合计：1笔，商家实收退款共-2.50元" in text
     await admin(sandbox, "/faults", {"match": "alipay.billdownload", "mode": "tamper", "count": 1})
     with pytest.raises(ChannelError) as info:
         await alipay.download_bill(sandbox.ledger.now().date())

@@ -1,4 +1,4 @@
-"""Statement parsers against the published WeChat trade bill samples (../shared/fixtures/wechatpay), the
+"""Statement parsers against the published WeChat trade bill samples (tests/fixtures/statements/wechatpay), the
 variants real files come in (BOM, CRLF, trailing tabs, GBK, legacy column sets, reordered columns), the bills
 the sandbox channels serve (WeChat gzip checked by SHA-1, Alipay zip of GBK CSVs) and the CLI. A statement whose
 summary rows disagree with its rows fails as a whole."""
@@ -21,9 +21,9 @@ from gateway.recon.statements import alipay as alipay_bill
 from gateway.recon.statements import wechat as wechat_bill
 from sandbox.channels import bills
 from tests.support.gateway_rig import eventually
-from tests.support.rig import SHARED_FIXTURES
+from tests.support.rig import REPO
 
-SAMPLES = SHARED_FIXTURES / "wechatpay"
+SAMPLES = REPO / "tests" / "fixtures" / "statements" / "wechatpay"
 
 
 def sample(name: str) -> bytes:
@@ -196,7 +196,7 @@ def test_alipay_gbk_file_names_and_summary_mismatch():
     assert len(alipay_bill.parse(_rezip(packed, lambda n, t: t, gbk_names=True)).rows) == 3
 
     def wrong_total(name: str, text: str) -> str:
-        return text.replace("合计,,2,1,153.33,", "合计,,2,1,153.34,") if "汇总" in name else text
+        return text.replace("合计,,2,1,133.33,", "合计,,2,1,133.34,") if "汇总" in name else text  # net 153.33 − 20.00
 
     with pytest.raises(StatementError, match="订单金额"):
         alipay_bill.parse(_rezip(packed, wrong_total))
