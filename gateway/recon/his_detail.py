@@ -54,7 +54,8 @@ class DetailWriter:
         return b"".join(self._chunks), self._hash.hexdigest()
 
 
-async def store(db: Database, hospital: str, day: dt.date, writer: DetailWriter) -> int:
+async def store(db: Database, hospital: str, day: dt.date, writer: DetailWriter) -> bytes:
+    """Keep the day's detail (a re-fetch of the same records is the same row); its gzip bytes."""
     raw, digest = writer.finish()
     t = his_details.c
     async with db.write() as conn:
@@ -63,10 +64,9 @@ async def store(db: Database, hospital: str, day: dt.date, writer: DetailWriter)
         ).scalar_one_or_none()
         if existing is not None:
             await conn.execute(sa.update(his_details).where(t.id == existing).values(fetched_at=utcnow()))
-            return int(existing)
-        row = await conn.execute(
-            sa.insert(his_details)
-            .values(
+            return raw
+        await conn.execute(
+            sa.insert(his_details).values(
                 hospital_id=hospital,
                 day=day,
                 raw=raw,
@@ -75,9 +75,8 @@ async def store(db: Database, hospital: str, day: dt.date, writer: DetailWriter)
                 fetched_at=utcnow(),
                 **writer.counts,
             )
-            .returning(t.id)
         )
-        return int(row.scalar_one())
+    return raw
 
 
 def records(raw: bytes) -> Iterator[dict[str, Any]]:

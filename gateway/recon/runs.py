@@ -38,6 +38,7 @@ from gateway.recon.engine import DAY_S, SETTLED, UNSETTLED, DayOutcome, Side, ma
 from gateway.recon.evidence import Observation, Observations
 from gateway.recon.his_side import BridgeReconSource, ReconSource, entry_key, pages, record_time
 from gateway.recon.normalize import StatementRow, day_bounds
+from gateway.recon.statements import CheckedStatement
 from gateway.recon.statements.store import fetch as fetch_statement
 from gateway.recon.verdicts import HELD, KeyEvidence, Platform, Verdict
 from gateway.store.db import Database
@@ -84,49 +85,49 @@ class RunSummary:
         }
 
 
-class RawRecords:
-    """The records behind each side's entries, for display; a key seen twice keeps every copy, in order."""
-
-    def __init__(self) -> None:
-        self.by_key: dict[str, Any] = {}
-
-    def add(self, key: str, record: dict[str, Any]) -> None:
-        seen = self.by_key.get(key)
-        if seen is None:
-            self.by_key[key] = record
-        elif isinstance(seen, _Copies):
-            seen.append(record)
-        else:
-            self.by_key[key] = _Copies([seen, record])
-
-    def copies(self, key: str) -> list[dict[str, Any]]:
-        seen = self.by_key.get(key)
-        if seen is None:
-            return []
-        return list(seen) if isinstance(seen, _Copies) else [seen]
-
-
-class _Copies(list[dict[str, Any]]):
-    """Several records of one key on one side (a record that is itself a list is never confused with it)."""
-
-
 @dataclass
 class Loaded:
+    """A day's three sides as compact entries (no records: those are read back only for the keys a run keeps)."""
+
     sides: dict[str, Side]
-    raw: dict[str, RawRecords]
     totals: dict[str, int]
     counts: dict[str, int]
     start: dt.datetime
     by_channel: dict[str, dict[str, int]]
     """Per channel, what its statements of the day hold (for the console's per-channel figures)."""
+    his_detail: bytes
+    """The day's HIS detail as stored (gzip of JSON lines), to read records back from."""
+    statements: list[tuple[str, CheckedStatement]]
+    """(merchant id, statement) of the day, whose rows stream again from the stored bytes."""
 
-    def observations(self, key: str, day: dt.date) -> list[Observation]:
+    async def records(self, db: Database, hospital: str, keys: set[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """The records behind ``keys`` on each side, in the order the side gave them (one per copy)."""
+        out: dict[str, dict[str, list[dict[str, Any]]]] = {name: defaultdict(list) for name in self.sides}
+        if not keys:
+            return out
+        for record in his_detail.records(self.his_detail):
+            key = entry_key(record)
+            if key in keys:
+                out["his"][key].append({**record, "time": record_time(record).isoformat()})
+        for merchant_id, statement in self.statements:
+            for row in statement.rows:
+                key = evidence.statement_key(row)
+                if key in keys:
+                    out["channel"][key].append(_statement_row_json(row, merchant_id))
+        for key, _amount, _t, _flag, record in await platform_side.lookup(db, hospital, keys):
+            out["platform"][key].append(record)
+        return out
+
+    def observations(
+        self, key: str, day: dt.date, records: dict[str, dict[str, list[dict[str, Any]]]]
+    ) -> list[Observation]:
         """What this day's three sides say of ``key``."""
         out = []
         for name, side in self.sides.items():
-            for (amount, seconds, flag), record in zip(side.copies(key), self.raw[name].copies(key), strict=True):
-                at = self.start + dt.timedelta(seconds=seconds)
-                out.append(Observation(name, day, amount, at, flag, record))
+            kept = records[name].get(key, [])
+            for i, (amount, seconds, flag) in enumerate(side.copies(key)):
+                record = kept[min(i, len(kept) - 1)] if kept else None
+                out.append(Observation(name, day, amount, self.start + dt.timedelta(seconds=seconds), flag, record))
         return out
 
 
@@ -185,7 +186,7 @@ async def _load(
 ) -> Loaded:
     start, end = day_bounds(day)
     sides = {"his": Side(), "platform": Side(), "channel": Side()}
-    raw = {name: RawRecords() for name in sides}
+    statements: list[tuple[str, CheckedStatement]] = []
     totals = {"his_fen": 0, "platform_fen": 0, "channel_fen": 0, "fee_fen": 0}
     counts = {"his_count": 0, "platform_count": 0, "channel_count": 0}
     by_channel: dict[str, dict[str, int]] = {}
@@ -195,12 +196,12 @@ async def _load(
         if merchant_id not in channels:
             raise LookupError(f"merchant {merchant_id} has no channel in this instance: cannot fetch its statement")
         fetched = await fetch_statement(db, hospital, merchant_id, channel_name, channels[merchant_id], day)
-        side, records = sides["channel"], raw["channel"]
+        statements.append((merchant_id, fetched.parsed))
+        side = sides["channel"]
         for row in fetched.parsed.rows:
             key = evidence.statement_key(row)
             flag = SETTLED if row.status == "success" else UNSETTLED
             side.add(key, row.amount_fen, _seconds(row.time, start), flag)
-            records.add(key, _statement_row_json(row, merchant_id))
             if flag:
                 totals["channel_fen"] += row.amount_fen if row.type == "pay" else -row.amount_fen
         totals["fee_fen"] += fetched.parsed.fee_fen
@@ -213,7 +214,7 @@ async def _load(
         figures["fee_fen"] += fetched.parsed.fee_fen
         progress("statements", i + 1, len(merchants))
 
-    side, records = sides["his"], raw["his"]
+    side = sides["his"]
     detail = his_detail.DetailWriter()
 
     def his_progress(done: int, total: int) -> None:
@@ -226,20 +227,18 @@ async def _load(
             t = record_time(record)
             amount = int(record["amount_fen"])
             side.add(key, amount, _seconds(t, start), evidence.his_flag(record))
-            records.add(key, {**record, "time": t.isoformat()})
             totals["his_fen"] += -amount if record.get("kind") == "refund" else amount
             counts["his_count"] += 1
-    await his_detail.store(db, hospital, day, detail)
+    detail_raw = await his_detail.store(db, hospital, day, detail)
 
-    side, records = sides["platform"], raw["platform"]
-    async for key, amount, paid_at, flag, record in platform_side.day_entries(db, hospital, start, end):
+    side = sides["platform"]
+    async for key, amount, paid_at, flag, _record in platform_side.day_entries(db, hospital, start, end):
         side.add(key, amount, _seconds(paid_at, start), flag)
-        records.add(key, record)
         if flag:
             totals["platform_fen"] += amount if key.startswith("pay:") else -amount
         counts["platform_count"] += 1
     progress("platform", counts["platform_count"], counts["platform_count"])
-    return Loaded(sides, raw, totals, counts, start, by_channel)
+    return Loaded(sides, totals, counts, start, by_channel, detail_raw, statements)
 
 
 def _statement_row_json(row: StatementRow, merchant_id: str) -> dict[str, Any]:
@@ -278,7 +277,8 @@ async def _gather(
     day_keys = loaded.sides["his"].entries.keys() | loaded.sides["channel"].entries.keys()
     day_keys |= loaded.sides["platform"].entries.keys()
     keep = unresolved | (day_keys & stored)
-    today = {key: loaded.observations(key, day) for key in keep}
+    records = await loaded.records(db, hospital, keep)
+    today = {key: loaded.observations(key, day, records) for key in keep}
     new = keep - stored
     reach = max(cfg.recon.suspense_days, BACKFILL_DAYS)
     nearby = {d for d in await evidence.run_days(db, hospital) if d != day and abs((d - day).days) <= reach}
