@@ -444,7 +444,7 @@ async def _e2e(n: int, seed: int, workdir: Path) -> dict[str, Any]:
     from gateway.store import registry
     from gateway.store.db import Database
     from gateway.store.migrate import upgrade
-    from gateway.store.recon_tables import recon_exceptions
+    from gateway.store.recon_tables import his_details, recon_exceptions, recon_observations
     from tests.support.gateway_rig import HOSPITAL, MERCHANT, gateway_config, make_keys
 
     day = dt.date(2025, 3, 14)
@@ -493,6 +493,8 @@ async def _e2e(n: int, seed: int, workdir: Path) -> dict[str, Any]:
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     async with db.read() as conn:
         stored = (await conn.execute(sa.select(sa.func.count()).select_from(recon_exceptions))).scalar_one()
+        observations = (await conn.execute(sa.select(sa.func.count()).select_from(recon_observations))).scalar_one()
+        detail_bytes = (await conn.execute(sa.select(sa.func.sum(his_details.c.size)))).scalar_one()
     await db.close()
     return {
         "seconds": seconds,
@@ -503,6 +505,8 @@ async def _e2e(n: int, seed: int, workdir: Path) -> dict[str, Any]:
         "injected": injected,
         "counts": {k: v for k, v in summary.counts.items() if v},
         "stored_exceptions": int(stored),
+        "observation_rows": int(observations),
+        "his_detail_bytes": int(detail_bytes or 0),
     }
 
 
@@ -569,6 +573,9 @@ def main() -> None:
     print(f"end to end on SQLite (statement bytes -> stored exceptions; sides {e2e['sizes']}): "
           f"{e2e['seconds']:.1f} s ({e2e['cpu_seconds']:.1f} CPU s), peak RSS {e2e['peak_rss_mb']:.0f} MB; "
           f"run counts {e2e['counts']}; {e2e['stored_exceptions']:,} exceptions stored")  # fmt: skip
+    detail_mib, bill_mib = e2e["his_detail_bytes"] / 2**20, e2e["bill_bytes"] / 2**20
+    print(f"kept for later days: {e2e['observation_rows']:,} evidence rows (entries unresolved within the day), "
+          f"HIS daily detail {detail_mib:.1f} MiB (statement {bill_mib:.1f} MiB)")  # fmt: skip
     print(
         json.dumps(
             {
@@ -589,6 +596,8 @@ def main() -> None:
                 "recon_e2e_1m_seconds": round(e2e["seconds"], 2),
                 "recon_e2e_1m_cpu_seconds": round(e2e["cpu_seconds"], 2),
                 "recon_e2e_peak_rss_mb": round(e2e["peak_rss_mb"]),
+                "recon_e2e_evidence_rows": e2e["observation_rows"],
+                "recon_e2e_his_detail_mib": round(e2e["his_detail_bytes"] / 2**20, 1),
             }
         )
     )
