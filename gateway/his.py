@@ -44,6 +44,10 @@ class HisAnswer:
 class HisLink(Protocol):
     async def write(self, operation: str, params: dict[str, Any]) -> HisAnswer: ...
 
+    async def read(self, operation: str, params: dict[str, Any]) -> HisAnswer:
+        """A catalog read (``patient.query``, ``bills.unpaid``…): answered at once, never journaled."""
+        ...
+
     async def status(self, request_id: str) -> HisAnswer | None:
         """The journaled outcome of a write, or None when the agent never received it."""
         ...
@@ -104,6 +108,9 @@ class BridgeHis:
                 raise HisUnavailable(str(e)) from e
             return _refusal(e)
 
+    async def read(self, operation: str, params: dict[str, Any]) -> HisAnswer:
+        return await self.write(operation, params)
+
     async def status(self, request_id: str) -> HisAnswer | None:
         try:
             return _answer(await self.client.operation_status(request_id))
@@ -123,6 +130,9 @@ class NoBridge:
         self.hospital_id = hospital_id
 
     async def write(self, operation: str, params: dict[str, Any]) -> HisAnswer:
+        raise HisUnavailable(f"hospital {self.hospital_id} has no bridge configured")
+
+    async def read(self, operation: str, params: dict[str, Any]) -> HisAnswer:
         raise HisUnavailable(f"hospital {self.hospital_id} has no bridge configured")
 
     async def status(self, request_id: str) -> HisAnswer | None:

@@ -90,7 +90,7 @@ class PatientDirectory:
             return "unchecked"
         params = {"card_no": card_no} if card_no else {"phone": phone}
         try:
-            answer = await self.his_for(hospital_id).write("patient.query", params)
+            answer = await self.his_for(hospital_id).read("patient.query", params)
         except HisUnavailable as e:
             log.warning("sms_his_lookup_failed", hospital=hospital_id, error=str(e))
             return "unchecked"
