@@ -92,7 +92,7 @@ def _fetch_statements(args: argparse.Namespace) -> int:
         for m in args.cfg.merchants:
             if m.hospital != args.hospital or not m.enabled:
                 continue
-            channel = build_channel(m)
+            channel = build_channel(m, db)
             try:
                 got = await fetch(db, args.hospital, m.id, m.channel, channel, args.date)
                 p = got.parsed

@@ -450,7 +450,7 @@ async def run_day(
         if channels is None:
             from gateway.runtime import build_channel
 
-            channels = {m.id: build_channel(m) for m in cfg.merchants if m.hospital == hospital and m.enabled}
+            channels = {m.id: build_channel(m, db) for m in cfg.merchants if m.hospital == hospital and m.enabled}
             owned.extend(channels.values())
         if source is None:
             if his is None:

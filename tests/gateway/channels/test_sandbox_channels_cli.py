@@ -19,6 +19,7 @@ from tests.support.channelrig import (
     ALIPAY_APP_ID,
     ALIPAY_APP_PRIVATE,
     ALIPAY_APP_PUBLIC,
+    ALIPAY_SELLER_ID,
     APIV3_KEY,
     WECHAT_APPID,
     WECHAT_KEY,
@@ -75,6 +76,7 @@ async def test_serve_from_the_command_line(tmp_path):
                 app_id=ALIPAY_APP_ID,
                 app_private_key_file=ALIPAY_APP_PRIVATE,
                 alipay_public_key_file=state / "alipay_public_key.pem",
+                seller_id=ALIPAY_SELLER_ID,
                 gateway_url=base + "/gateway.do",
             )
         )
