@@ -1,11 +1,13 @@
 """Checking that a channel's certificate chains to the root the merchant configured (UnionPay's signing
 certificates, Alipay's public-key certificates).
 
-Written with ``cryptography``'s single-issuer check rather than its ``x509.verification`` policy builder: the
-builder enforces the CA/Browser-Forum web profile (required extensions, no SHA-1 signatures), which the
-channels' CFCA and Ant Financial certificates do not follow. What is checked is what the channels' own SDKs
-check: each link signed by the next, the last a self-signed root the merchant trusts, every link within its
-validity at the time of checking. Revocation is not checked (the SDKs do not either).
+Written here rather than with ``cryptography``'s ``x509.verification`` policy builder or its
+``verify_directly_issued_by``: the builder enforces the CA/Browser-Forum web profile (required extensions) and
+both refuse SHA-1 signatures, which UnionPay's CFCA chain still uses (its test root, intermediate and signing
+certificates are all sha1WithRSA). What is checked is what the channels' own SDKs check: each link's issuer is the
+next link's subject and its signature verifies with the next link's key, the last is a self-signed root the
+merchant trusts, every link is within its validity at the time of checking. Revocation is not checked (the SDKs
+do not either).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
@@ -30,9 +33,17 @@ class ChainError(Exception):
 
 
 def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    if child.issuer != parent.subject or child.signature_hash_algorithm is None:
+        return False
+    key = parent.public_key()
     try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature):
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(child.signature, child.tbs_certificate_bytes, padding.PKCS1v15(), child.signature_hash_algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(child.signature_hash_algorithm))
+        else:
+            return False
+    except (InvalidSignature, ValueError, TypeError):
         return False
     return True
 

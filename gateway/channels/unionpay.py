@@ -493,7 +493,7 @@ class UnionPayChannel(Channel):
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
                 bad = archive.testzip()
                 names = archive.namelist()
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
             raise ChannelError("BILL_CORRUPT", f"{day}: the file is not a sound zip: {exc}", retryable=True) from None
         if bad is not None:
             raise ChannelError("BILL_CORRUPT", f"{day}: CRC error in {bad}", retryable=True)

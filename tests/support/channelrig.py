@@ -5,6 +5,7 @@ receiver."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +14,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.channels.config import AlipayConfig, Secret, WechatConfig
-from sandbox.channels import AlipaySettings, SandboxChannels, WechatSettings
+from gateway.channels.config import AlipayConfig, Secret, UnionPayConfig, WechatConfig
+from sandbox.channels import AlipaySettings, SandboxChannels, UnionPaySettings, WechatSettings
 from sandbox.channels import crypto as sandbox_crypto
+from sandbox.channels.unionpay import UnionPayIdentity, merchant_pfx
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 WECHAT_FIXTURES = FIXTURES / "wechatpay"
@@ -36,6 +38,73 @@ ALIPAY_APP_PRIVATE = ALIPAY_FIXTURES / "app_private_key.pem"
 ALIPAY_APP_PUBLIC = ALIPAY_FIXTURES / "app_public_key.pem"
 ALIPAY_PRIVATE = ALIPAY_FIXTURES / "ali_private_key.pem"
 ALIPAY_PUBLIC = ALIPAY_FIXTURES / "ali_public_key.pem"
+
+
+UNIONPAY_MER_ID = "777290058167151"
+UNIONPAY_TEST_KEY = UNIONPAY_FIXTURES / "acp_test_sign.pfx"
+"""UnionPay's published test signing certificate (certId 69903319369, password 000000): the signature vector's.
+It expired on 2026-11-26, so the sandbox tests use merchant keys the sandbox's CA issues (``unionpay_key``)."""
+
+
+@dataclass(frozen=True)
+class UnionPayKey:
+    """A merchant signing key as UnionPay hands it out: a PKCS#12 file and its password."""
+
+    id: str
+    pfx: Path
+    password_file: Path
+    certificate_pem: bytes
+    cert_id: str
+
+    def record(self, **window: object) -> dict[str, object]:
+        return {"id": self.id, "private_key_file": self.pfx, "password": {"file": self.password_file}, **window}
+
+
+def unionpay_key(identity: UnionPayIdentity, directory: Path, name: str = "sign") -> UnionPayKey:
+    directory.mkdir(parents=True, exist_ok=True)
+    key, cert = identity.issue_merchant(UNIONPAY_MER_ID)
+    password = secrets.token_urlsafe(9)
+    pfx, password_file = directory / f"{name}.pfx", directory / f"{name}.pw"
+    pfx.write_bytes(merchant_pfx(key, cert, password))
+    password_file.write_text(password + "\n")
+    return UnionPayKey(name, pfx, password_file, sandbox_crypto.certificate_pem(cert), str(cert.serial_number))
+
+
+def unionpay_settings(identity: UnionPayIdentity, keys: list[UnionPayKey]) -> UnionPaySettings:
+    return UnionPaySettings(UNIONPAY_MER_ID, [k.certificate_pem for k in keys], identity)
+
+
+@dataclass
+class UnionPayTrust:
+    """UnionPay's root and intermediate as a merchant configures them."""
+
+    root: Path
+    middle: Path
+
+
+def write_unionpay_trust(sandbox: SandboxChannels, directory: Path) -> UnionPayTrust:
+    identity = sandbox.unionpay.identity
+    directory.mkdir(parents=True, exist_ok=True)
+    root, middle = directory / "unionpay_root.cer", directory / "unionpay_middle.cer"
+    root.write_bytes(sandbox_crypto.certificate_pem(identity.root.cert))
+    middle.write_bytes(sandbox_crypto.certificate_pem(identity.middle.cert))
+    return UnionPayTrust(root, middle)
+
+
+def unionpay_config(
+    sandbox: SandboxChannels, trust: UnionPayTrust, keys: list[UnionPayKey], **overrides: object
+) -> UnionPayConfig:
+    values: dict[str, object] = {
+        "mer_id": UNIONPAY_MER_ID,
+        "merchant_keys": [k.record() for k in keys],
+        "root_cert_file": trust.root,
+        "middle_cert_file": trust.middle,
+        "base_url": sandbox.unionpay_base_url,
+        "file_url": sandbox.unionpay_file_url,
+        "codepay": {"first_delay_s": 0, "max_delay_s": 0.05, "factor": 2, "deadline_s": 1},
+        **overrides,
+    }
+    return UnionPayConfig.model_validate(values)
 
 
 def merchant_public_pem() -> bytes:

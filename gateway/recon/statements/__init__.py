@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gateway.recon.normalize import ParsedStatement
-from gateway.recon.statements import alipay, wechat
+from gateway.recon.statements import alipay, unionpay, wechat
 
-PARSERS: dict[str, Callable[..., ParsedStatement]] = {"wechat": wechat.parse, "alipay": alipay.parse}
+PARSERS: dict[str, Callable[..., ParsedStatement]] = {
+    "wechat": wechat.parse,
+    "alipay": alipay.parse,
+    "unionpay": unionpay.parse,
+}
 
 
 def parse(channel: str, data: bytes, *, merchant: str | None = None) -> ParsedStatement:

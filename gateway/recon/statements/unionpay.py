@@ -1,0 +1,162 @@
+"""UnionPay online-payment reconciliation file (file transfer, txnType 76): a zip whose ``INN<yymmdd>88ZM_<merId>``
+file lists the day's settled transactions as fixed-width records (全渠道商户对账文件, 一般交易流水).
+
+The record layout is UnionPay's: 42 fields of fixed byte widths in GBK, one space between fields (the widths
+are those of UnionPay's SDK demo ``parseZMFile``). Byte widths, so each line is cut as bytes before decoding: a
+Chinese character in a field takes two. Signed amounts are ``C`` (to the merchant) or ``D`` (from it) and 12
+digits of fen. The settlement day ends at 23:00, so a payment after 23:00 is on the next day's file.
+
+Rows: a consume (交易类型 01) is a payment keyed by its order id; a refund (04) or a consume cancel (31) is a
+refund keyed by its own order id (our out_refund_no), its original trade taken from 原始交易订单号 and
+原交易查询流水号. The file carries no trailer, so what is checked is what each record says of itself, every
+record: its length; 商户代码 the merchant of the file name; 清算净额 = 结算金额 + 商户手续费 (signed); 结算金额 =
+交易金额 − 优惠金额; the direction of the money agrees with the transaction type. One record that does not add up
+fails the whole file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+import zipfile
+
+from gateway.recon.normalize import ParsedStatement, StatementError, StatementRow, StatementTotals, check_totals
+from gateway.recon.statements.fields import TimeCache
+
+FIELDS = (
+    ("交易代码", 3), ("代理机构标识码", 11), ("发送机构标识码", 11), ("系统跟踪号", 6), ("交易传输时间", 10),
+    ("帐号", 19), ("交易金额", 12), ("商户类别", 4), ("终端类型", 2), ("查询流水号", 21), ("支付方式（旧）", 2),
+    ("商户订单号", 32), ("支付卡类型", 2), ("原始交易的系统跟踪号", 6), ("原始交易日期时间", 10), ("商户手续费", 13),
+    ("结算金额", 13), ("支付方式", 4), ("集团商户代码", 15), ("交易类型", 2), ("交易子类", 2), ("业务类型", 6),
+    ("帐号类型", 2), ("账单类型", 4), ("账单号码", 32), ("交互方式", 1), ("原交易查询流水号", 21), ("商户代码", 15),
+    ("分账入账方式", 1), ("二级商户代码", 15), ("二级商户简称", 32), ("二级商户分账入账金额", 13), ("清算净额", 13),
+    ("终端号", 8), ("商户自定义域", 32), ("优惠金额", 13), ("发票金额", 13), ("分期付款附加手续费", 12),
+    ("分期付款期数", 2), ("交易介质", 1), ("原始交易订单号", 32), ("保留使用", 98),
+)  # fmt: skip
+RECORD_BYTES = sum(w for _, w in FIELDS) + len(FIELDS) - 1
+_SPANS: dict[str, tuple[int, int]] = {}
+_at = 0
+for _name, _width in FIELDS:
+    _SPANS[_name] = (_at, _at + _width)
+    _at += _width + 1
+ZM_NAME = re.compile(r"INN(\d{6})\d\dZM_(\w+)$")
+PAYMENT = "01"
+REFUNDS = frozenset({"04", "31"})
+
+
+def _field(line: bytes, name: str) -> str:
+    start, end = _SPANS[name]
+    try:
+        return line[start:end].decode("gbk").strip()
+    except UnicodeDecodeError:
+        raise StatementError(f"unionpay file: {name} is not GBK text") from None
+
+
+def _signed(value: str, name: str, n: int) -> int:
+    if len(value) != 13 or value[0] not in "CD" or not value[1:].isdigit():
+        raise StatementError(f"unionpay file record {n}: {name} {value!r} is not C/D and 12 digits of fen")
+    amount = int(value[1:])
+    return amount if value[0] == "C" else -amount
+
+
+def _fen(value: str, name: str, n: int) -> int:
+    if not value.isdigit():
+        raise StatementError(f"unionpay file record {n}: {name} {value!r} is not a number of fen")
+    return int(value)
+
+
+def unpack(data: bytes) -> tuple[dt.date, str, bytes]:
+    """(settlement day, merId, ZM bytes) from the zip as downloaded: the ZM file's name carries the day, which
+    the records' MMDDhhmmss times need for their year."""
+    if not data.startswith(b"PK"):
+        raise StatementError("unionpay file: give the zip as downloaded (its ZM file's name carries the date)")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            found = [(ZM_NAME.search(n), n) for n in archive.namelist()]
+            zm = [(m, n) for m, n in found if m is not None]
+            if len(zm) != 1:
+                raise StatementError(f"unionpay file: expected one INN…ZM_<merId> file, found {archive.namelist()}")
+            match, name = zm[0]
+            try:
+                day = dt.datetime.strptime(match.group(1), "%y%m%d").date()
+            except ValueError:
+                raise StatementError(f"unionpay file: {name} does not name a day") from None
+            return day, match.group(2), archive.read(name)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise StatementError(f"unionpay file: not a sound zip: {exc}") from None
+
+
+def _record_time(mmddhhmmss: str, day: dt.date, n: int) -> str:
+    """A record's MMDDhhmmss in the year that puts it at most a day after the settlement day (the file of 1
+    January holds 31 December's late trades)."""
+    if len(mmddhhmmss) != 10 or not mmddhhmmss.isdigit():
+        raise StatementError(f"unionpay file record {n}: 交易传输时间 {mmddhhmmss!r} is not MMDDhhmmss")
+    for year in (day.year, day.year - 1):
+        try:
+            at = dt.date(year, int(mmddhhmmss[:2]), int(mmddhhmmss[2:4]))
+        except ValueError:
+            continue
+        if at <= day + dt.timedelta(days=1):
+            h, m, sec = mmddhhmmss[4:6], mmddhhmmss[6:8], mmddhhmmss[8:]
+            return f"{at.isoformat()} {h}:{m}:{sec}"
+    raise StatementError(f"unionpay file record {n}: 交易传输时间 {mmddhhmmss!r} is not a time near {day}")
+
+
+def parse(data: bytes | str, *, merchant: str | None = None) -> ParsedStatement:
+    if isinstance(data, str):
+        raise StatementError("unionpay file: give the zip as downloaded, as bytes")
+    day, file_merchant, zm = unpack(data)
+    mer_id = merchant or file_merchant
+    when = TimeCache()
+    rows: list[StatementRow] = []
+    for n, line in enumerate(zm.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if not _SPANS["交易介质"][1] <= len(line) <= RECORD_BYTES:
+            raise StatementError(f"unionpay file record {n}: {len(line)} bytes, a record has {RECORD_BYTES}")
+        row_merchant = _field(line, "商户代码")
+        if row_merchant != file_merchant:
+            raise StatementError(f"unionpay file record {n}: merchant {row_merchant} in the file of {file_merchant}")
+        txn_type = _field(line, "交易类型")
+        amount = _fen(_field(line, "交易金额"), "交易金额", n)
+        settle = _signed(_field(line, "结算金额"), "结算金额", n)
+        fee = _signed(_field(line, "商户手续费"), "商户手续费", n)
+        net = _signed(_field(line, "清算净额"), "清算净额", n)
+        discount = abs(_signed(_field(line, "优惠金额"), "优惠金额", n))
+        problems = []
+        if net != settle + fee:
+            problems.append(f"清算净额 {net} is not 结算金额 {settle} + 手续费 {fee}")
+        if abs(settle) != amount - discount:
+            problems.append(f"结算金额 {abs(settle)} is not 交易金额 {amount} − 优惠金额 {discount}")
+        if (txn_type == PAYMENT) != (settle > 0) and settle != 0:
+            problems.append(f"money {'to' if settle > 0 else 'from'} the merchant on a txnType {txn_type}")
+        if problems:
+            raise StatementError(f"unionpay file record {n}: " + "; ".join(problems))
+        t = when(_record_time(_field(line, "交易传输时间"), day, n))
+        query_id, order_id = _field(line, "查询流水号"), _field(line, "商户订单号")
+        if txn_type == PAYMENT:
+            rows.append(
+                StatementRow("unionpay", mer_id, query_id, order_id, None, None, "pay", amount, -fee, t, "success")
+            )
+        elif txn_type in REFUNDS:
+            rows.append(
+                StatementRow(
+                    "unionpay",
+                    mer_id,
+                    _field(line, "原交易查询流水号"),
+                    _field(line, "原始交易订单号"),
+                    order_id,
+                    query_id,
+                    "refund",
+                    amount,
+                    -fee,
+                    t,
+                    "success",
+                )
+            )
+        else:
+            raise StatementError(f"unionpay file record {n}: txnType {txn_type!r} is neither consume nor refund")
+    parsed = ParsedStatement(rows, StatementTotals(count=len(rows)))
+    check_totals(parsed, "unionpay file")
+    return parsed
