@@ -32,6 +32,7 @@ import re
 import zipfile
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 import aiohttp
@@ -114,6 +115,8 @@ class UnionPayChannel(Channel):
         self.roots = x509.load_pem_x509_certificates(_pem_or_der(config.root_cert_file.read_bytes()))
         self.middles = x509.load_pem_x509_certificates(_pem_or_der(config.middle_cert_file.read_bytes()))
         self.state: ChannelState = state or MemoryState()
+        self.clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+        """Now, for txnTime, the cancel-or-refund choice and notification age (tests move it)."""
         self._checked: OrderedDict[str, x509.Certificate] = OrderedDict()
         self._seen_unsaved: dict[str, x509.Certificate] = {}
         self._session = session
@@ -230,7 +233,7 @@ class UnionPayChannel(Channel):
         return value
 
     async def _time_for(self, order_id: str, kind: str) -> tuple[str, str]:
-        kept = await self.state.reserve_order_time(order_id, unionpay_crypto.txn_time(dt.datetime.now(dt.UTC)), kind)
+        kept = await self.state.reserve_order_time(order_id, unionpay_crypto.txn_time(self.clock()), kind)
         return kept.txn_time, kept.kind
 
     async def create(self, request: PaymentRequest) -> PaymentStarted:
@@ -361,7 +364,7 @@ class UnionPayChannel(Channel):
         kept = await self.state.order_time(order_id)
         kind = kept.kind if kept is not None else None
         if kind is None:
-            kind = "cancel" if self._cancellable(request, trade.paid_at, dt.datetime.now(dt.UTC)) else "refund"
+            kind = "cancel" if self._cancellable(request, trade.paid_at, self.clock()) else "refund"
         txn_time, kind = await self._time_for(order_id, kind)
         fields = {
             "txnType": "31" if kind == "cancel" else "04",
@@ -410,7 +413,7 @@ class UnionPayChannel(Channel):
         )
 
     def verify_notification(self, headers: dict[str, str], body: bytes, *, now: float | None = None) -> Notification:
-        at = dt.datetime.fromtimestamp(now, dt.UTC) if now is not None else dt.datetime.now(dt.UTC)
+        at = dt.datetime.fromtimestamp(now, dt.UTC) if now is not None else self.clock()
         try:
             fields = dict(parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict"))
         except (UnicodeDecodeError, ValueError) as exc:
@@ -473,7 +476,7 @@ class UnionPayChannel(Channel):
             "txnSubType": "01",
             "bizType": "000000",
             "settleDate": day.strftime("%m%d"),
-            "txnTime": unionpay_crypto.txn_time(dt.datetime.now(dt.UTC)),
+            "txnTime": unionpay_crypto.txn_time(self.clock()),
             "fileType": "00",
         }
         answer = await self._call(self.config.file_url, fields, f"file transfer {day}")
