@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway.channels.config import AlipayConfig, Secret, UnionPayConfig, WechatConfig
 from sandbox.channels import AlipaySettings, SandboxChannels, UnionPaySettings, WechatSettings
 from sandbox.channels import crypto as sandbox_crypto
+from sandbox.channels.alipay import AlipayCertificates
 from sandbox.channels.unionpay import UnionPayIdentity, merchant_pfx
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -123,13 +124,51 @@ def wechat_settings(**overrides: object) -> WechatSettings:
     return WechatSettings(**values)  # type: ignore[arg-type]
 
 
-def alipay_settings() -> AlipaySettings:
+def alipay_settings(certificates: AlipayCertificates | None = None) -> AlipaySettings:
     return AlipaySettings(
         app_id=ALIPAY_APP_ID,
         app_public_key=ALIPAY_APP_PUBLIC.read_bytes(),
         seller_id=ALIPAY_SELLER_ID,
         alipay_private_key=ALIPAY_PRIVATE.read_bytes(),
+        certificates=certificates,
     )
+
+
+@dataclass
+class AlipayCertTrust:
+    """Certificate mode, as the merchant downloads it from the console: the app certificate, the Alipay
+    certificate (with its intermediate) and the root bundle."""
+
+    app_cert: Path
+    alipay_cert: Path
+    root_cert: Path
+
+
+def write_alipay_cert_trust(sandbox: SandboxChannels, directory: Path) -> AlipayCertTrust:
+    certs = sandbox.alipay.certificates
+    assert certs is not None, "the sandbox Alipay is not in certificate mode"
+    directory.mkdir(parents=True, exist_ok=True)
+    trust = AlipayCertTrust(
+        directory / "appCertPublicKey.crt", directory / "alipayCertPublicKey_RSA2.crt", directory / "alipayRootCert.crt"
+    )
+    trust.app_cert.write_bytes(sandbox_crypto.certificate_pem(sandbox.alipay.app.issued[0]))
+    trust.alipay_cert.write_bytes(certs.chain_pem(certs.cert))
+    trust.root_cert.write_bytes(certs.root_bundle)
+    return trust
+
+
+def alipay_cert_config(sandbox: SandboxChannels, trust: AlipayCertTrust, **overrides: object) -> AlipayConfig:
+    values: dict[str, object] = {
+        "app_id": ALIPAY_APP_ID,
+        "merchant_keys": [{"id": "app", "private_key_file": ALIPAY_APP_PRIVATE, "certificate_file": trust.app_cert}],
+        "alipay_cert_file": trust.alipay_cert,
+        "alipay_root_cert_file": trust.root_cert,
+        "seller_id": ALIPAY_SELLER_ID,
+        "gateway_url": sandbox.alipay_gateway_url,
+        "codepay": {"first_delay_s": 0, "max_delay_s": 0.05, "factor": 2, "deadline_s": 1},
+        **overrides,
+    }
+    return AlipayConfig.model_validate(values)
 
 
 @dataclass
