@@ -180,6 +180,9 @@ class WechatPayChannel(Channel):
         self._replays = ReplayGuard(ttl_s=2 * config.timestamp_window_s)
         self._refresh_lock = asyncio.Lock()
         self._last_fetch: float | None = None
+        self._wanted: set[str] = set()
+        """Serials seen on messages but not trusted: each may trigger one download per min_interval_s."""
+        self._tried: dict[str, float] = {}
         self._session = session
         self._own_session = session is None
         self._base = config.base_url.rstrip("/")
@@ -369,9 +372,15 @@ class WechatPayChannel(Channel):
         return status
 
     def verify_notification(self, headers: dict[str, str], body: bytes, *, now: float | None = None) -> Notification:
-        event_type, notification_id, data = open_callback(
-            self.verifier, self._apiv3_key, headers, body, now=now, mchid=self.config.mchid, appid=self.config.appid
-        )
+        try:
+            event_type, notification_id, data = open_callback(
+                self.verifier, self._apiv3_key, headers, body, now=now, mchid=self.config.mchid, appid=self.config.appid
+            )
+        except NotificationRejected as exc:
+            if exc.reason == "unknown_serial":
+                serial = {k.lower(): v for k, v in headers.items()}.get(wechat_crypto.HEADER_SERIAL.lower(), "")
+                self._wanted.add(wechat_crypto.normalize_serial(serial))
+            raise
         lower = {k.lower(): v for k, v in headers.items()}
         replay_key = "|".join(
             lower[h.lower()]
@@ -430,9 +439,24 @@ class WechatPayChannel(Channel):
         try:
             return self.verifier.check(reply.headers, reply.body)
         except WechatSignatureError as exc:
-            if exc.reason != "unknown_serial" or not await self.refresh_trust():
+            if exc.reason != "unknown_serial":
+                raise
+            self._wanted.add(wechat_crypto.normalize_serial(reply.headers.get(wechat_crypto.HEADER_SERIAL, "")))
+            if not await self.refresh_trust():
                 raise
         return self.verifier.check(reply.headers, reply.body)
+
+    def _may_fetch(self, now: float) -> bool:
+        """On demand, a download is allowed for a serial not asked about within ``min_interval_s`` (at most ten
+        such serials per interval: a flood of forged serials cannot make us hammer WeChat), or when the last
+        download is older than the interval."""
+        interval = self.config.trust_refresh.min_interval_s
+        fresh = [s for s in self._wanted if now - self._tried.get(s, -interval) >= interval]
+        recent = sum(1 for t in self._tried.values() if now - t < interval)
+        if fresh and recent < 10:
+            self._tried.update((s, now) for s in fresh)
+            return True
+        return self._last_fetch is None or now - self._last_fetch >= interval
 
     def _trust(self, cert: x509.Certificate) -> bool:
         key = PlatformKey.of_certificate(cert)
@@ -462,10 +486,10 @@ class WechatPayChannel(Channel):
             await self.load_trust()
             if set(self.verifier.serials) != before:
                 return True
-            since = time.monotonic() - self._last_fetch if self._last_fetch is not None else None
-            if not force and since is not None and since < self.config.trust_refresh.min_interval_s:
+            if not force and not self._may_fetch(time.monotonic()):
                 return False
             self._last_fetch = time.monotonic()
+            self._wanted.clear()
             reply = await self._call("GET", "/v3/certificates")
             if reply.status != 200:
                 raise ChannelError(f"HTTP_{reply.status}", f"/v3/certificates: {reply.body[:200]!r}", retryable=True)
