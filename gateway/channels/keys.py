@@ -62,6 +62,9 @@ class KeyInfo:
     used_for: str
     valid_from: dt.datetime | None = None
     retire_after: dt.datetime | None = None
+    watched: bool = True
+    """False for what the merchant neither configures nor replaces (UnionPay's signing certificate, seen on
+    messages and replaced by UnionPay): listed, but no alert."""
 
     def expires_within(self, delta: dt.timedelta, now: dt.datetime) -> bool:
         return self.not_after is not None and self.not_after - now <= delta
@@ -169,7 +172,15 @@ def load_merchant_key(
 
 
 def certificate_info(
-    cert: x509.Certificate, *, channel: str, role: KeyRole, id: str, serial: str, used_for: str, now: dt.datetime
+    cert: x509.Certificate,
+    *,
+    channel: str,
+    role: KeyRole,
+    id: str,
+    serial: str,
+    used_for: str,
+    now: dt.datetime,
+    watched: bool = True,
 ) -> KeyInfo:
     status = KeyStatus.expired if now >= cert.not_valid_after_utc else KeyStatus.active
-    return KeyInfo(channel, role, id, serial, status, cert.not_valid_after_utc, used_for)
+    return KeyInfo(channel, role, id, serial, status, cert.not_valid_after_utc, used_for, watched=watched)

@@ -100,6 +100,52 @@ def trace_time(fields: dict[str, str]) -> dt.datetime | None:
     return at
 
 
+def check_fields(fields: dict[str, str], certificate: Callable[[str], x509.Certificate]) -> None:
+    """Raise ``UnionPaySignatureError`` unless ``fields`` are signed by the certificate they carry, and that
+    certificate passes ``certificate`` (the chain, validity and owner check)."""
+    if fields.get("signMethod") != unionpay_crypto.SIGN_METHOD or fields.get("version") != unionpay_crypto.VERSION:
+        raise UnionPaySignatureError(
+            "malformed", f"signMethod {fields.get('signMethod')!r} / version {fields.get('version')!r} unsupported"
+        )
+    pem = fields.get("signPubKeyCert")
+    if not pem or not fields.get("signature"):
+        raise UnionPaySignatureError("malformed", "no signature or signPubKeyCert: not a signed UnionPay message")
+    public_key = certificate(pem).public_key()
+    assert isinstance(public_key, rsa.RSAPublicKey)
+    if not unionpay_crypto.verify(public_key, fields):
+        raise UnionPaySignatureError("bad_signature", "signature does not verify with its signPubKeyCert")
+
+
+def open_notification(
+    body: bytes,
+    *,
+    certificate: Callable[[str], x509.Certificate],
+    mer_id: str | None,
+    at: dt.datetime,
+    max_age_s: int,
+) -> dict[str, str]:
+    """A back-notification's fields once verified: form-encoded, signed (``check_fields``), for ``mer_id``, its
+    ``txnTime`` within ``max_age_s``. Raises ``NotificationRejected`` with the first reason found."""
+    try:
+        fields = dict(parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise NotificationRejected("malformed", f"not a form-encoded back-notification: {exc}") from None
+    try:
+        check_fields(fields, certificate)
+    except UnionPaySignatureError as exc:
+        raise NotificationRejected(exc.reason, exc.message) from None
+    if mer_id is not None and fields.get("merId") != mer_id:
+        raise NotificationRejected("wrong_merchant", f"merId {fields.get('merId')!r} is not {mer_id}")
+    try:
+        sent = unionpay_crypto.parse_txn_time(fields.get("txnTime", ""))
+    except ValueError:
+        raise NotificationRejected("malformed", f"txnTime {fields.get('txnTime')!r} is not a time") from None
+    age = (at - sent).total_seconds()
+    if age > max_age_s or age < -300:
+        raise NotificationRejected("stale", f"txnTime {fields['txnTime']} is {int(age)} s from now")
+    return fields
+
+
 class UnionPayChannel(Channel):
     name = "unionpay"
 
@@ -119,6 +165,7 @@ class UnionPayChannel(Channel):
         """Now, for txnTime, the cancel-or-refund choice and notification age (tests move it)."""
         self._checked: OrderedDict[str, x509.Certificate] = OrderedDict()
         self._seen_unsaved: dict[str, x509.Certificate] = {}
+        self._seen: dict[str, x509.Certificate] = {}
         self._session = session
         self._own_session = session is None
         self._base = config.base_url.rstrip("/")
@@ -161,6 +208,7 @@ class UnionPayChannel(Channel):
             )
             self._checked[pem] = cert
             self._seen_unsaved[unionpay_crypto.cert_id(cert)] = cert
+            self._seen[unionpay_crypto.cert_id(cert)] = cert
             while len(self._checked) > 16:
                 self._checked.popitem(last=False)
         elif not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
@@ -169,18 +217,7 @@ class UnionPayChannel(Channel):
 
     def check(self, fields: dict[str, str], *, now: dt.datetime | None = None) -> None:
         """Raise ``UnionPaySignatureError`` unless ``fields`` are signed by a certificate UnionPay's SDKs accept."""
-        if fields.get("signMethod") != unionpay_crypto.SIGN_METHOD or fields.get("version") != unionpay_crypto.VERSION:
-            raise UnionPaySignatureError(
-                "malformed", f"signMethod {fields.get('signMethod')!r} / version {fields.get('version')!r} unsupported"
-            )
-        pem = fields.get("signPubKeyCert")
-        if not pem or not fields.get("signature"):
-            raise UnionPaySignatureError("malformed", "no signature or signPubKeyCert: not a signed UnionPay message")
-        cert = self.signing_certificate(pem, now=now)
-        public_key = cert.public_key()
-        assert isinstance(public_key, rsa.RSAPublicKey)
-        if not unionpay_crypto.verify(public_key, fields):
-            raise UnionPaySignatureError("bad_signature", "signature does not verify with its signPubKeyCert")
+        check_fields(fields, lambda pem: self.signing_certificate(pem, now=now))
 
     async def _persist_seen(self) -> None:
         for serial, cert in list(self._seen_unsaved.items()):
@@ -414,23 +451,13 @@ class UnionPayChannel(Channel):
 
     def verify_notification(self, headers: dict[str, str], body: bytes, *, now: float | None = None) -> Notification:
         at = dt.datetime.fromtimestamp(now, dt.UTC) if now is not None else self.clock()
-        try:
-            fields = dict(parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise NotificationRejected("malformed", f"not a form-encoded back-notification: {exc}") from None
-        try:
-            self.check(fields, now=at)
-        except UnionPaySignatureError as exc:
-            raise NotificationRejected(exc.reason, exc.message) from None
-        if fields.get("merId") != self.config.mer_id:
-            raise NotificationRejected("wrong_merchant", f"merId {fields.get('merId')!r} is not {self.config.mer_id}")
-        try:
-            sent = unionpay_crypto.parse_txn_time(fields.get("txnTime", ""))
-        except ValueError:
-            raise NotificationRejected("malformed", f"txnTime {fields.get('txnTime')!r} is not a time") from None
-        age = (at - sent).total_seconds()
-        if age > self.config.notify_max_age_s or age < -300:
-            raise NotificationRejected("stale", f"txnTime {fields['txnTime']} is {int(age)} s from now")
+        fields = open_notification(
+            body,
+            certificate=lambda pem: self.signing_certificate(pem, now=at),
+            mer_id=self.config.mer_id,
+            at=at,
+            max_age_s=self.config.notify_max_age_s,
+        )
         query_id, order_id = fields.get("queryId", ""), fields.get("orderId", "")
         if not query_id or not order_id:
             raise NotificationRejected("malformed", "no queryId or orderId")
@@ -507,7 +534,12 @@ class UnionPayChannel(Channel):
     # -- keys ------------------------------------------------------------------------------------------------
 
     async def load_trust(self) -> None:
+        """Keep the signing certificates seen on notifications; learn those other instances saw (for the key
+        inventory only: every message is checked against the chain on its own)."""
         await self._persist_seen()
+        for kept in await self.state.certificates():
+            if kept.serial not in self._seen:
+                self._seen[kept.serial] = x509.load_pem_x509_certificate(kept.pem)
 
     def key_inventory(self, now: dt.datetime) -> list[KeyInfo]:
         out = self.keys.inventory(self.name, "signs requests (certId)", now)
@@ -524,7 +556,7 @@ class UnionPayChannel(Channel):
                     now=now,
                 )
             )
-        for cert in self._checked.values():
+        for cert in self._seen.values():
             out.append(
                 certificate_info(
                     cert,
@@ -532,8 +564,9 @@ class UnionPayChannel(Channel):
                     role=KeyRole.verifies,
                     id="signPubKeyCert",
                     serial=unionpay_crypto.cert_id(cert),
-                    used_for="verifies answers and notifications",
+                    used_for="verifies answers and notifications (seen on them; UnionPay replaces it)",
                     now=now,
+                    watched=False,
                 )
             )
         return out

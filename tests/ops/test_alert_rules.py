@@ -44,13 +44,16 @@ def test_promtool_checks_and_tests_every_alert():
         assert re.search(rf"alertname: {alert}\n\s+exp_alerts:\n\s+- exp_labels:", tests), f"{alert}: no firing case"
 
 
-def test_gateway_rules_use_only_exported_sms_metrics():
+def test_gateway_rules_use_only_exported_sms_and_channel_key_metrics():
+    from gateway.channels.metrics import ChannelKeyCollector
     from gateway.sms.metrics import SmsMetrics
 
     exported = {m.name + "_total" for m in SmsMetrics().registry.collect() if m.type == "counter"}
+    exported |= {m.name for m in ChannelKeyCollector({}).collect()}
     in_rules = set(re.findall(r"\b(hisgateway_[a-z_]+)", RULES.read_text()))
     assert in_rules and in_rules <= exported, in_rules - exported
     assert "HisGatewaySmsVerifyRateLow" in RULES.read_text()
+    assert "HisGatewayChannelKeyExpiringSoon" in RULES.read_text()
 
 
 def test_rules_and_dashboard_use_only_exported_metrics():
