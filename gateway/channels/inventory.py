@@ -37,8 +37,10 @@ FIXES = {
 }
 
 
-def _when(t: float) -> str:
-    return "never" if math.isinf(t) else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d")
+def _lasting(t: float) -> str:
+    if math.isinf(t):
+        return "no expiry (a bare key)"
+    return "valid until " + dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d")
 
 
 def check(
@@ -57,7 +59,7 @@ def check(
         live = [r for r in mine if r.status in (KeyStatus.active, KeyStatus.standby, KeyStatus.superseded)]
         last = max((usable_until(r) for r in live), default=-math.inf)
         left = last - now.timestamp()
-        what = f"{channel} {role.value}: valid until {_when(last)}"
+        what = f"{channel} {role.value}: {_lasting(last)}"
         if left < 0:
             out.append(Finding(Level.FAIL, merchant, f"{channel} {role.value}: every key has expired", FIXES[role]))
         elif left < warn.total_seconds():
