@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -14,7 +16,6 @@ from prometheus_client import generate_latest
 
 from gateway.channels import factory
 from gateway.channels.metrics import registry
-from gateway.cli import main
 from gateway.config import load_config
 from sandbox.channels import crypto as sandbox_crypto
 from sandbox.channels.alipay import AlipayCertificates, cert_sn
@@ -105,9 +106,15 @@ merchant_keys = [{{ id = "sign", private_key_file = "up.pfx", password = {{ file
     return d
 
 
-def test_the_table_names_every_key(material, capsys):
-    assert main(["-c", str(material / "gateway.toml"), "channels", "keys"]) == 0
-    out = capsys.readouterr().out
+def his_gateway(*args: str) -> tuple[int, str]:
+    """As an operator runs it (a process of its own: the command configures logging for its whole process)."""
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout
+
+
+def test_the_table_names_every_key(material):
+    code, out = his_gateway("-c", str(material / "gateway.toml"), "channels", "keys")
+    assert code == 0, out
     lines = out.splitlines()
     assert lines[0].split()[:6] == ["MERCHANT", "CHANNEL", "ROLE", "ID", "SERIAL", "STATUS"]
     by_id = {(line.split()[0], line.split()[3]): line for line in lines[1:]}
@@ -116,33 +123,33 @@ def test_the_table_names_every_key(material, capsys):
     assert "alipay-root" in out and "unionpay-root" in out and "unionpay-intermediate" in out
 
 
-def test_json_lines(material, capsys):
-    assert main(["-c", str(material / "gateway.toml"), "channels", "keys", "--json", "--merchant", "up1"]) == 0
-    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+def test_json_lines(material):
+    code, out = his_gateway("-c", str(material / "gateway.toml"), "channels", "keys", "--json", "--merchant", "up1")
+    assert code == 0, out
+    records = [json.loads(line) for line in out.splitlines()]
     (sign,) = [r for r in records if r["role"] == "signs"]
     assert sign["merchant"] == "up1" and sign["status"] == "active" and sign["serial"].isdigit()
     left = dt.datetime.fromisoformat(sign["not_after"]) - dt.datetime.now(dt.UTC)
     assert dt.timedelta(days=8) < left < dt.timedelta(days=10)
 
 
-def test_check_warns_about_what_lapses_within_30_days(material, capsys):
-    code = main(["-c", str(material / "gateway.toml"), "channels", "keys", "--check"])
-    out = capsys.readouterr().out
+def test_check_warns_about_what_lapses_within_30_days(material):
+    code, out = his_gateway("-c", str(material / "gateway.toml"), "channels", "keys", "--check")
     assert code == 1, out
     assert "WARN  up1 unionpay signs: valid until" in out and "fix: configure the next merchant key" in out
     assert "OK    wx1 wechat signs" in out and "OK    ali1 alipay verifies" in out
-    assert main(["-c", str(material / "gateway.toml"), "channels", "keys", "--check", "--warn-days", "5"]) == 0
+    code, out = his_gateway("-c", str(material / "gateway.toml"), "channels", "keys", "--check", "--warn-days", "5")
+    assert code == 0, out
 
 
-def test_check_fails_when_no_key_may_sign(material, tmp_path, capsys):
+def test_check_fails_when_no_key_may_sign(material):
     text = (material / "gateway.toml").read_text(encoding="utf-8")
     later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
     text = text.replace(
         'password = { file = "up.pw" } }]', f'password = {{ file = "up.pw" }}, valid_from = "{later}" }}]'
     )
     (material / "later.toml").write_text(text, encoding="utf-8")
-    code = main(["-c", str(material / "later.toml"), "channels", "keys", "--check", "--merchant", "up1"])
-    out = capsys.readouterr().out
+    code, out = his_gateway("-c", str(material / "later.toml"), "channels", "keys", "--check", "--merchant", "up1")
     assert code == 2 and "FAIL  up1 unionpay: no key may sign now (sign standby)" in out
 
 
