@@ -18,7 +18,7 @@ from gateway.store import events
 
 async def _learn_keys(channel: Channel, merchant_id: str) -> bool:
     """A callback signed by a key not trusted yet: the channel may have moved to a new certificate. Fetch its
-    certificates once (rate-limited in the channel, so forged serials cannot make us hammer it)."""
+    certificates once (rate-limited in the channel, so forged callbacks cannot make us hammer it)."""
     try:
         return await channel.refresh_trust()
     except ChannelError as e:
@@ -42,7 +42,7 @@ async def handle_notify(request: web.Request) -> web.Response:
         try:
             notification = channel.verify_notification(dict(request.headers), body)
         except NotificationRejected as e:
-            if e.reason != "unknown_serial" or not await _learn_keys(channel, merchant_id):
+            if not channel.may_learn_keys(e.reason) or not await _learn_keys(channel, merchant_id):
                 raise
             notification = channel.verify_notification(dict(request.headers), body)
     except NotificationRejected as e:

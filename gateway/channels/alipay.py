@@ -22,6 +22,7 @@ Assumptions where the public docs leave room:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -70,6 +71,8 @@ _STATUS = {
     "TRADE_CLOSED": TradeState.closed,
 }
 _RETRYABLE_SUB_CODES = frozenset({"ACQ.SYSTEM_ERROR", "aop.ACQ.SYSTEM_ERROR", "isp.unknow-error"})
+PROBE_TRADE = "HISGW-CERT-PROBE-0000000000000001"
+"""A trade number never used: querying it makes Alipay answer with the certificate it signs with now."""
 
 
 def parse_stamp(value: str | None) -> dt.datetime | None:
@@ -203,7 +206,9 @@ class AlipayChannel(Channel):
             assert config.alipay_public_key_file is not None
             key = alipay_crypto.load_public_key(config.alipay_public_key_file.read_bytes())
             self._alipay_keys[""] = AlipayKey("", key)
-        self._last_download: dict[str, float] = {}
+        self._download_lock = asyncio.Lock()
+        self._failed_download: dict[str, float] = {}
+        self._last_probe = -60.0
         self._session = session
         self._own_session = session is None
 
@@ -259,18 +264,29 @@ class AlipayChannel(Channel):
         known = self._alipay_keys.get(cert_sn)
         if known is None:
             await self.load_trust()
-            known = self._alipay_keys.get(cert_sn) or await self._download_certificate(cert_sn)
+            known = self._alipay_keys.get(cert_sn) or await self._fetch_once(cert_sn)
         if not known.usable(dt.datetime.now(dt.UTC)):
             raise ChannelError(
                 "BAD_RESPONSE_SIGNATURE", f"{method}: Alipay certificate {cert_sn} has expired", in_doubt=True
             )
         return known
 
+    async def _fetch_once(self, cert_sn: str) -> AlipayKey:
+        """One download at a time; calls naming the same new SN meanwhile wait for it. A failed download is not
+        tried again for that SN within a minute."""
+        async with self._download_lock:
+            known = self._alipay_keys.get(cert_sn)
+            if known is not None:
+                return known
+            if time.monotonic() - self._failed_download.get(cert_sn, -60.0) < 60:
+                raise ChannelError("UNKNOWN_ALIPAY_CERT", f"Alipay certificate {cert_sn} unknown", retryable=True)
+            try:
+                return await self._download_certificate(cert_sn)
+            except ChannelError:
+                self._failed_download[cert_sn] = time.monotonic()
+                raise
+
     async def _download_certificate(self, cert_sn: str) -> AlipayKey:
-        last = self._last_download.get(cert_sn, 0.0)
-        if time.monotonic() - last < 60:
-            raise ChannelError("UNKNOWN_ALIPAY_CERT", f"Alipay certificate {cert_sn} unknown", retryable=True)
-        self._last_download[cert_sn] = time.monotonic()
         method = "alipay.open.app.alipaycert.download"
         text = await self._post(method, self.signed_params(method, {"alipay_cert_sn": cert_sn}))
         raw, signature = alipay_crypto.signed_part(text, method.replace(".", "_") + "_response")
@@ -300,6 +316,31 @@ class AlipayChannel(Channel):
             KeptCertificate(cert_sn, pem, cert.not_valid_before_utc, cert.not_valid_after_utc, "downloaded")
         )
         return self._trust(cert)
+
+    def may_learn_keys(self, reason: str) -> bool:
+        """A notification carries no certificate SN: in certificate mode one that no trusted certificate verifies
+        may be signed by the certificate Alipay has just switched to."""
+        return self.config.certificate_mode and reason in ("unknown_serial", "bad_signature")
+
+    async def refresh_trust(self, *, force: bool = False) -> bool:
+        """Certificate mode: ask Alipay something (a query of a trade that does not exist) so that its answer names
+        the certificate it signs with now; an unknown one is fetched and chain-checked (``_answer_key``). At most
+        once a minute unless ``force``: a flood of forged notifications costs one query a minute."""
+        if not self.config.certificate_mode:
+            return False
+        before = set(self._alipay_keys)
+        await self.load_trust()
+        if set(self._alipay_keys) != before:
+            return True
+        if not force and time.monotonic() - self._last_probe < 60:
+            return False
+        self._last_probe = time.monotonic()
+        try:
+            await self._call("alipay.trade.query", {"out_trade_no": PROBE_TRADE})
+        except ChannelError as exc:
+            if exc.code != "ACQ.TRADE_NOT_EXIST":
+                raise
+        return set(self._alipay_keys) != before
 
     async def load_trust(self) -> None:
         if not self.config.certificate_mode:

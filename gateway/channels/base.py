@@ -193,6 +193,10 @@ class Channel(abc.ABC):
         Called on a schedule, and when a message names a key not trusted yet."""
         return False
 
+    def may_learn_keys(self, reason: str) -> bool:
+        """Whether a callback refused for ``reason`` could verify once ``refresh_trust`` learned a new key."""
+        return reason == "unknown_serial"
+
     def refresh_every_s(self) -> float | None:
         """How soon the channel's certificates should be fetched again (None: this channel has no schedule)."""
         return None

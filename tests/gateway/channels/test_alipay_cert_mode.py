@@ -17,7 +17,15 @@ from cryptography import x509
 
 from gateway.channels import alipay_crypto, certchain
 from gateway.channels.alipay import AlipayChannel
-from gateway.channels.base import ChannelError, PaymentRequest, RefundRequest, RefundState, Scene, TradeState
+from gateway.channels.base import (
+    ChannelError,
+    NotificationRejected,
+    PaymentRequest,
+    RefundRequest,
+    RefundState,
+    Scene,
+    TradeState,
+)
 from sandbox.channels import start_sandbox_channels
 from sandbox.channels.alipay import AlipayCertificates
 from tests.support.channelrig import (
@@ -177,3 +185,24 @@ async def test_python_alipay_sdk_dcalipay_as_a_client(cert_sandbox, cert_trust):
         text = await resp.text()
     content = json.loads(text)["alipay_open_app_alipaycert_download_response"]["alipay_cert_content"]
     assert b"BEGIN CERTIFICATE" in base64.b64decode(content)
+
+
+async def test_a_notification_signed_by_the_next_certificate_is_learned(cert_sandbox, cert_alipay):
+    """Notifications name no certificate: one signed by the certificate Alipay just switched to fails every
+    trusted key; ``refresh_trust`` asks Alipay something, its answer names the new certificate, which is fetched,
+    and the notification then verifies."""
+    receiver = await start_receiver()
+    try:
+        await cert_alipay.create(PaymentRequest("ALI-CM-00004", 300, "x", Scene.native, f"{receiver.url}/n"))
+        await admin(cert_sandbox, "/payer/scan", {"channel": "alipay", "out_trade_no": "ALI-CM-00004"})
+        await admin(cert_sandbox, "/alipay/certificates/rotate")
+        await admin(cert_sandbox, "/payer/pay", {"channel": "alipay", "out_trade_no": "ALI-CM-00004"})
+        (cb,) = await receiver.wait_for(1)
+        with pytest.raises(NotificationRejected) as info:
+            cert_alipay.verify_notification(cb.headers, cb.body)
+        assert info.value.reason == "bad_signature" and cert_alipay.may_learn_keys(info.value.reason)
+        assert await cert_alipay.refresh_trust()
+        assert cert_alipay.verify_notification(cb.headers, cb.body).trade.amount_fen == 300
+        assert not await cert_alipay.refresh_trust(), "nothing new, and no second probe within a minute"
+    finally:
+        await receiver.close()
