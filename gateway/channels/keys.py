@@ -97,7 +97,8 @@ class SigningKey:
 
 
 class KeyRing:
-    """A merchant's signing keys; ``current`` picks the one that signs now."""
+    """A merchant's signing keys; ``current`` picks the one that signs now. With none, calls fail as retryable
+    (nothing was sent; the order stays open while an operator fixes the keys) with ``NO_SIGNING_KEY``."""
 
     def __init__(self, keys: list[SigningKey], *, clock: Callable[[], dt.datetime] | None = None) -> None:
         if not keys:
@@ -112,6 +113,7 @@ class KeyRing:
             raise ChannelError(
                 "NO_SIGNING_KEY",
                 "no merchant key may sign now (all standby, retired or expired): see his-gateway channels keys",
+                retryable=True,
             )
         return max(usable, key=lambda k: k.valid_from or dt.datetime.min.replace(tzinfo=dt.UTC))
 

@@ -11,6 +11,11 @@ is checked against the SHA-1 given by the signed ``tradebill`` answer. Assumptio
 room: ``hash_value`` is the SHA-1 of the uncompressed bill (as documented for GZIP); a refund unknown to WeChat
 and a missing statement raise ``ChannelError`` with codes ``NOT_FOUND`` and ``NO_STATEMENT_EXIST``; ``ACCEPT``
 (received, debit pending) is reported as USERPAYING; reversing a trade WeChat does not know succeeds.
+
+Keys: requests are signed by the merchant key that is current (``keys.KeyRing``: rotation without downtime).
+Platform certificates are downloaded from ``/v3/certificates`` (``refresh_trust``: on the shared schedule and when
+a message names a serial not trusted yet), kept in the channel state for every instance, and trusted only within
+their validity; the WeChat Pay public key (``PUB_KEY_ID_…``) may be trusted alongside.
 """
 
 from __future__ import annotations
