@@ -167,6 +167,8 @@ def load_merchant_key(
         pub = cert.public_key()
         if not isinstance(pub, rsa.RSAPublicKey) or pub.public_numbers() != key.public_key().public_numbers():
             raise ValueError(f"merchant key {record.id}: the certificate is not the private key's")
+    if record.serial and cert is not None and record.serial.upper().lstrip("0") != serial_of(cert).upper().lstrip("0"):
+        raise ValueError(f"merchant key {record.id}: serial {record.serial} is not its certificate's {serial_of(cert)}")
     serial = record.serial or (serial_of(cert) if cert is not None else default_serial)
     if not serial:
         raise ValueError(f"merchant key {record.id}: no serial (give certificate_file or serial)")
