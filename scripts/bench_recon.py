@@ -2,20 +2,21 @@
 """Benchmark reconciliation: a synthetic day of N entries (default 1,000,000) on each of the three sides
 (HIS, platform, channel) with discrepancies of every class injected, matched by our core
 (``gateway.recon.engine.match``, pure Python over compact keys) and, in the same run, by a pandas merge
-baseline that implements the same rules; plus the parse rate of a WeChat trade bill and an Alipay statement
-zip of N rows each.
+baseline that implements the same rules; plus the parse rate of a WeChat trade bill, an Alipay statement zip and
+a UnionPay reconciliation zip (fixed-width ZM records) of N rows each.
 
     .venv/bin/python scripts/bench_recon.py [--rows 1000000] [--seed 7]
 
 Each stage runs in its own child process so that its peak RSS is its own. Both matchers start from the sides
 already in memory (ours: dicts of tuples; pandas: DataFrames) and must agree on every class count. The last
 line is one JSON object with ``recon_1m_seconds``, ``recon_vs_pandas_ratio`` (ours / pandas time),
-``recon_peak_rss_mb``, ``wechat_parse_rows_per_s`` and ``alipay_parse_rows_per_s``.
+``recon_peak_rss_mb``, ``wechat_parse_rows_per_s``, ``alipay_parse_rows_per_s`` and ``unionpay_parse_rows_per_s``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import gzip
 import io
 import json
@@ -291,10 +292,40 @@ def alipay_zip(n: int, seed: int) -> bytes:
     return out.getvalue()
 
 
+def unionpay_zip(n: int, seed: int) -> bytes:
+    """A UnionPay reconciliation zip of N fixed-width ZM records (9 consumes to 1 refund), built with the sandbox's
+    record writer."""
+    from sandbox.channels.unionpay import _zm_entry, zm_record
+
+    rng = random.Random(seed)
+    at = datetime.datetime(2025, 3, 14, 10, 0)
+    lines = []
+    for i in range(n):
+        amount = rng.randint(100, 500_000)
+        fee = amount * 3 // 1000
+        refund = i % 10 == 9
+        fields = {
+            "查询流水号": f"{i:021d}",
+            "商户订单号": f"R{i:024d}" if refund else f"P{i:024d}",
+            "交易类型": "04" if refund else "01",
+            "交易子类": "00" if refund else "07",
+        }
+        if refund:
+            fields.update({"原交易查询流水号": f"{i - 1:021d}", "原始交易订单号": f"P{i - 1:024d}"})
+        lines.append(zm_record(_zm_entry("777290058160001", code="S22", at=at, amount=amount, fee=fee,
+                                         credit=not refund, **fields)))  # fmt: skip
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        archive.writestr("INN25031488ZM_777290058160001", b"\r\n".join(lines) + b"\r\n")
+        archive.writestr("INN25031488ZME_777290058160001", b"")
+    return out.getvalue()
+
+
 def stage_parse(channel: str, n: int, seed: int) -> dict[str, Any]:
     from gateway.recon.statements import parse
 
-    data = wechat_bill(n, seed) if channel == "wechat" else alipay_zip(n, seed)
+    makers = {"wechat": wechat_bill, "alipay": alipay_zip, "unionpay": unionpay_zip}
+    data = makers[channel](n, seed)
     if channel == "wechat":
         data = gzip.compress(data, compresslevel=1)
     t0 = time.perf_counter()
@@ -319,6 +350,7 @@ def stages() -> Iterator[tuple[str, Callable[[int, int], dict[str, Any]]]]:
     yield "pandas", stage_pandas
     yield "wechat", lambda n, s: stage_parse("wechat", n, s)
     yield "alipay", lambda n, s: stage_parse("alipay", n, s)
+    yield "unionpay", lambda n, s: stage_parse("unionpay", n, s)
 
 
 def main() -> None:
@@ -342,7 +374,7 @@ def main() -> None:
     print(f"{'ours (engine.match)':<24}{ours['seconds']:>10.2f}{ours['peak_rss_mb']:>14.0f}")
     print(f"{'pandas merge baseline':<24}{pandas['seconds']:>10.2f}{pandas['peak_rss_mb']:>14.0f}")
     print(f"(loading the three sides into our dicts, with generation: {ours['generate_and_load_seconds']:.2f} s)")
-    for name in ("wechat", "alipay"):
+    for name in ("wechat", "alipay", "unionpay"):
         r = results[name]
         print(f"parse {name:<7} {r['rows']:,} rows, {r['bytes'] / 2**20:.0f} MiB packed: {r['seconds']:.2f} s, "
               f"{r['rows_per_s']:,.0f} rows/s, peak RSS {r['peak_rss_mb']:.0f} MB")  # fmt: skip
@@ -357,6 +389,7 @@ def main() -> None:
                 "pandas_peak_rss_mb": round(pandas["peak_rss_mb"]),
                 "wechat_parse_rows_per_s": round(results["wechat"]["rows_per_s"]),
                 "alipay_parse_rows_per_s": round(results["alipay"]["rows_per_s"]),
+                "unionpay_parse_rows_per_s": round(results["unionpay"]["rows_per_s"]),
             }
         )
     )

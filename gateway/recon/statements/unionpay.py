@@ -41,26 +41,29 @@ for _name, _width in FIELDS:
     _SPANS[_name] = (_at, _at + _width)
     _at += _width + 1
 ZM_NAME = re.compile(r"INN(\d{6})\d\dZM_(\w+)$")
-PAYMENT = "01"
-REFUNDS = frozenset({"04", "31"})
+PAYMENT = b"01"
+REFUNDS = frozenset({b"04", b"31"})
 
 
-def _field(line: bytes, name: str) -> str:
-    start, end = _SPANS[name]
+def _text(line: bytes, span: tuple[int, int], name: str, n: int) -> str:
+    """An identifier field: ASCII in every record (ids, codes, times); anything else fails the file."""
     try:
-        return line[start:end].decode("gbk").strip()
+        return line[span[0] : span[1]].decode("ascii").strip()
     except UnicodeDecodeError:
-        raise StatementError(f"unionpay file: {name} is not GBK text") from None
+        raise StatementError(f"unionpay file record {n}: {name} is not ASCII") from None
 
 
-def _signed(value: str, name: str, n: int) -> int:
-    if len(value) != 13 or value[0] not in "CD" or not value[1:].isdigit():
+def _signed(raw: bytes, name: str, n: int) -> int:
+    """``C``/``D`` and 12 digits of fen, as a signed number (C: to the merchant)."""
+    value = raw.strip()
+    if len(value) != 13 or value[:1] not in (b"C", b"D") or not value[1:].isdigit():
         raise StatementError(f"unionpay file record {n}: {name} {value!r} is not C/D and 12 digits of fen")
     amount = int(value[1:])
-    return amount if value[0] == "C" else -amount
+    return amount if value[:1] == b"C" else -amount
 
 
-def _fen(value: str, name: str, n: int) -> int:
+def _fen(raw: bytes, name: str, n: int) -> int:
+    value = raw.strip()
     if not value.isdigit():
         raise StatementError(f"unionpay file record {n}: {name} {value!r} is not a number of fen")
     return int(value)
@@ -108,44 +111,62 @@ def parse(data: bytes | str, *, merchant: str | None = None) -> ParsedStatement:
         raise StatementError("unionpay file: give the zip as downloaded, as bytes")
     day, file_merchant, zm = unpack(data)
     mer_id = merchant or file_merchant
+    sp = _SPANS
+    s_mer, s_type, s_amount = sp["商户代码"], sp["交易类型"], sp["交易金额"]
+    s_settle, s_fee, s_net, s_discount = sp["结算金额"], sp["商户手续费"], sp["清算净额"], sp["优惠金额"]
+    s_time, s_query, s_order = sp["交易传输时间"], sp["查询流水号"], sp["商户订单号"]
+    s_orig_query, s_orig_order = sp["原交易查询流水号"], sp["原始交易订单号"]
+    shortest, merchant_bytes = sp["交易介质"][1], file_merchant.encode("ascii")
+    times: dict[bytes, dt.datetime] = {}
     when = TimeCache()
     rows: list[StatementRow] = []
     for n, line in enumerate(zm.splitlines(), start=1):
         if not line.strip():
             continue
-        if not _SPANS["交易介质"][1] <= len(line) <= RECORD_BYTES:
+        if not shortest <= len(line) <= RECORD_BYTES:
             raise StatementError(f"unionpay file record {n}: {len(line)} bytes, a record has {RECORD_BYTES}")
-        row_merchant = _field(line, "商户代码")
-        if row_merchant != file_merchant:
-            raise StatementError(f"unionpay file record {n}: merchant {row_merchant} in the file of {file_merchant}")
-        txn_type = _field(line, "交易类型")
-        amount = _fen(_field(line, "交易金额"), "交易金额", n)
-        settle = _signed(_field(line, "结算金额"), "结算金额", n)
-        fee = _signed(_field(line, "商户手续费"), "商户手续费", n)
-        net = _signed(_field(line, "清算净额"), "清算净额", n)
-        discount = abs(_signed(_field(line, "优惠金额"), "优惠金额", n))
-        problems = []
-        if net != settle + fee:
-            problems.append(f"清算净额 {net} is not 结算金额 {settle} + 手续费 {fee}")
-        if abs(settle) != amount - discount:
-            problems.append(f"结算金额 {abs(settle)} is not 交易金额 {amount} − 优惠金额 {discount}")
-        if (txn_type == PAYMENT) != (settle > 0) and settle != 0:
-            problems.append(f"money {'to' if settle > 0 else 'from'} the merchant on a txnType {txn_type}")
-        if problems:
+        if line[s_mer[0] : s_mer[1]].strip() != merchant_bytes:
+            row_merchant = line[s_mer[0] : s_mer[1]].strip()
+            raise StatementError(f"unionpay file record {n}: merchant {row_merchant!r} in the file of {file_merchant}")
+        txn_type = line[s_type[0] : s_type[1]]
+        if txn_type != PAYMENT and txn_type not in REFUNDS:
+            shown = txn_type.decode("ascii", "replace")
+            raise StatementError(f"unionpay file record {n}: txnType {shown!r} is neither consume nor refund")
+        amount = _fen(line[s_amount[0] : s_amount[1]], "交易金额", n)
+        settle = _signed(line[s_settle[0] : s_settle[1]], "结算金额", n)
+        fee = _signed(line[s_fee[0] : s_fee[1]], "商户手续费", n)
+        net = _signed(line[s_net[0] : s_net[1]], "清算净额", n)
+        discount = abs(_signed(line[s_discount[0] : s_discount[1]], "优惠金额", n))
+        if (
+            net != settle + fee
+            or abs(settle) != amount - discount
+            or (settle and (txn_type == PAYMENT) != (settle > 0))
+        ):
+            problems = []
+            if net != settle + fee:
+                problems.append(f"清算净额 {net} is not 结算金额 {settle} + 手续费 {fee}")
+            if abs(settle) != amount - discount:
+                problems.append(f"结算金额 {abs(settle)} is not 交易金额 {amount} − 优惠金额 {discount}")
+            if settle and (txn_type == PAYMENT) != (settle > 0):
+                direction = "to" if settle > 0 else "from"
+                problems.append(f"money {direction} the merchant on a txnType {txn_type.decode('ascii', 'replace')}")
             raise StatementError(f"unionpay file record {n}: " + "; ".join(problems))
-        t = when(_record_time(_field(line, "交易传输时间"), day, n))
-        query_id, order_id = _field(line, "查询流水号"), _field(line, "商户订单号")
+        raw_time = line[s_time[0] : s_time[1]]
+        t = times.get(raw_time)
+        if t is None:
+            t = times[raw_time] = when(_record_time(raw_time.decode("ascii", "replace"), day, n))
+        query_id, order_id = _text(line, s_query, "查询流水号", n), _text(line, s_order, "商户订单号", n)
         if txn_type == PAYMENT:
             rows.append(
                 StatementRow("unionpay", mer_id, query_id, order_id, None, None, "pay", amount, -fee, t, "success")
             )
-        elif txn_type in REFUNDS:
+        else:
             rows.append(
                 StatementRow(
                     "unionpay",
                     mer_id,
-                    _field(line, "原交易查询流水号"),
-                    _field(line, "原始交易订单号"),
+                    _text(line, s_orig_query, "原交易查询流水号", n),
+                    _text(line, s_orig_order, "原始交易订单号", n),
                     order_id,
                     query_id,
                     "refund",
@@ -155,8 +176,6 @@ def parse(data: bytes | str, *, merchant: str | None = None) -> ParsedStatement:
                     "success",
                 )
             )
-        else:
-            raise StatementError(f"unionpay file record {n}: txnType {txn_type!r} is neither consume nor refund")
     parsed = ParsedStatement(rows, StatementTotals(count=len(rows)))
     check_totals(parsed, "unionpay file")
     return parsed
