@@ -299,7 +299,9 @@ def unionpay_zip(n: int, seed: int) -> bytes:
 
     rng = random.Random(seed)
     at = datetime.datetime(2025, 3, 14, 10, 0)
-    lines = []
+    out = io.BytesIO()
+    archive = zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1)
+    zm = archive.open("INN25031488ZM_777290058160001", "w", force_zip64=True)
     for i in range(n):
         amount = rng.randint(100, 500_000)
         fee = amount * 3 // 1000
@@ -312,12 +314,11 @@ def unionpay_zip(n: int, seed: int) -> bytes:
         }
         if refund:
             fields.update({"原交易查询流水号": f"{i - 1:021d}", "原始交易订单号": f"P{i - 1:024d}"})
-        lines.append(zm_record(_zm_entry("777290058160001", code="S22", at=at, amount=amount, fee=fee,
-                                         credit=not refund, **fields)))  # fmt: skip
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        archive.writestr("INN25031488ZM_777290058160001", b"\r\n".join(lines) + b"\r\n")
-        archive.writestr("INN25031488ZME_777290058160001", b"")
+        entry = _zm_entry("777290058160001", code="S22", at=at, amount=amount, fee=fee, credit=not refund, **fields)
+        zm.write(zm_record(entry) + b"\r\n")
+    zm.close()
+    archive.writestr("INN25031488ZME_777290058160001", b"")
+    archive.close()
     return out.getvalue()
 
 

@@ -20,6 +20,8 @@ import datetime as dt
 import io
 import re
 import zipfile
+import zlib
+from collections.abc import Iterable
 
 from gateway.recon.normalize import ParsedStatement, StatementError, StatementRow, StatementTotals, check_totals
 from gateway.recon.statements.fields import TimeCache
@@ -69,25 +71,19 @@ def _fen(raw: bytes, name: str, n: int) -> int:
     return int(value)
 
 
-def unpack(data: bytes) -> tuple[dt.date, str, bytes]:
-    """(settlement day, merId, ZM bytes) from the zip as downloaded: the ZM file's name carries the day, which
-    the records' MMDDhhmmss times need for their year."""
-    if not data.startswith(b"PK"):
-        raise StatementError("unionpay file: give the zip as downloaded (its ZM file's name carries the date)")
+def _zm_member(archive: zipfile.ZipFile) -> tuple[dt.date, str, str]:
+    """(settlement day, merId, member name) of the zip's ZM file: its name carries the day, which the records'
+    MMDDhhmmss times need for their year."""
+    found = [(ZM_NAME.search(n), n) for n in archive.namelist()]
+    zm = [(m, n) for m, n in found if m is not None]
+    if len(zm) != 1:
+        raise StatementError(f"unionpay file: expected one INN…ZM_<merId> file, found {archive.namelist()}")
+    match, name = zm[0]
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            found = [(ZM_NAME.search(n), n) for n in archive.namelist()]
-            zm = [(m, n) for m, n in found if m is not None]
-            if len(zm) != 1:
-                raise StatementError(f"unionpay file: expected one INN…ZM_<merId> file, found {archive.namelist()}")
-            match, name = zm[0]
-            try:
-                day = dt.datetime.strptime(match.group(1), "%y%m%d").date()
-            except ValueError:
-                raise StatementError(f"unionpay file: {name} does not name a day") from None
-            return day, match.group(2), archive.read(name)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise StatementError(f"unionpay file: not a sound zip: {exc}") from None
+        day = dt.datetime.strptime(match.group(1), "%y%m%d").date()
+    except ValueError:
+        raise StatementError(f"unionpay file: {name} does not name a day") from None
+    return day, match.group(2), name
 
 
 def _record_time(mmddhhmmss: str, day: dt.date, n: int) -> str:
@@ -107,10 +103,20 @@ def _record_time(mmddhhmmss: str, day: dt.date, n: int) -> str:
 
 
 def parse(data: bytes | str, *, merchant: str | None = None) -> ParsedStatement:
-    if isinstance(data, str):
-        raise StatementError("unionpay file: give the zip as downloaded, as bytes")
-    day, file_merchant, zm = unpack(data)
-    mer_id = merchant or file_merchant
+    """Every record of the zip as downloaded, normalized; records are read one at a time from the compressed
+    member, so a busy day is never held in memory twice."""
+    if isinstance(data, str) or not data.startswith(b"PK"):
+        raise StatementError("unionpay file: give the zip as downloaded (its ZM file's name carries the date)")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            day, file_merchant, name = _zm_member(archive)
+            with archive.open(name) as zm:
+                return _records(zm, day, file_merchant, merchant or file_merchant)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise StatementError(f"unionpay file: not a sound zip: {exc}") from None
+
+
+def _records(zm: Iterable[bytes], day: dt.date, file_merchant: str, mer_id: str) -> ParsedStatement:
     sp = _SPANS
     s_mer, s_type, s_amount = sp["商户代码"], sp["交易类型"], sp["交易金额"]
     s_settle, s_fee, s_net, s_discount = sp["结算金额"], sp["商户手续费"], sp["清算净额"], sp["优惠金额"]
@@ -120,7 +126,8 @@ def parse(data: bytes | str, *, merchant: str | None = None) -> ParsedStatement:
     times: dict[bytes, dt.datetime] = {}
     when = TimeCache()
     rows: list[StatementRow] = []
-    for n, line in enumerate(zm.splitlines(), start=1):
+    for n, raw in enumerate(zm, start=1):
+        line = raw.rstrip(b"\r\n")
         if not line.strip():
             continue
         if not shortest <= len(line) <= RECORD_BYTES:
