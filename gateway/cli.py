@@ -6,9 +6,10 @@ his-gateway notifications resend ID -c …       deliver a notification again fr
 his-gateway notifications list --app APP -c …  an app's recent (or undelivered) notifications
 his-gateway orders show BUSINESS_ORDER_NO --hospital H -c …
 his-gateway users add --username U --role clerk -c …   a finance console login (password: file, env or prompt)
-his-gateway statements parse --channel wechat FILE   a statement's rows, normalized, as JSON lines
+his-gateway statements parse --channel unionpay FILE   a statement's rows, normalized, as JSON lines
 his-gateway recon run --hospital H --date D -c …  reconcile one day (docs/RECONCILIATION.md)
 his-gateway channels check-callback …          (from the channels package)
+his-gateway channels keys [--check] -c …       every merchant key and channel certificate, its expiry and use
 """
 
 from __future__ import annotations

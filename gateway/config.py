@@ -256,7 +256,8 @@ def _resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
 
 
 def _resolve_files(settings: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Channel settings name key files as ``*_file``, ``file`` (secrets) or ``platform_certificates``."""
+    """Channel settings name key files as ``*_file``, ``file`` (secrets) or ``platform_certificates``, also inside
+    lists of records (``merchant_keys``)."""
 
     def r(value: Any) -> Any:
         return value if not isinstance(value, str) or Path(value).is_absolute() else str(base / value)
@@ -265,6 +266,8 @@ def _resolve_files(settings: dict[str, Any], base: Path) -> dict[str, Any]:
     for key, value in settings.items():
         if isinstance(value, dict):
             out[key] = _resolve_files(value, base)
+        elif isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            out[key] = [_resolve_files(v, base) for v in value]
         elif key == "platform_certificates" and isinstance(value, list):
             out[key] = [r(v) for v in value]
         elif key == "file" or key.endswith("_file"):

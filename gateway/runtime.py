@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from pydantic import TypeAdapter
 
 from bridge import protocol
+from gateway import channel_trust
+from gateway.channels import factory
 from gateway.channels.base import Channel
 from gateway.config import GatewayConfig, MerchantConfig
 from gateway.his import BridgeHis, HisLink
@@ -22,6 +23,7 @@ from gateway.sagas.escalation import escalate_forever
 from gateway.services import Services, log
 from gateway.sms.clock import Clock, system_clock
 from gateway.store import registry
+from gateway.store.channel_state import SqlChannelState
 from gateway.store.db import Database
 from gateway.store.migrate import upgrade
 from gateway.workers import Worker, build_workers, prune_nonces
@@ -31,12 +33,12 @@ if TYPE_CHECKING:
     from gateway.sms.service import SmsService
 
 
-def build_channel(merchant: MerchantConfig) -> Channel:
-    from gateway.channels.config import ChannelConfig
-    from gateway.channels.config import build_channel as build
-
-    settings = TypeAdapter(ChannelConfig).validate_python({"channel": merchant.channel, **merchant.channel_settings()})
-    return build(settings)
+def build_channel(merchant: MerchantConfig, db: Database | None = None) -> Channel:
+    """The merchant's channel; with ``db`` its run-time memory (fetched certificates, UnionPay order times) is
+    the database, shared by every instance."""
+    settings = factory.channel_config(merchant.channel, merchant.channel_settings())
+    state = SqlChannelState(db, merchant.id) if db is not None else None
+    return factory.build_channel(settings, state=state)
 
 
 @dataclass
@@ -68,13 +70,14 @@ class Gateway:
         log.info("database_ready", dialect=db.dialect, revision=revision)
         channels = self.channels
         if channels is None:
-            channels = {m.id: build_channel(m) for m in cfg.merchants if m.enabled}
+            channels = {m.id: build_channel(m, db) for m in cfg.merchants if m.enabled}
             self._owned.extend(channels.values())
         his = self.his
         if his is None:
             his = {h.id: BridgeHis.from_config(h.bridge) for h in cfg.hospitals if h.bridge is not None}
             self._owned.extend(his.values())
         self.svc = Services(cfg, db, channels, his)
+        await channel_trust.reload_all(self.svc)
         self.signing_key = protocol.load_signing_key(cfg.signing.key_id, cfg.signing.key)
         self.deliverer = Deliverer(self.svc, self.signing_key)
         self.workers = build_workers(self.svc, self.deliverer)
@@ -87,6 +90,7 @@ class Gateway:
             self._tasks = [asyncio.create_task(w.run(), name=f"worker-{w.name}") for w in self.workers]
             self._tasks.append(asyncio.create_task(prune_nonces(self.svc), name="prune-nonces"))
             self._tasks.append(asyncio.create_task(escalate_forever(self.svc), name="escalate-his-steps"))
+            self._tasks.append(asyncio.create_task(channel_trust.run(self.svc), name="channel-trust"))
             if self.sms is not None:
                 self._tasks.append(asyncio.create_task(self.sms.run_pruner(), name="prune-sms"))
             if cfg.recon.enabled:

@@ -12,7 +12,8 @@ Each stage runs in its own child process so that its peak RSS is its own; the st
 first (as a stream) so that a parse child's peak is the parse's, not the generator's. Both matchers start from
 the sides already in memory (ours: dicts of tuples; pandas: DataFrames) and must agree on every class count.
 The last line is one JSON object with ``recon_1m_seconds``, ``recon_vs_pandas_ratio`` (ours / pandas time),
-``recon_peak_rss_mb``, ``wechat_parse_rows_per_s`` and ``alipay_parse_rows_per_s`` (one streaming pass: every
+``recon_peak_rss_mb``, ``wechat_parse_rows_per_s``, ``alipay_parse_rows_per_s`` and ``unionpay_parse_rows_per_s``
+(UnionPay's ZM file, read whole), the first two one streaming pass (every
 row built, the summary checked; also per CPU second, which a machine shared with other work disturbs less),
 ``parse_peak_rss_mb`` (the larger of the two parse children), ``wechat_parse_vs_csv_floor_ratio`` (CPU time),
 ``recon_e2e_1m_seconds`` (and its CPU seconds) and ``recon_e2e_peak_rss_mb``.
@@ -317,6 +318,34 @@ def write_alipay_zip(path: Path, n: int, seed: int) -> None:
         archive.writestr("20881021462251350156_20250314_业务明细(汇总).csv", summary.encode("gbk"))
 
 
+def write_unionpay_zip(path: Path, n: int, seed: int) -> None:
+    """A UnionPay reconciliation zip of N fixed-width ZM records (9 consumes to 1 refund), built with the sandbox's
+    record writer."""
+    from sandbox.channels.unionpay import _zm_entry, zm_record
+
+    rng = random.Random(seed)
+    at = dt.datetime(2025, 3, 14, 10, 0)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        with archive.open("INN25031488ZM_777290058160001", "w", force_zip64=True) as zm:
+            for i in range(n):
+                amount = rng.randint(100, 500_000)
+                refund = i % 10 == 9
+                fields = {
+                    "查询流水号": f"{i:021d}",
+                    "商户订单号": f"R{i:024d}" if refund else f"P{i:024d}",
+                    "交易类型": "04" if refund else "01",
+                    "交易子类": "00" if refund else "07",
+                }
+                if refund:
+                    fields.update({"原交易查询流水号": f"{i - 1:021d}", "原始交易订单号": f"P{i - 1:024d}"})
+                entry = _zm_entry(
+                    "777290058160001", code="S22", at=at, amount=amount, fee=amount * 3 // 1000, credit=not refund,
+                    **fields,
+                )  # fmt: skip
+                zm.write(zm_record(entry) + b"\r\n")
+        archive.writestr("INN25031488ZME_777290058160001", b"")
+
+
 def stage_parse(channel: str, n: int, seed: int, bill: str) -> dict[str, Any]:
     """One streaming pass over the statement file (what ``store.fetch`` does to check it, and what a run does
     again to load it): every row built, the summary checked, nothing kept."""
@@ -526,6 +555,7 @@ STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "pandas": stage_pandas,
     "wechat": lambda n, s, bill: stage_parse("wechat", n, s, bill),
     "alipay": lambda n, s, bill: stage_parse("alipay", n, s, bill),
+    "unionpay": lambda n, s, bill: stage_parse("unionpay", n, s, bill),
     "csv_floor": stage_csv_floor,
     "e2e": stage_e2e,
 }
@@ -547,11 +577,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_recon_") as tmp:
         work = Path(tmp)
         wechat_path, alipay_path = work / "wechat.csv.gz", work / "alipay.csv.zip"
+        unionpay_path = work / "unionpay.zm.zip"
         write_wechat_bill(wechat_path, n, args.seed)
         write_alipay_zip(alipay_path, n, args.seed)
+        write_unionpay_zip(unionpay_path, n, args.seed)
         ours, pandas = child("recon", n, args.seed), child("pandas", n, args.seed)
-        parsed = {name: child(name, n, args.seed, path) for name, path in (("wechat", wechat_path),
-                                                                             ("alipay", alipay_path))}  # fmt: skip
+        files = (("wechat", wechat_path), ("alipay", alipay_path), ("unionpay", unionpay_path))
+        parsed = {name: child(name, n, args.seed, path) for name, path in files}
         floor = child("csv_floor", n, args.seed, wechat_path)
         e2e = child("e2e", n, args.seed, work / "e2e.bill")
     if ours["counts"] != pandas["counts"]:
@@ -562,7 +594,7 @@ def main() -> None:
     print(f"{'ours (engine.match)':<24}{ours['seconds']:>10.2f}{ours['peak_rss_mb']:>14.0f}")
     print(f"{'pandas merge baseline':<24}{pandas['seconds']:>10.2f}{pandas['peak_rss_mb']:>14.0f}")
     print(f"(loading the three sides into our dicts, with generation: {ours['generate_and_load_seconds']:.2f} s)")
-    for name in ("wechat", "alipay"):
+    for name in ("wechat", "alipay", "unionpay"):
         r = parsed[name]
         print(f"parse {name:<7} {r['rows']:,} rows, {r['bytes'] / 2**20:.0f} MiB packed, one streaming pass: "
               f"{r['seconds']:.2f} s, {r['rows_per_s']:,.0f} rows/s ({r['rows_per_cpu_s']:,.0f} per CPU second), "
@@ -587,6 +619,7 @@ def main() -> None:
                 "pandas_peak_rss_mb": round(pandas["peak_rss_mb"]),
                 "wechat_parse_rows_per_s": round(parsed["wechat"]["rows_per_s"]),
                 "alipay_parse_rows_per_s": round(parsed["alipay"]["rows_per_s"]),
+                "unionpay_parse_rows_per_s": round(parsed["unionpay"]["rows_per_s"]),
                 "parse_peak_rss_mb": round(max(parsed["wechat"]["peak_rss_mb"], parsed["alipay"]["peak_rss_mb"])),
                 "wechat_parse_rows_per_cpu_s": round(parsed["wechat"]["rows_per_cpu_s"]),
                 "alipay_parse_rows_per_cpu_s": round(parsed["alipay"]["rows_per_cpu_s"]),

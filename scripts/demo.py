@@ -190,7 +190,9 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(REPO / "var" / "demo"), help="where to put certs, config, journal")
-    parser.add_argument("--channel", choices=("wechat", "alipay"), default="wechat", help="how the payer pays")
+    parser.add_argument(
+        "--channel", choices=("wechat", "alipay", "unionpay"), default="wechat", help="how the payer pays"
+    )
     parser.add_argument("--no-wait", action="store_true", help="on a terminal, stop at once instead of waiting")
     args = parser.parse_args()
     work = Path(args.work).resolve()

@@ -38,7 +38,8 @@ PATIENT_CARD = "C0002"
 """The gateway half pays another patient's bills than the bridge half, which has already paid 张三's."""
 ALIPAY_APP_ID = "2021000000000001"
 ALIPAY_SELLER_ID = "2088000000000001"
-CHANNEL_NAMES = {"wechat": "WeChat Pay Native", "alipay": "Alipay precreate"}
+UNIONPAY_MER_ID = "777290058160001"
+CHANNEL_NAMES = {"wechat": "WeChat Pay Native", "alipay": "Alipay precreate", "unionpay": "UnionPay QR (云闪付)"}
 
 
 # --- keys and config --------------------------------------------------------------------------------------------
@@ -97,13 +98,16 @@ def _replace(text: str, old: str, new: str) -> str:
 class SandboxChannels:
     wechat_url: str
     alipay_url: str
+    unionpay_url: str
+    unionpay_file_url: str
     admin_url: str
     state: Path
 
 
 def start_channels(procs: Processes, work: Path) -> SandboxChannels:
-    """``his-sandbox channels`` as the WeChat Pay merchant of the example config and an Alipay app, trusting the
-    public halves of this run's merchant keys; it makes its own platform keys in its state folder."""
+    """``his-sandbox channels`` as the WeChat Pay merchant of the example config, an Alipay app and a UnionPay
+    merchant, trusting the public halves of this run's merchant keys; it makes its own platform keys in its state
+    folder, and issues the UnionPay merchant's signing certificate there, as UnionPay does on enrolment."""
     _, wechat = _example()
     keys, state = work / "keys", work / "channels"
     proc = procs.start(
@@ -116,12 +120,18 @@ def start_channels(procs: Processes, work: Path) -> SandboxChannels:
             "--wechat-merchant-key", str(keys / "wechat" / "apiclient_pub.pem"),
             "--wechat-apiv3-key-file", str(keys / "wechat" / "apiv3.key"),
             "--alipay-app-id", ALIPAY_APP_ID, "--alipay-app-public-key", str(keys / "alipay" / "app_public_key.pem"),
-            "--alipay-seller-id", ALIPAY_SELLER_ID,
+            "--alipay-seller-id", ALIPAY_SELLER_ID, "--unionpay-mer-id", UNIONPAY_MER_ID,
         ],
         read_stdout=True,
     )  # fmt: skip
     urls = procs.announcements(
-        "channels", proc, r"WeChat Pay v3 sandbox at (\S+)", r"Alipay sandbox gateway at (\S+)", r"admin API at (\S+)"
+        "channels",
+        proc,
+        r"WeChat Pay v3 sandbox at (\S+)",
+        r"Alipay sandbox gateway at (\S+)",
+        r"UnionPay sandbox at (\S+)",
+        r"UnionPay sandbox at \S+ \(files at (\S+)\)",
+        r"admin API at (\S+)",
     )
     return SandboxChannels(*urls, state=state)
 
@@ -163,6 +173,21 @@ app_private_key_file = "keys/alipay/app_private_key.pem"
 alipay_public_key_file = "channels/alipay_public_key.pem"
 seller_id = "{ALIPAY_SELLER_ID}"
 gateway_url = "{channels.alipay_url}"
+
+[[merchants]]                                      # added by the demo: a UnionPay merchant on the sandbox channels
+id = "up-h001"
+channel = "unionpay"
+hospital = "H001"
+mer_id = "{UNIONPAY_MER_ID}"
+root_cert_file = "channels/unionpay_root.cer"
+middle_cert_file = "channels/unionpay_middle.cer"
+base_url = "{channels.unionpay_url}"
+file_url = "{channels.unionpay_file_url}"
+
+[[merchants.merchant_keys]]                        # its signing certificate, as UnionPay issued it
+id = "sign-2026"
+private_key_file = "channels/unionpay_merchant_sign.pfx"
+password = {{ file = "channels/unionpay_merchant_sign.pw" }}
 """
     config = work / "gateway.toml"
     config.write_text(text, encoding="utf-8")
@@ -320,9 +345,12 @@ async def refund(app: HospitalApp, order_no: str, refund_no: str, amount_fen: in
 async def run(work: Path, certs: DevCerts, agent_url: str, procs: Processes, channel: str = "wechat") -> None:
     """The gateway half: a payment, a partial and a full refund, gateway → channel → bridge → sandbox HIS."""
     keys = make_keys(work)
-    step("his-sandbox channels — WeChat Pay v3 and Alipay sandboxes trusting this run's fresh merchant keys")
+    step("his-sandbox channels — WeChat Pay v3, Alipay and UnionPay sandboxes trusting this run's merchant keys")
     channels = await asyncio.to_thread(start_channels, procs, work)
-    say(f"WeChat Pay {channels.wechat_url}, Alipay {channels.alipay_url}, admin API {channels.admin_url}")
+    say(
+        f"WeChat Pay {channels.wechat_url}, Alipay {channels.alipay_url}, UnionPay {channels.unionpay_url}, "
+        f"admin API {channels.admin_url}"
+    )
 
     async with NotifyReceiver(keys.gateway.public()) as receiver:
         port = free_port()
@@ -339,6 +367,7 @@ async def run(work: Path, certs: DevCerts, agent_url: str, procs: Processes, cha
         finally:
             await app.close()
         await reconcile_today(config)
+        await show_keys(config)
         await console_login(config, gateway_url, work)
 
 
@@ -372,6 +401,18 @@ async def reconcile_today(config: Path) -> None:
     say(f"the gateway's payment and refunds matched; {flagged} exception(s) for finance: the bridge-only steps above")
     say("wrote a registration, a charge and a refund into the HIS with no channel money behind them — exactly what")
     say("reconciliation exists to catch (short: HIS records without money; long: a HIS refund never paid out)")
+
+
+async def show_keys(config: Path) -> None:
+    """What an operator checks before a key lapses: every merchant's keys, judged."""
+    step("his-gateway channels keys --check — every merchant key and channel certificate, and how long each lasts")
+    argv = [str(BIN / "his-gateway"), "-c", str(config), "channels", "keys", "--check"]
+    done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        if not line.startswith("      fix:"):
+            say(line)
+    if done.returncode == 2:
+        raise SystemExit(f"channels keys --check found a key problem:\n{done.stdout}{done.stderr}")
 
 
 async def console_login(config: Path, gateway_url: str, work: Path) -> None:

@@ -1,6 +1,7 @@
 """The README's main-job command stays true: ``scripts/demo.py`` runs the bridge steps and then a payment, a partial
 and a full refund through gateway → sandbox channel → bridge → sandbox HIS, as real processes, and ends with the
-three ledgers agreeing."""
+three ledgers agreeing and the day reconciled — by WeChat Pay (the default) and by UnionPay (``--channel
+unionpay``)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("channel", ["wechat", "unionpay"])
+def test_the_demo_runs_the_main_job_end_to_end(tmp_path: Path, channel: str) -> None:
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "scripts" / "demo.py"), "--work", str(tmp_path / "demo")],
+        [sys.executable, str(REPO / "scripts" / "demo.py"), "--work", str(tmp_path / "demo"), "--channel", channel],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -36,8 +38,10 @@ def test_the_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
         "order.completed",
         "the three ledgers agree:",
         "run v1 done: records his 6, platform 3, channel 3; matched 3, over_collection 1, under_collection 2",
+        "keys: 0 FAIL, 0 WARN",
         "finance console: http://127.0.0.1:",
         "Stopped every process the demo started.",
     ):
         assert line in out, f"{line!r} missing from the demo's output:\n{out}"
     assert "refunds 260.00 + 43.80" in out
+    assert f"{channel} trade state REFUND" in out

@@ -9,16 +9,19 @@ import ipaddress
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from bridge import protocol
 from gateway.api import callbacks, events, orders
 from gateway.api.auth import SERVICES, SIGNING_KEY, Handler, auth_middleware, sign_middleware
 from gateway.api.errors import ApiError
 from gateway.api.orders import json_response
+from gateway.channels import metrics as channel_metrics
 from gateway.services import Services, log
 from gateway.sms import api as sms_api
 from gateway.sms.service import SmsService
+
+CHANNEL_KEYS = web.AppKey("channel_keys", CollectorRegistry)
 
 
 def _error(e: ApiError) -> web.Response:
@@ -58,7 +61,7 @@ async def metrics(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     await svc.metrics.refresh(svc.db, svc.cfg.workers.his_stuck_after_s)
     sms = request.app.get(sms_api.SMS)
-    registries = [svc.metrics.registry, *([sms.metrics.registry] if sms is not None else [])]
+    registries = [svc.metrics.registry, request.app[CHANNEL_KEYS], *([sms.metrics.registry] if sms is not None else [])]
     body = b"".join(generate_latest(r) for r in registries)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -73,6 +76,7 @@ def create_app(
     )
     app[SERVICES] = svc
     app[SIGNING_KEY] = signing_key
+    app[CHANNEL_KEYS] = channel_metrics.registry(svc.channels)
     orders.add_routes(app)
     events.add_routes(app)
     callbacks.add_routes(app)

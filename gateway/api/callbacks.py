@@ -1,7 +1,9 @@
 """Channel callbacks: verify, store, acknowledge — within the channel's deadline — and process later.
 
 Nothing slow happens before the answer: the verified event is committed to the inbox (a duplicate is a no-op)
-and the channel gets its acknowledgement; the callbacks worker applies it.
+and the channel gets its acknowledgement; the callbacks worker applies it. The one exception: a callback signed
+with a key not trusted yet makes the channel fetch its certificates once, so a certificate the channel switched
+to before our scheduled refresh does not cost a refused callback.
 """
 
 from __future__ import annotations
@@ -9,9 +11,19 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.auth import SERVICES
-from gateway.channels.base import Acknowledgement, NotificationRejected
+from gateway.channels.base import Acknowledgement, Channel, ChannelError, NotificationRejected
 from gateway.services import log
 from gateway.store import events
+
+
+async def _learn_keys(channel: Channel, merchant_id: str) -> bool:
+    """A callback signed by a key not trusted yet: the channel may have moved to a new certificate. Fetch its
+    certificates once (rate-limited in the channel, so forged callbacks cannot make us hammer it)."""
+    try:
+        return await channel.refresh_trust()
+    except ChannelError as e:
+        log.warning("callback_key_refresh_failed", merchant=merchant_id, error=str(e))
+        return False
 
 
 def _answer(ack: Acknowledgement) -> web.Response:
@@ -27,7 +39,12 @@ async def handle_notify(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
     body = await request.read()
     try:
-        notification = channel.verify_notification(dict(request.headers), body)
+        try:
+            notification = channel.verify_notification(dict(request.headers), body)
+        except NotificationRejected as e:
+            if not channel.may_learn_keys(e.reason) or not await _learn_keys(channel, merchant_id):
+                raise
+            notification = channel.verify_notification(dict(request.headers), body)
     except NotificationRejected as e:
         log.warning("callback_rejected", merchant=merchant_id, reason=e.reason, message=e.message)
         return _answer(channel.acknowledge(False))

@@ -1,4 +1,9 @@
-"""Alipay OpenAPI (RSA2, public-key mode) behind the ``Channel`` interface.
+"""Alipay OpenAPI (RSA2; public-key mode or public-key-certificate mode) behind the ``Channel`` interface.
+
+In certificate mode every request carries ``app_cert_sn`` (of the merchant key that signs it) and
+``alipay_root_cert_sn``; an answer naming an Alipay certificate not yet trusted has it fetched
+(``alipay.open.app.alipaycert.download``), chain-checked against the root bundle, kept in the channel state for
+every instance, and used; the old one keeps verifying until it expires.
 
 Products: precreate (QR, ``Scene.native``), wap pay (``Scene.h5``: the signed cashier URL), app pay (the signed
 order string for the app SDK), trade.create (``Scene.jsapi``, 小程序/生活号 with the buyer id) and trade.pay
@@ -17,18 +22,25 @@ Assumptions where the public docs leave room:
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import datetime as dt
 import io
 import json
 import re
+import time
 import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiohttp
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.channels import alipay_crypto, codepay
+from gateway.channels import alipay_crypto, certchain, codepay
 from gateway.channels.base import (
     Acknowledgement,
     Channel,
@@ -46,7 +58,9 @@ from gateway.channels.base import (
 )
 from gateway.channels.config import AlipayConfig
 from gateway.channels.http import exchange, new_session
+from gateway.channels.keys import KeyInfo, KeyRing, KeyRole, KeyStatus, certificate_info, load_merchant_key
 from gateway.channels.money import fen_to_yuan, yuan_to_fen
+from gateway.channels.state import ChannelState, KeptCertificate, MemoryState
 
 CST = dt.timezone(dt.timedelta(hours=8))
 STAMP = "%Y-%m-%d %H:%M:%S"
@@ -57,6 +71,8 @@ _STATUS = {
     "TRADE_CLOSED": TradeState.closed,
 }
 _RETRYABLE_SUB_CODES = frozenset({"ACQ.SYSTEM_ERROR", "aop.ACQ.SYSTEM_ERROR", "isp.unknow-error"})
+PROBE_TRADE = "HISGW-CERT-PROBE-0000000000000001"
+"""A trade number never used: querying it makes Alipay answer with the certificate it signs with now."""
 
 
 def parse_stamp(value: str | None) -> dt.datetime | None:
@@ -91,7 +107,7 @@ def trade_status(data: dict[str, Any], *, merchant_id: str | None = None) -> Tra
 
 
 def open_notification(
-    alipay_key: rsa.RSAPublicKey,
+    alipay_keys: rsa.RSAPublicKey | Sequence[rsa.RSAPublicKey],
     headers: dict[str, str],
     body: bytes,
     *,
@@ -100,8 +116,10 @@ def open_notification(
     seller_id: str | None = None,
     max_age_s: int = 26 * 3600,
 ) -> dict[str, str]:
-    """Verify an async notification (form POST); its fields. Raises ``NotificationRejected``: malformed,
-    bad_signature, wrong_merchant, stale."""
+    """Verify an async notification (form POST) with any of ``alipay_keys`` (several while Alipay's certificate
+    is being replaced); its fields. Raises ``NotificationRejected``: malformed, bad_signature, wrong_merchant
+    (also when ``seller_id`` is expected and the notification names none), stale."""
+    keys = [alipay_keys] if isinstance(alipay_keys, rsa.RSAPublicKey) else list(alipay_keys)
     content_type = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
     match = re.search(r"charset=([\w-]+)", content_type)
     try:
@@ -115,11 +133,12 @@ def open_notification(
         raise NotificationRejected("malformed", "no sign or notify_id: not an Alipay notification")
     if params.get("sign_type", "RSA2") != "RSA2":
         raise NotificationRejected("malformed", f"sign_type {params.get('sign_type')} is not RSA2")
-    if not alipay_crypto.verify(alipay_key, alipay_crypto.notification_content(params), signature):
+    content = alipay_crypto.notification_content(params)
+    if not any(alipay_crypto.verify(key, content, signature) for key in keys):
         raise NotificationRejected("bad_signature", "signature does not verify with the Alipay public key")
     if app_id is not None and params.get("app_id") != app_id:
         raise NotificationRejected("wrong_merchant", f"app_id {params.get('app_id')!r} is not {app_id}")
-    if seller_id and params.get("seller_id") != seller_id:
+    if seller_id is not None and params.get("seller_id") != seller_id:
         raise NotificationRejected("wrong_merchant", f"seller_id {params.get('seller_id')!r} is not {seller_id}")
     try:
         sent = parse_stamp(params.get("notify_time"))
@@ -144,15 +163,62 @@ def _zip_name(info: zipfile.ZipInfo) -> str:
         return info.filename
 
 
+@dataclass(frozen=True)
+class AlipayKey:
+    """A key Alipay signs with: the public key (public-key mode, ``sn`` empty) or a certificate."""
+
+    sn: str
+    key: rsa.RSAPublicKey
+    certificate: x509.Certificate | None = None
+
+    def usable(self, at: dt.datetime) -> bool:
+        c = self.certificate
+        return c is None or c.not_valid_before_utc <= at <= c.not_valid_after_utc
+
+
 class AlipayChannel(Channel):
     name = "alipay"
 
-    def __init__(self, config: AlipayConfig, *, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        config: AlipayConfig,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        state: ChannelState | None = None,
+    ) -> None:
         self.config = config
-        self._key = alipay_crypto.load_private_key(config.app_private_key_file.read_bytes())
-        self._alipay_key = alipay_crypto.load_public_key(config.alipay_public_key_file.read_bytes())
+        self.state: ChannelState = state or MemoryState()
+        self.keys = KeyRing(
+            [load_merchant_key(k, alipay_crypto.cert_sn, default_serial=k.id) for k in config.signing_keys()]
+        )
+        self._alipay_keys: dict[str, AlipayKey] = {}
+        self._intermediates: list[x509.Certificate] = []
+        self._roots: list[x509.Certificate] = []
+        self.root_cert_sn = ""
+        if config.alipay_cert_file is not None and config.alipay_root_cert_file is not None:
+            bundle = certchain.load_bundle(config.alipay_cert_file.read_bytes())
+            self._intermediates = [c for c in bundle if c is not alipay_crypto.leaf(bundle)]
+            root_bundle = config.alipay_root_cert_file.read_bytes()
+            self._roots = certchain.load_bundle(root_bundle)
+            self.root_cert_sn = alipay_crypto.root_cert_sn(root_bundle)
+            self._trust(alipay_crypto.leaf(bundle))
+        else:
+            assert config.alipay_public_key_file is not None
+            key = alipay_crypto.load_public_key(config.alipay_public_key_file.read_bytes())
+            self._alipay_keys[""] = AlipayKey("", key)
+        self._download_lock = asyncio.Lock()
+        self._failed_download: dict[str, float] = {}
+        self._last_probe = -60.0
         self._session = session
         self._own_session = session is None
+
+    def _trust(self, cert: x509.Certificate) -> AlipayKey:
+        key = cert.public_key()
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise ValueError("the Alipay certificate must be RSA")
+        trusted = AlipayKey(alipay_crypto.cert_sn(cert), key, cert)
+        self._alipay_keys[trusted.sn] = trusted
+        return trusted
 
     async def aclose(self) -> None:
         if self._own_session and self._session is not None:
@@ -166,6 +232,7 @@ class AlipayChannel(Channel):
         return self._session
 
     def signed_params(self, method: str, biz: dict[str, Any], **extra: str | None) -> dict[str, str]:
+        key = self.keys.current()
         params = {
             "app_id": self.config.app_id,
             "method": method,
@@ -177,12 +244,120 @@ class AlipayChannel(Channel):
             "biz_content": json.dumps(biz, ensure_ascii=False, separators=(",", ":")),
             **{k: v for k, v in extra.items() if v},
         }
-        params["sign"] = alipay_crypto.sign(self._key, alipay_crypto.request_content(params))
+        if self.config.certificate_mode:
+            params["app_cert_sn"] = key.serial
+            params["alipay_root_cert_sn"] = self.root_cert_sn
+        params["sign"] = alipay_crypto.sign(key.key, alipay_crypto.request_content(params))
         return params
 
-    async def _call(self, method: str, biz: dict[str, Any], **extra: str | None) -> dict[str, Any]:
-        """A gateway call whose answer is signature-checked; answers with code 10000 or 10003 are returned."""
-        params = self.signed_params(method, biz, **extra)
+    def usable_keys(self, at: dt.datetime | None = None) -> list[AlipayKey]:
+        now = at or dt.datetime.now(dt.UTC)
+        return [k for k in self._alipay_keys.values() if k.usable(now)]
+
+    async def _answer_key(self, method: str, cert_sn: str | None) -> AlipayKey:
+        """The key an answer says it was signed with; in certificate mode an unknown SN is fetched from Alipay
+        (alipay.open.app.alipaycert.download) and believed only if it chains to the configured root."""
+        if not self.config.certificate_mode:
+            return self._alipay_keys[""]
+        if not cert_sn:
+            raise ChannelError("BAD_RESPONSE", f"{method}: certificate mode, but the answer names no alipay_cert_sn")
+        known = self._alipay_keys.get(cert_sn)
+        if known is None:
+            await self.load_trust()
+            known = self._alipay_keys.get(cert_sn) or await self._fetch_once(cert_sn)
+        if not known.usable(dt.datetime.now(dt.UTC)):
+            raise ChannelError(
+                "BAD_RESPONSE_SIGNATURE", f"{method}: Alipay certificate {cert_sn} has expired", in_doubt=True
+            )
+        return known
+
+    async def _fetch_once(self, cert_sn: str) -> AlipayKey:
+        """One download at a time; calls naming the same new SN meanwhile wait for it. A failed download is not
+        tried again for that SN within a minute."""
+        async with self._download_lock:
+            known = self._alipay_keys.get(cert_sn)
+            if known is not None:
+                return known
+            if time.monotonic() - self._failed_download.get(cert_sn, -60.0) < 60:
+                raise ChannelError("UNKNOWN_ALIPAY_CERT", f"Alipay certificate {cert_sn} unknown", retryable=True)
+            try:
+                return await self._download_certificate(cert_sn)
+            except ChannelError:
+                self._failed_download[cert_sn] = time.monotonic()
+                raise
+
+    async def _download_certificate(self, cert_sn: str) -> AlipayKey:
+        method = "alipay.open.app.alipaycert.download"
+        text = await self._post(method, self.signed_params(method, {"alipay_cert_sn": cert_sn}))
+        raw, signature = alipay_crypto.signed_part(text, method.replace(".", "_") + "_response")
+        if raw is None or not signature:
+            raise ChannelError("BAD_RESPONSE", f"{method}: no signed answer", retryable=True)
+        data = json.loads(raw)
+        if str(data.get("code")) != "10000":
+            raise ChannelError(str(data.get("sub_code") or data.get("code")), f"{method}: {data.get('sub_msg', '')}")
+        try:
+            pem = base64.b64decode(str(data.get("alipay_cert_content", "")), validate=True)
+            bundle = certchain.load_bundle(pem)
+            cert = alipay_crypto.leaf(bundle)
+        except (binascii.Error, ValueError) as exc:
+            raise ChannelError("BAD_RESPONSE", f"{method}: alipay_cert_content is not a certificate: {exc}") from None
+        if alipay_crypto.cert_sn(cert) != cert_sn:
+            raise ChannelError("BAD_RESPONSE", f"{method}: asked for {cert_sn}, got {alipay_crypto.cert_sn(cert)}")
+        try:
+            certchain.verify_chain(cert, [*bundle, *self._intermediates], self._roots, at=dt.datetime.now(dt.UTC))
+        except certchain.ChainError as exc:
+            raise ChannelError("UNTRUSTED_ALIPAY_CERT", f"{method}: {exc.message}") from None
+        key = cert.public_key()
+        assert isinstance(key, rsa.RSAPublicKey)
+        if not alipay_crypto.verify(key, raw.encode(), signature):
+            raise ChannelError("BAD_RESPONSE_SIGNATURE", f"{method}: the answer is not signed by that certificate")
+        self._intermediates.extend(c for c in bundle if c is not cert and c not in self._intermediates)
+        await self.state.keep_certificate(
+            KeptCertificate(cert_sn, pem, cert.not_valid_before_utc, cert.not_valid_after_utc, "downloaded")
+        )
+        return self._trust(cert)
+
+    def may_learn_keys(self, reason: str) -> bool:
+        """A notification carries no certificate SN: in certificate mode one that no trusted certificate verifies
+        may be signed by the certificate Alipay has just switched to."""
+        return self.config.certificate_mode and reason in ("unknown_serial", "bad_signature")
+
+    async def refresh_trust(self, *, force: bool = False) -> bool:
+        """Certificate mode: ask Alipay something (a query of a trade that does not exist) so that its answer names
+        the certificate it signs with now; an unknown one is fetched and chain-checked (``_answer_key``). At most
+        once a minute unless ``force``: a flood of forged notifications costs one query a minute."""
+        if not self.config.certificate_mode:
+            return False
+        before = set(self._alipay_keys)
+        await self.load_trust()
+        if set(self._alipay_keys) != before:
+            return True
+        if not force and time.monotonic() - self._last_probe < 60:
+            return False
+        self._last_probe = time.monotonic()
+        try:
+            await self._call("alipay.trade.query", {"out_trade_no": PROBE_TRADE})
+        except ChannelError as exc:
+            if exc.code != "ACQ.TRADE_NOT_EXIST":
+                raise
+        return set(self._alipay_keys) != before
+
+    async def load_trust(self) -> None:
+        if not self.config.certificate_mode:
+            return
+        for kept in await self.state.certificates():
+            if kept.serial not in self._alipay_keys:
+                bundle = certchain.load_bundle(kept.pem)
+                try:
+                    cert = alipay_crypto.leaf(bundle)
+                    certchain.verify_chain(
+                        cert, [*bundle, *self._intermediates], self._roots, at=dt.datetime.now(dt.UTC)
+                    )
+                except (ValueError, certchain.ChainError):
+                    continue
+                self._trust(cert)
+
+    async def _post(self, method: str, params: dict[str, str]) -> str:
         reply = await exchange(
             self._http(),
             "POST",
@@ -197,14 +372,19 @@ class AlipayChannel(Channel):
                 retryable=True,
                 in_doubt=reply.status >= 500,
             )
-        text = reply.body.decode("utf-8", errors="replace")
+        return reply.body.decode("utf-8", errors="replace")
+
+    async def _call(self, method: str, biz: dict[str, Any], **extra: str | None) -> dict[str, Any]:
+        """A gateway call whose answer is signature-checked; answers with code 10000 or 10003 are returned."""
+        text = await self._post(method, self.signed_params(method, biz, **extra))
         key = method.replace(".", "_") + "_response"
         raw, signature = alipay_crypto.signed_part(text, key)
         if raw is None:
             raw, signature = alipay_crypto.signed_part(text, "error_response")
         if raw is None:
             raise ChannelError("BAD_RESPONSE", f"{method}: no {key} in the answer", in_doubt=True)
-        if not signature or not alipay_crypto.verify(self._alipay_key, raw.encode(), signature):
+        trusted = await self._answer_key(method, alipay_crypto.answer_cert_sn(text))
+        if not signature or not alipay_crypto.verify(trusted.key, raw.encode(), signature):
             raise ChannelError(
                 "BAD_RESPONSE_SIGNATURE", f"{method}: answer signature does not verify", retryable=True, in_doubt=True
             )
@@ -217,6 +397,50 @@ class AlipayChannel(Channel):
         if code == "20000" or sub_code in _RETRYABLE_SUB_CODES:
             raise ChannelError(sub_code, message, retryable=True, in_doubt=True)
         raise ChannelError(sub_code, message)
+
+    def key_inventory(self, now: dt.datetime) -> list[KeyInfo]:
+        out = self.keys.inventory(
+            self.name, "signs requests" + (" (app_cert_sn)" if self.config.certificate_mode else ""), now
+        )
+        for trusted in self._alipay_keys.values():
+            if trusted.certificate is None:
+                out.append(
+                    KeyInfo(
+                        self.name,
+                        KeyRole.verifies,
+                        "alipay-public-key",
+                        "-",
+                        KeyStatus.active,
+                        None,
+                        "verifies answers and notifications",
+                    )
+                )
+            else:
+                out.append(
+                    certificate_info(
+                        trusted.certificate,
+                        channel=self.name,
+                        role=KeyRole.verifies,
+                        id="alipay-cert",
+                        serial=trusted.sn,
+                        used_for="verifies answers and notifications",
+                        now=now,
+                    )
+                )
+        for cert in self._roots:
+            if cert.signature_algorithm_oid in alipay_crypto.RSA_SIGNED:
+                out.append(
+                    certificate_info(
+                        cert,
+                        channel=self.name,
+                        role=KeyRole.anchors,
+                        id="alipay-root",
+                        serial=alipay_crypto.cert_sn(cert),
+                        used_for="checks Alipay certificates",
+                        now=now,
+                    )
+                )
+        return out
 
     def _trade_biz(self, request: PaymentRequest, product_code: str | None = None) -> dict[str, Any]:
         biz: dict[str, Any] = {
@@ -352,7 +576,7 @@ class AlipayChannel(Channel):
 
     def verify_notification(self, headers: dict[str, str], body: bytes, *, now: float | None = None) -> Notification:
         params = open_notification(
-            self._alipay_key,
+            [k.key for k in self.usable_keys()],
             headers,
             body,
             now=now,

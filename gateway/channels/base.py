@@ -1,4 +1,4 @@
-"""One interface for every payment channel (WeChat Pay v3, Alipay, later UnionPay).
+"""One interface for every payment channel (WeChat Pay v3, Alipay, UnionPay).
 
 The gateway's sagas speak only this. A channel never decides a trade's fate on its own: ``query`` is how the
 gateway asks for the channel's word before closing or failing anything, and every answer carries the
@@ -11,7 +11,10 @@ import abc
 import datetime as dt
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.channels.keys import KeyInfo
 
 
 class Scene(StrEnum):
@@ -138,7 +141,8 @@ class ChannelError(Exception):
 
 class NotificationRejected(Exception):
     """A callback that must not be believed. ``reason`` is stable: ``unknown_serial``, ``bad_signature``,
-    ``stale``, ``bad_tag`` (AES-GCM), ``wrong_merchant``, ``malformed``, ``replayed``."""
+    ``stale``, ``bad_tag`` (AES-GCM), ``wrong_merchant``, ``malformed``, ``replayed``, ``expired_certificate``
+    (signed with a key past its expiry), ``untrusted_certificate`` (UnionPay: a certificate outside the chain)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
@@ -183,3 +187,23 @@ class Channel(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release HTTP sessions."""
+
+    async def load_trust(self) -> None:  # noqa: B027 - optional hook
+        """Take up the certificates other instances fetched (from the channel state)."""
+
+    async def refresh_trust(self, *, force: bool = False) -> bool:
+        """Fetch the channel's certificates anew (rate-limited unless ``force``); True if one became trusted.
+        Called on a schedule, and when a message names a key not trusted yet."""
+        return False
+
+    def may_learn_keys(self, reason: str) -> bool:
+        """Whether a callback refused for ``reason`` could verify once ``refresh_trust`` learned a new key."""
+        return reason == "unknown_serial"
+
+    def refresh_every_s(self) -> float | None:
+        """How soon the channel's certificates should be fetched again (None: this channel has no schedule)."""
+        return None
+
+    def key_inventory(self, now: dt.datetime) -> list[KeyInfo]:
+        """Every key this channel signs or verifies with, for ``channels keys`` and the expiry metric."""
+        return []

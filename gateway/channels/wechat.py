@@ -11,10 +11,16 @@ is checked against the SHA-1 given by the signed ``tradebill`` answer. Assumptio
 room: ``hash_value`` is the SHA-1 of the uncompressed bill (as documented for GZIP); a refund unknown to WeChat
 and a missing statement raise ``ChannelError`` with codes ``NOT_FOUND`` and ``NO_STATEMENT_EXIST``; ``ACCEPT``
 (received, debit pending) is reported as USERPAYING; reversing a trade WeChat does not know succeeds.
+
+Keys: requests are signed by the merchant key that is current (``keys.KeyRing``: rotation without downtime).
+Platform certificates are downloaded from ``/v3/certificates`` (``refresh_trust``: on the shared schedule and when
+a message names a serial not trusted yet), kept in the channel state for every instance, and trusted only within
+their validity; the WeChat Pay public key (``PUB_KEY_ID_…``) may be trusted alongside.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import gzip
 import hashlib
@@ -25,6 +31,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from gateway.channels import codepay, wechat_crypto
 from gateway.channels.base import (
@@ -44,8 +52,10 @@ from gateway.channels.base import (
 )
 from gateway.channels.config import WechatConfig
 from gateway.channels.http import Reply, exchange, new_session
+from gateway.channels.keys import KeyInfo, KeyRing, KeyRole, KeyStatus, certificate_info, load_merchant_key
 from gateway.channels.replay import ReplayGuard
-from gateway.channels.wechat_crypto import WechatSignatureError, WechatVerifier
+from gateway.channels.state import ChannelState, KeptCertificate, MemoryState
+from gateway.channels.wechat_crypto import PlatformKey, WechatSignatureError, WechatVerifier
 
 CST = dt.timezone(dt.timedelta(hours=8))
 _CREATE_PATHS = {
@@ -119,7 +129,8 @@ def open_callback(
     appid: str | None = None,
 ) -> tuple[str, str, dict[str, Any]]:
     """Verify a callback and decrypt its resource: (event_type, id, resource). Raises ``NotificationRejected``
-    with the first reason found, in the order serial, signature, timestamp, envelope, AES tag, merchant."""
+    with the first reason found, in the order serial, signature, timestamp, envelope, AES tag, merchant. A
+    payment callback must name ``appid`` when one is given (refund callbacks carry none)."""
     try:
         verifier.check(headers, body, now=now)
     except WechatSignatureError as exc:
@@ -143,17 +154,23 @@ def open_callback(
         raise NotificationRejected("malformed", "decrypted resource is not a JSON object")
     if mchid is not None and data.get("mchid") != mchid:
         raise NotificationRejected("wrong_merchant", f"mchid {data.get('mchid')!r} is not {mchid}")
-    if appid is not None and "appid" in data and data["appid"] != appid:
-        raise NotificationRejected("wrong_merchant", f"appid {data['appid']!r} is not {appid}")
+    if appid is not None and (event_type.startswith("TRANSACTION.") or "appid" in data) and data.get("appid") != appid:
+        raise NotificationRejected("wrong_merchant", f"appid {data.get('appid')!r} is not {appid}")
     return event_type, notification_id, data
 
 
 class WechatPayChannel(Channel):
     name = "wechat"
 
-    def __init__(self, config: WechatConfig, *, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        config: WechatConfig,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        state: ChannelState | None = None,
+    ) -> None:
         self.config = config
-        self._key = wechat_crypto.load_private_key(config.private_key_file.read_bytes())
+        self.keys = KeyRing([load_merchant_key(k, wechat_crypto.certificate_serial) for k in config.signing_keys()])
         apiv3 = config.apiv3_key.read().encode()
         if len(apiv3) != 32:
             raise ValueError("the APIv3 key is 32 characters")
@@ -164,7 +181,13 @@ class WechatPayChannel(Channel):
             config.public_key_id,
             window_s=config.timestamp_window_s,
         )
+        self.state: ChannelState = state or MemoryState()
         self._replays = ReplayGuard(ttl_s=2 * config.timestamp_window_s)
+        self._refresh_lock = asyncio.Lock()
+        self._last_fetch: float | None = None
+        self._wanted: set[str] = set()
+        """Serials seen on messages but not trusted: each may trigger one download per min_interval_s."""
+        self._tried: dict[str, float] = {}
         self._session = session
         self._own_session = session is None
         self._base = config.base_url.rstrip("/")
@@ -184,11 +207,12 @@ class WechatPayChannel(Channel):
         self, method: str, path_qs: str, body: dict[str, Any] | None = None, *, url: str | None = None
     ) -> Reply:
         data = _json(body) if body is not None else b""
+        signing = self.keys.current()
         headers = {
             "Authorization": wechat_crypto.authorization(
                 mchid=self.config.mchid,
-                serial_no=self.config.merchant_serial_no,
-                key=self._key,
+                serial_no=signing.serial,
+                key=signing.key,
                 method=method,
                 path_qs=path_qs,
                 body=data,
@@ -205,7 +229,7 @@ class WechatPayChannel(Channel):
         reply = await self._call(method, path_qs, body)
         if 200 <= reply.status < 300:
             try:
-                self.verifier.check(reply.headers, reply.body)
+                await self.check_answer(reply)
             except WechatSignatureError as exc:
                 raise ChannelError(
                     "BAD_RESPONSE_SIGNATURE", f"{method} {path_qs}: {exc}", retryable=True, in_doubt=True
@@ -264,6 +288,7 @@ class WechatPayChannel(Channel):
         if scene is Scene.h5:
             return {"h5_url": answer["h5_url"]}
         prepay_id = answer["prepay_id"]
+        key = self.keys.current().key
         timestamp, nonce = str(int(time.time())), wechat_crypto.new_nonce()
         if scene is Scene.app:
             message = f"{self.config.appid}\n{timestamp}\n{nonce}\n{prepay_id}\n".encode()
@@ -274,7 +299,7 @@ class WechatPayChannel(Channel):
                 "package": "Sign=WXPay",
                 "noncestr": nonce,
                 "timestamp": timestamp,
-                "sign": wechat_crypto.sign(self._key, message),
+                "sign": wechat_crypto.sign(key, message),
             }
         package = f"prepay_id={prepay_id}"
         message = f"{self.config.appid}\n{timestamp}\n{nonce}\n{package}\n".encode()
@@ -284,7 +309,7 @@ class WechatPayChannel(Channel):
             "nonceStr": nonce,
             "package": package,
             "signType": "RSA",
-            "paySign": wechat_crypto.sign(self._key, message),
+            "paySign": wechat_crypto.sign(key, message),
         }
 
     async def _codepay(self, request: PaymentRequest, body: dict[str, Any]) -> PaymentStarted:
@@ -352,9 +377,15 @@ class WechatPayChannel(Channel):
         return status
 
     def verify_notification(self, headers: dict[str, str], body: bytes, *, now: float | None = None) -> Notification:
-        event_type, notification_id, data = open_callback(
-            self.verifier, self._apiv3_key, headers, body, now=now, mchid=self.config.mchid, appid=self.config.appid
-        )
+        try:
+            event_type, notification_id, data = open_callback(
+                self.verifier, self._apiv3_key, headers, body, now=now, mchid=self.config.mchid, appid=self.config.appid
+            )
+        except NotificationRejected as exc:
+            if exc.reason == "unknown_serial":
+                serial = {k.lower(): v for k, v in headers.items()}.get(wechat_crypto.HEADER_SERIAL.lower(), "")
+                self._wanted.add(wechat_crypto.normalize_serial(serial))
+            raise
         lower = {k.lower(): v for k, v in headers.items()}
         replay_key = "|".join(
             lower[h.lower()]
@@ -405,3 +436,131 @@ class WechatPayChannel(Channel):
                 "BILL_HASH_MISMATCH", f"{day}: SHA-1 {actual} is not the announced {expected}", retryable=True
             )
         return reply.body
+
+    # -- platform keys ---------------------------------------------------------------------------------------
+
+    async def check_answer(self, reply: Reply) -> str:
+        """Verify a signed answer; a serial not trusted yet triggers one certificate refresh, then a retry."""
+        try:
+            return self.verifier.check(reply.headers, reply.body)
+        except WechatSignatureError as exc:
+            if exc.reason != "unknown_serial":
+                raise
+            self._wanted.add(wechat_crypto.normalize_serial(reply.headers.get(wechat_crypto.HEADER_SERIAL, "")))
+            if not await self.refresh_trust():
+                raise
+        return self.verifier.check(reply.headers, reply.body)
+
+    def _may_fetch(self, now: float) -> bool:
+        """On demand, a download is allowed for a serial not asked about within ``min_interval_s`` (at most ten
+        such serials per interval: a flood of forged serials cannot make us hammer WeChat), or when the last
+        download is older than the interval."""
+        interval = self.config.trust_refresh.min_interval_s
+        fresh = [s for s in self._wanted if now - self._tried.get(s, -interval) >= interval]
+        recent = sum(1 for t in self._tried.values() if now - t < interval)
+        if fresh and recent < 10:
+            self._tried.update((s, now) for s in fresh)
+            return True
+        return self._last_fetch is None or now - self._last_fetch >= interval
+
+    def _trust(self, cert: x509.Certificate) -> bool:
+        key = PlatformKey.of_certificate(cert)
+        if self.verifier.knows(key.serial):
+            return False
+        self.verifier.add(key)
+        return True
+
+    async def load_trust(self) -> None:
+        now = time.time()
+        for kept in await self.state.certificates():
+            if kept.not_after.timestamp() > now and not self.verifier.knows(kept.serial):
+                self._trust(x509.load_pem_x509_certificate(kept.pem))
+
+    async def refresh_trust(self, *, force: bool = False) -> bool:
+        """Download the platform certificates (``GET /v3/certificates``) and trust the new ones.
+
+        The answer's signature is checked with a certificate already trusted. When WeChat has already moved to a
+        certificate we have not seen, the answer is signed with that new one: it is accepted only if that
+        certificate is among those the answer carries, which are sealed with the APIv3 key and so come from
+        WeChat Pay. Rate-limited to one download per ``trust_refresh.min_interval_s`` unless ``force``."""
+        if not self.config.download_certificates:
+            await self.load_trust()
+            return False
+        async with self._refresh_lock:
+            before = set(self.verifier.serials)
+            await self.load_trust()
+            if set(self.verifier.serials) != before:
+                return True
+            if not force and not self._may_fetch(time.monotonic()):
+                return False
+            self._last_fetch = time.monotonic()
+            self._wanted.clear()
+            reply = await self._call("GET", "/v3/certificates")
+            if reply.status != 200:
+                raise ChannelError(f"HTTP_{reply.status}", f"/v3/certificates: {reply.body[:200]!r}", retryable=True)
+            try:
+                certs = wechat_crypto.open_certificates(json.loads(reply.body), self._apiv3_key)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise ChannelError("BAD_RESPONSE", "/v3/certificates: answer is not JSON") from None
+            except WechatSignatureError as exc:
+                raise ChannelError("BAD_RESPONSE", f"/v3/certificates: {exc}") from None
+            try:
+                self.verifier.check(reply.headers, reply.body)
+            except WechatSignatureError as exc:
+                if exc.reason != "unknown_serial":
+                    raise ChannelError("BAD_RESPONSE_SIGNATURE", f"/v3/certificates: {exc}") from None
+                WechatVerifier(
+                    [PlatformKey.of_certificate(c) for c in certs], window_s=self.config.timestamp_window_s
+                ).check(reply.headers, reply.body)
+            added = False
+            for cert in certs:
+                serial = wechat_crypto.certificate_serial(cert)
+                pem = cert.public_bytes(serialization.Encoding.PEM)
+                await self.state.keep_certificate(
+                    KeptCertificate(serial, pem, cert.not_valid_before_utc, cert.not_valid_after_utc, "downloaded")
+                )
+                added = self._trust(cert) or added
+            return added
+
+    def refresh_every_s(self) -> float | None:
+        """The configured interval; one hour while the newest trusted certificate expires within
+        ``before_expiry_s`` and no public key is trusted (WeChat publishes the next certificate ahead of the
+        switch, so frequent fetching finds it before it signs)."""
+        if not self.config.download_certificates:
+            return None
+        refresh = self.config.trust_refresh
+        ends = [k.not_after for k in self.verifier.keys]
+        if ends and all(e is not None for e in ends):
+            last = max(e for e in ends if e is not None)
+            if last - time.time() < refresh.before_expiry_s:
+                return min(refresh.interval_s, 3600.0)
+        return refresh.interval_s
+
+    def key_inventory(self, now: dt.datetime) -> list[KeyInfo]:
+        out = self.keys.inventory(self.name, "signs requests (merchant API certificate)", now)
+        for key in self.verifier.keys:
+            if key.certificate is not None:
+                out.append(
+                    certificate_info(
+                        key.certificate,
+                        channel=self.name,
+                        role=KeyRole.verifies,
+                        id="platform-certificate",
+                        serial=key.serial,
+                        used_for="verifies answers and callbacks",
+                        now=now,
+                    )
+                )
+            else:
+                out.append(
+                    KeyInfo(
+                        self.name,
+                        KeyRole.verifies,
+                        "wechatpay-public-key",
+                        key.serial,
+                        KeyStatus.active,
+                        None,
+                        "verifies answers and callbacks",
+                    )
+                )
+        return out

@@ -6,7 +6,8 @@ Kept free of I/O so the published known-answer vectors can check it byte for byt
   (PKCS#1 v1.5, SHA-256, base64) and carried as ``Authorization: WECHATPAY2-SHA256-RSA2048 mchid=…``;
 - answers and callbacks are signed by WeChat over ``TIMESTAMP\\nNONCE\\nBODY\\n``; ``Wechatpay-Serial`` names the
   key: a platform certificate's serial (hex) or, in the newer public-key mode, ``PUB_KEY_ID_…``. A merchant
-  migrating between the two has both configured at once, so the verifier keeps one table of serials;
+  migrating between the two has both configured at once, so the verifier keeps one table of serials. A platform
+  certificate is never trusted outside its validity;
 - callback resources are AES-256-GCM with the 32-byte APIv3 key, a 12-character nonce and associated data,
   ``ciphertext`` being base64(ciphertext ‖ 16-byte tag).
 """
@@ -143,6 +144,22 @@ class PlatformKey:
     serial: str
     key: rsa.RSAPublicKey
     not_after: float | None = None
+    """Expiry of a platform certificate (Unix time); a WeChat Pay public key has none."""
+    not_before: float | None = None
+    certificate: x509.Certificate | None = None
+
+    @classmethod
+    def of_certificate(cls, cert: x509.Certificate) -> PlatformKey:
+        pub = cert.public_key()
+        if not isinstance(pub, rsa.RSAPublicKey):
+            raise ValueError(f"platform certificate {certificate_serial(cert)} is not RSA")
+        return cls(
+            certificate_serial(cert),
+            pub,
+            cert.not_valid_after_utc.timestamp(),
+            cert.not_valid_before_utc.timestamp(),
+            cert,
+        )
 
 
 def normalize_serial(serial: str) -> str:
@@ -172,13 +189,7 @@ class WechatVerifier:
         *,
         window_s: int = 300,
     ) -> WechatVerifier:
-        keys: list[PlatformKey] = []
-        for path in certificates:
-            cert = x509.load_pem_x509_certificate(path.read_bytes())
-            pub = cert.public_key()
-            if not isinstance(pub, rsa.RSAPublicKey):
-                raise ValueError(f"{path}: not an RSA certificate")
-            keys.append(PlatformKey(certificate_serial(cert), pub, cert.not_valid_after_utc.timestamp()))
+        keys = [PlatformKey.of_certificate(x509.load_pem_x509_certificate(path.read_bytes())) for path in certificates]
         if public_key is not None:
             if not public_key_id:
                 raise ValueError("a WeChat Pay public key needs its id (PUB_KEY_ID_…)")
@@ -188,6 +199,13 @@ class WechatVerifier:
     @property
     def serials(self) -> list[str]:
         return sorted(self._keys)
+
+    @property
+    def keys(self) -> list[PlatformKey]:
+        return list(self._keys.values())
+
+    def knows(self, serial: str) -> bool:
+        return normalize_serial(serial) in self._keys
 
     def add(self, key: PlatformKey) -> None:
         self._keys[normalize_serial(key.serial)] = key
@@ -209,6 +227,11 @@ class WechatVerifier:
             raise WechatSignatureError(
                 "unknown_serial", f"{HEADER_SERIAL} {serial} is none of the trusted keys ({', '.join(self.serials)})"
             )
+        current = time.time() if now is None else now
+        if known.not_after is not None and current > known.not_after:
+            raise WechatSignatureError("expired_certificate", f"platform certificate {serial} has expired")
+        if known.not_before is not None and current < known.not_before:
+            raise WechatSignatureError("expired_certificate", f"platform certificate {serial} is not valid yet")
         timestamp = lower[HEADER_TIMESTAMP.lower()].strip()
         nonce = lower[HEADER_NONCE.lower()]
         if not verify(known.key, response_message(timestamp, nonce, body), lower[HEADER_SIGNATURE.lower()]):
@@ -217,9 +240,37 @@ class WechatVerifier:
             stamp = int(timestamp)
         except ValueError:
             raise WechatSignatureError("malformed", f"{HEADER_TIMESTAMP} is not an integer: {timestamp!r}") from None
-        current = time.time() if now is None else now
         if abs(current - stamp) > self.window_s:
             raise WechatSignatureError(
                 "stale", f"signed at {stamp}, {int(current - stamp)} s from now, outside the {self.window_s} s window"
             )
         return known.serial
+
+
+def open_certificates(
+    answer: dict[str, object], apiv3_key: bytes, *, now: float | None = None
+) -> list[x509.Certificate]:
+    """The platform certificates of a ``GET /v3/certificates`` answer, decrypted with the APIv3 key (which
+    authenticates them: only WeChat Pay and the merchant hold it), each checked against the serial and validity
+    the answer states. Expired ones are dropped. Raises ``WechatSignatureError`` (bad_tag, malformed)."""
+    entries = answer.get("data")
+    if not isinstance(entries, list) or not entries:
+        raise WechatSignatureError("malformed", "no data[] of certificates in the answer")
+    current = time.time() if now is None else now
+    out = []
+    for entry in entries:
+        try:
+            sealed = entry["encrypt_certificate"]
+            serial = normalize_serial(str(entry["serial_no"]))
+            if sealed["algorithm"] != "AEAD_AES_256_GCM":
+                raise ValueError(f"unsupported algorithm {sealed['algorithm']}")
+            pem = aes_gcm_decrypt(apiv3_key, sealed["nonce"], sealed.get("associated_data", ""), sealed["ciphertext"])
+            cert = x509.load_pem_x509_certificate(pem)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WechatSignatureError("malformed", f"certificate entry: {exc!r}") from None
+        if certificate_serial(cert) != serial:
+            raise WechatSignatureError("malformed", f"serial_no {serial} is not the certificate's own serial")
+        if cert.not_valid_after_utc.timestamp() <= current:
+            continue
+        out.append(cert)
+    return out

@@ -1,6 +1,6 @@
 """``his-gateway statements …`` and ``his-gateway recon …``: reconciliation for operators.
 
-statements parse --channel wechat|alipay FILE   normalized rows as JSON lines (FILE may be gzip/zip; - = stdin)
+statements parse --channel wechat|alipay|unionpay FILE   normalized rows as JSON lines (FILE may be gzip/zip; - = stdin)
 statements fetch --hospital H --date D -c …     download, check and store the day's statements
 recon run --hospital H --date D -c …            reconcile one day now (a new version), progress bar on a tty
 """
@@ -92,7 +92,7 @@ def _fetch_statements(args: argparse.Namespace) -> int:
         for m in args.cfg.merchants:
             if m.hospital != args.hospital or not m.enabled:
                 continue
-            channel = build_channel(m)
+            channel = build_channel(m, db)
             try:
                 got = await fetch(db, args.hospital, m.id, m.channel, channel, args.date)
                 p = got.parsed
@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
         bar = ProgressBar()
         try:
             summary = await run_reconciliation(
-                db, args.cfg, args.hospital, args.date, build_channel=lambda m: build_channel(merchants[m]),
+                db, args.cfg, args.hospital, args.date, build_channel=lambda m: build_channel(merchants[m], db),
                 trigger="cli", progress=bar,
             )  # fmt: skip
         except Exception as exc:
@@ -148,7 +148,7 @@ def register(commands: Any) -> None:
     st = commands.add_parser("statements", help="channel statements")
     ssub = st.add_subparsers(dest="statements_command", required=True, metavar="ACTION")
     parse = ssub.add_parser("parse", help="print a statement file's rows, normalized, as JSON lines")
-    parse.add_argument("--channel", required=True, choices=("wechat", "alipay"))
+    parse.add_argument("--channel", required=True, choices=("wechat", "alipay", "unionpay"))
     parse.add_argument("--merchant", help="merchant number to put on each row (default: from the file)")
     parse.add_argument("file", help="the statement as downloaded (gzip, zip) or its CSV; - for stdin")
     parse.set_defaults(func=_parse_statement)

@@ -1,5 +1,6 @@
 """The sandbox-only admin API (JSON, under ``/_admin`` on the channels' port): the payer's side of each trade,
-fault injection, held refunds, signing mode, and a look into the ledger and the callbacks sent.
+fault injection, held refunds, signing mode, the channels' keys and their rotation, the merchant keys they
+accept, and a look into the ledger and the callbacks sent.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
 
 from sandbox.channels import crypto
-from sandbox.channels.alipay import AlipayFault, AlipaySandbox
+from sandbox.channels.alipay import AlipayFault, AlipaySandbox, cert_sn
 from sandbox.channels.faults import FaultBook, FaultError
 from sandbox.channels.ledger import Ledger
 from sandbox.channels.notifier import Notifier
 from sandbox.channels.payer import CodepayScript
+from sandbox.channels.unionpay import UnionPayFault, UnionPayMerchant, UnionPaySandbox
 from sandbox.channels.wechat import WechatSandbox
 
 
@@ -28,6 +31,10 @@ class Context:
     notifier: Notifier
     wechat: WechatSandbox | None
     alipay: AlipaySandbox | None
+    unionpay: UnionPaySandbox | None = None
+
+
+Server = WechatSandbox | AlipaySandbox | UnionPaySandbox
 
 
 CONTEXT_KEY = web.AppKey("channels_context", Context)
@@ -52,15 +59,15 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def _server(ctx: Context, data: dict[str, Any]) -> WechatSandbox | AlipaySandbox:
+def _server(ctx: Context, data: dict[str, Any]) -> Server:
     channel = data.get("channel")
-    server = {"wechat": ctx.wechat, "alipay": ctx.alipay}.get(str(channel))
+    server = {"wechat": ctx.wechat, "alipay": ctx.alipay, "unionpay": ctx.unionpay}.get(str(channel))
     if server is None:
-        raise AdminError(400, f"channel must be one this sandbox serves (wechat, alipay), not {channel!r}")
+        raise AdminError(400, f"channel must be one this sandbox serves (wechat, alipay, unionpay), not {channel!r}")
     return server
 
 
-def _trade(ctx: Context, data: dict[str, Any]) -> tuple[WechatSandbox | AlipaySandbox, dict[str, Any]]:
+def _trade(ctx: Context, data: dict[str, Any]) -> tuple[Server, dict[str, Any]]:
     server = _server(ctx, data)
     trade = ctx.ledger.trade(server.channel, server.merchant_id, str(data.get("out_trade_no")))
     if trade is None:
@@ -78,6 +85,8 @@ def route(handler: Callable[[Context, dict[str, Any], web.Request], Any]) -> Han
             return web.json_response({"error": str(exc)}, status=exc.status)
         except AlipayFault as exc:
             return web.json_response({"error": f"{exc.sub_code}: {exc.sub_msg}"}, status=409)
+        except UnionPayFault as exc:
+            return web.json_response({"error": f"{exc.code}: {exc.message}"}, status=409)
         except (FaultError, ValueError, TypeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         if isinstance(result, web.StreamResponse):
@@ -151,7 +160,7 @@ def release_refunds(ctx: Context, data: dict[str, Any], request: web.Request) ->
     held = [r for r in ctx.ledger.refunds(server.channel, "PROCESSING") if wanted in (None, r["out_refund_no"])]
     released = []
     for refund in held:
-        if isinstance(server, WechatSandbox):
+        if isinstance(server, WechatSandbox | UnionPaySandbox):
             server.finish_refund(refund["out_refund_no"], state)
         else:
             server.finish_refund(refund["out_refund_no"])
@@ -202,6 +211,86 @@ def wechat_keys(ctx: Context, data: dict[str, Any], request: web.Request) -> dic
     }
 
 
+def wechat_rotate(ctx: Context, data: dict[str, Any], request: web.Request) -> dict[str, Any]:
+    """Publish a new platform certificate in ``/v3/certificates`` (``{"activate": true}`` also signs with it from
+    now on, as WeChat does once the switch-over date comes); or ``{"serial": S}`` switches to a published one."""
+    if ctx.wechat is None:
+        raise AdminError(400, "this sandbox does not serve WeChat Pay")
+    platform = ctx.wechat.platform
+    serial = data.get("serial")
+    if serial is None:
+        cert = platform.rotate(ctx.wechat.merchant.mchid, days=int(data.get("days", 1825)))
+        serial = f"{cert.serial_number:X}"
+    if data.get("activate") or data.get("serial"):
+        platform.activate(str(serial))
+    return {"published": [f"{c.serial_number:X}" for c in platform.certificates()], "signing": platform.cert_serial}
+
+
+def merchant_keys(ctx: Context, data: dict[str, Any], request: web.Request) -> dict[str, Any]:
+    """Register another merchant key, as a merchant does in the channel's console before rotating to it:
+    WeChat ``{"serial_no", "public_key_pem"}``, Alipay ``{"public_key_pem"}`` (public-key mode) or
+    ``{"public_key_pem", "issue_certificate": true}`` (certificate mode: answers the app certificate),
+    UnionPay ``{"certificate_pem"}``."""
+    server = _server(ctx, data)
+    if isinstance(server, UnionPaySandbox):
+        pem = str(data.get("certificate_pem", "")).encode()
+        cert = x509.load_pem_x509_certificate(pem)
+        server.merchant.certificates[UnionPayMerchant.cert_id(cert)] = crypto.load_public(pem)
+        return {"cert_id": UnionPayMerchant.cert_id(cert)}
+    key = crypto.load_public(str(data.get("public_key_pem", "")).encode())
+    if isinstance(server, WechatSandbox):
+        serial = str(data.get("serial_no", ""))
+        if not serial:
+            raise AdminError(400, "serial_no is required")
+        server.merchant.other_keys[serial] = key
+        return {"serial_no": serial}
+    if server.certificates is not None:
+        cert = server.certificates.issue_app_cert(server.app.app_id, key)
+        server.app.app_certs[cert_sn(cert)] = key
+        server.app.issued.append(cert)
+        return {"app_cert_sn": cert_sn(cert), "certificate_pem": crypto.certificate_pem(cert).decode()}
+    server.app.other_public_keys.append(key)
+    return {"registered": len(server.app.other_public_keys) + 1}
+
+
+def signers(ctx: Context, data: dict[str, Any], request: web.Request) -> dict[str, Any]:
+    """How many requests each merchant key signed, by the id the channel knows it by."""
+    return {"signed_with": dict(_server(ctx, data).signed_with)}
+
+
+def alipay_certificates(ctx: Context, data: dict[str, Any], request: web.Request) -> dict[str, Any]:
+    """Certificate mode: what the merchant downloads from the console (GET), or replace the Alipay certificate
+    that signs (POST ``/rotate``)."""
+    if ctx.alipay is None or ctx.alipay.certificates is None:
+        raise AdminError(400, "this sandbox does not serve Alipay in certificate mode")
+    certs = ctx.alipay.certificates
+    if request.method == "POST":
+        certs.rotate(ctx.alipay.app.seller_id)
+    return {
+        "alipay_cert_sn": certs.sn,
+        "alipay_cert_pem": certs.chain_pem(certs.cert).decode(),
+        "alipay_root_cert_pem": certs.root_bundle.decode(),
+        "alipay_root_cert_sn": certs.root_sn,
+        "app_certs": [crypto.certificate_pem(c).decode() for c in ctx.alipay.app.issued],
+    }
+
+
+def unionpay_keys(ctx: Context, data: dict[str, Any], request: web.Request) -> dict[str, Any]:
+    """UnionPay's chain as a merchant configures it (root, intermediate) and the certificate that signs now;
+    POST ``/rotate`` issues a new signing certificate (``{"owner": …}`` puts another name in its CN)."""
+    if ctx.unionpay is None:
+        raise AdminError(400, "this sandbox does not serve UnionPay")
+    identity = ctx.unionpay.identity
+    if request.method == "POST":
+        identity.rotate(**({"owner": str(data["owner"])} if data.get("owner") else {}))
+    return {
+        "root_pem": crypto.certificate_pem(identity.root.cert).decode(),
+        "middle_pem": crypto.certificate_pem(identity.middle.cert).decode(),
+        "signing_pem": identity.sign_pem,
+        "signing_cert_id": str(identity.sign_cert.serial_number),
+    }
+
+
 def trades(ctx: Context, data: dict[str, Any], request: web.Request) -> dict[str, Any]:
     return {"trades": ctx.ledger.trades(data.get("channel"))}
 
@@ -215,7 +304,12 @@ def notifications(ctx: Context, data: dict[str, Any], request: web.Request) -> d
 
 
 def healthz(ctx: Context, data: dict[str, Any], request: web.Request) -> dict[str, Any]:
-    return {"ok": True, "wechat": ctx.wechat is not None, "alipay": ctx.alipay is not None}
+    return {
+        "ok": True,
+        "wechat": ctx.wechat is not None,
+        "alipay": ctx.alipay is not None,
+        "unionpay": ctx.unionpay is not None,
+    }
 
 
 def setup_admin(app: web.Application) -> None:
@@ -235,6 +329,13 @@ def setup_admin(app: web.Application) -> None:
     r.add_get("/_admin/wechat/signing", route(signing))
     r.add_post("/_admin/wechat/signing", route(signing))
     r.add_get("/_admin/wechat/keys", route(wechat_keys))
+    r.add_post("/_admin/wechat/rotate", route(wechat_rotate))
+    r.add_post("/_admin/merchant-keys", route(merchant_keys))
+    r.add_get("/_admin/signers", route(signers))
+    r.add_get("/_admin/alipay/certificates", route(alipay_certificates))
+    r.add_post("/_admin/alipay/certificates/rotate", route(alipay_certificates))
+    r.add_get("/_admin/unionpay/keys", route(unionpay_keys))
+    r.add_post("/_admin/unionpay/keys/rotate", route(unionpay_keys))
     r.add_get("/_admin/trades", route(trades))
     r.add_get("/_admin/refunds", route(refunds))
     r.add_get("/_admin/notifications", route(notifications))

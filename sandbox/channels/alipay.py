@@ -1,10 +1,13 @@
-"""An Alipay OpenAPI gateway (``/gateway.do``, RSA2 public-key mode) for one app, over the sandbox ledger.
+"""An Alipay OpenAPI gateway (``/gateway.do``, RSA2; public-key or public-key-certificate mode) for one app,
+over the sandbox ledger.
 
 Requests come as GET query or form POST; the signature is checked over every parameter but ``sign`` and the empty
 ones, sorted, ``k=v`` joined by ``&``, with the app public key. Answers are
 ``{"<method>_response": {...}, "sign": "..."}`` signed over the exact JSON text of the inner object with the
-"Alipay" key. Async notifications are form POSTs signed over every field but ``sign``/``sign_type``, re-sent
-unchanged until the merchant answers exactly ``success``.
+"Alipay" key. In certificate mode requests must name a registered app certificate (``app_cert_sn``) and the
+root bundle (``alipay_root_cert_sn``); answers name the Alipay certificate that signed them (``alipay_cert_sn``),
+which ``alipay.open.app.alipaycert.download`` hands out. Async notifications are form POSTs signed over every
+field but ``sign``/``sign_type``, re-sent unchanged until the merchant answers exactly ``success``.
 
 Modelled behaviour: a precreate (QR) trade does not exist for query/close until the payer scans it (closing it
 before makes any later scan fail, as the real one's ``timeout_express`` would); ``trade.pay`` answers 10003 while a
@@ -16,11 +19,14 @@ SDKs write it in the host's local time, which on a UTC host is 8 h off Beijing.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import html
 import json
 import secrets
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -28,9 +34,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sandbox.channels import bills, crypto
+from sandbox.channels import bills, crypto, pki
 from sandbox.channels.faults import FaultBook, Rule
 from sandbox.channels.ledger import CST, Ledger, new_serial
 from sandbox.channels.notifier import Notifier
@@ -83,6 +90,78 @@ class AlipayApp:
     app_id: str
     app_public_key: rsa.RSAPublicKey
     seller_id: str
+    other_public_keys: list[rsa.RSAPublicKey] = field(default_factory=list)
+    """Further app keys the app registered (public-key mode; a rotation has two for a while)."""
+    app_certs: dict[str, rsa.RSAPublicKey] = field(default_factory=dict)
+    """App public-key certificates by SN (certificate mode)."""
+    issued: list[x509.Certificate] = field(default_factory=list)
+    """The app certificates the sandbox issued (what the merchant downloads from the console)."""
+
+
+def cert_sn(cert: x509.Certificate) -> str:
+    """Alipay's certificate SN: md5 of the issuer (RFC 2253, as Java writes it) and the decimal serial."""
+    return hashlib.md5((cert.issuer.rfc4514_string() + str(cert.serial_number)).encode()).hexdigest()
+
+
+@dataclass
+class AlipayCertificates:
+    """Public-key-certificate mode: the sandbox's Ant-Financial-shaped CA (a root and a "Class 2" intermediate),
+    the Alipay certificate that signs answers (replaced by ``rotate``; the old ones stay downloadable), and the
+    app certificates it issues for the apps' public keys. The root bundle carries a second, unrelated root, as
+    Alipay's does, so ``alipay_root_cert_sn`` joins two SNs."""
+
+    root: pki.Authority
+    other_root: pki.Authority
+    class2: pki.Authority
+    key: rsa.RSAPrivateKey
+    cert: x509.Certificate
+    previous: list[x509.Certificate] = field(default_factory=list)
+
+    @classmethod
+    def generate(cls, pid: str) -> AlipayCertificates:
+        org = "Sandbox Ant Financial"
+        root = pki.Authority.root(
+            pki.name(cn="Ant Financial Certification Authority R1", o=org, ou="Certification Authority")
+        )
+        other = pki.Authority.root(
+            pki.name(cn="iTrusChina Class 2 Root CA - G3", o="iTrusChina", ou="China Trust Network")
+        )
+        class2 = root.intermediate(
+            pki.name(cn="Ant Financial Certification Authority Class 2 R1", o=org, ou="Certification Authority")
+        )
+        made = cls(root, other, class2, crypto.new_rsa_key(), root.cert)
+        made.rotate(pid)
+        made.previous.clear()
+        return made
+
+    def rotate(self, pid: str) -> x509.Certificate:
+        key = crypto.new_rsa_key()
+        subject = pki.name(cn=f"支付宝(中国)网络技术有限公司-{pid}", o="Sandbox Alipay", ou="Alipay")
+        self.previous.append(self.cert)
+        self.key, self.cert = key, self.class2.issue(subject, key.public_key(), days=365)
+        return self.cert
+
+    def issue_app_cert(self, app_id: str, public_key: rsa.RSAPublicKey) -> x509.Certificate:
+        return self.class2.issue(pki.name(cn=app_id, o="Sandbox app", ou="Alipay"), public_key, days=365)
+
+    @property
+    def sn(self) -> str:
+        return cert_sn(self.cert)
+
+    @property
+    def root_bundle(self) -> bytes:
+        return crypto.certificate_pem(self.root.cert) + b"\n" + crypto.certificate_pem(self.other_root.cert)
+
+    @property
+    def root_sn(self) -> str:
+        return f"{cert_sn(self.root.cert)}_{cert_sn(self.other_root.cert)}"
+
+    def chain_pem(self, cert: x509.Certificate) -> bytes:
+        """An Alipay certificate as Alipay hands it out: the certificate, then its intermediate."""
+        return crypto.certificate_pem(cert) + crypto.certificate_pem(self.class2.cert)
+
+    def by_sn(self, sn: str) -> x509.Certificate | None:
+        return next((c for c in (self.cert, *self.previous) if cert_sn(c) == sn), None)
 
 
 @dataclass
@@ -92,8 +171,11 @@ class AlipaySandbox:
     notifier: Notifier
     app: AlipayApp
     alipay_key: rsa.RSAPrivateKey
+    certificates: AlipayCertificates | None = None
     codepay_scripts: dict[str, CodepayScript] = field(default_factory=dict)
     refund_holds: int = 0
+    signed_with: Counter[str] = field(default_factory=Counter)
+    """How many requests each app key signed (by app_cert_sn, or by key number in public-key mode)."""
     _bill_files: dict[str, bytes] = field(default_factory=dict)
 
     channel = "alipay"
@@ -110,11 +192,16 @@ class AlipaySandbox:
     def merchant_id(self) -> str:
         return self.app.app_id
 
+    @property
+    def signing_key(self) -> rsa.RSAPrivateKey:
+        return self.certificates.key if self.certificates is not None else self.alipay_key
+
     def answer(self, method: str, data: dict[str, Any], *, spoil: bool = False) -> web.Response:
         inner = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-        signature = crypto.rsa_sign(self.alipay_key, b"spoiled" if spoil else inner.encode())
+        signature = crypto.rsa_sign(self.signing_key, b"spoiled" if spoil else inner.encode())
         key = method.replace(".", "_") + "_response"
-        text = f'{{"{key}":{inner},"sign":"{signature}"}}'
+        named = f'"alipay_cert_sn":"{self.certificates.sn}",' if self.certificates is not None else ""
+        text = f'{{"{key}":{inner},{named}"sign":"{signature}"}}'
         return web.Response(text=text, content_type="application/json", charset="utf-8")
 
     @staticmethod
@@ -147,8 +234,20 @@ class AlipaySandbox:
             raise invalid("isv.invalid-timestamp", "timestamp 格式应为 yyyy-MM-dd HH:mm:ss") from None
         if abs((dt.datetime.now(CST) - sent).total_seconds()) > 86400:
             raise invalid("isv.invalid-timestamp", "请求时间与支付宝服务器时间相差超过一天")
-        if not crypto.rsa_verify(self.app.app_public_key, signing_content(params, ("sign",)), params["sign"]):
+        content = signing_content(params, ("sign",))
+        if self.certificates is not None:
+            app_sn = params.get("app_cert_sn", "")
+            if app_sn not in self.app.app_certs:
+                raise invalid("isv.app-cert-sn-not-match", f"应用公钥证书SN {app_sn!r} 不匹配")
+            if params.get("alipay_root_cert_sn") != self.certificates.root_sn:
+                raise invalid("isv.alipay-root-cert-sn-not-match", "支付宝根证书SN不匹配")
+            keys = {app_sn: self.app.app_certs[app_sn]}
+        else:
+            keys = {f"key{i}": k for i, k in enumerate([self.app.app_public_key, *self.app.other_public_keys])}
+        signer = next((name for name, k in keys.items() if crypto.rsa_verify(k, content, params["sign"])), None)
+        if signer is None:
             raise invalid("isv.invalid-signature", "验签出错，请确认charset、sign_type与私钥是否匹配")
+        self.signed_with[signer] += 1
         try:
             biz = json.loads(params.get("biz_content") or "{}")
         except json.JSONDecodeError:
@@ -177,6 +276,7 @@ class AlipaySandbox:
             "alipay.trade.refund": self.refund,
             "alipay.trade.fastpay.refund.query": self.refund_query,
             "alipay.data.dataservice.bill.downloadurl.query": self.bill_url,
+            "alipay.open.app.alipaycert.download": self.certificate_download,
         }.get(method)
         if handler is None:
             return self.answer(method, self._fault_body(invalid("isv.invalid-method", f"不存在的方法名 {method}")))
@@ -511,7 +611,7 @@ class AlipaySandbox:
                 gmt_refund=_stamp(self.ledger.now().isoformat()) + ".000",
             )
         fields = {k: v for k, v in fields.items() if v != ""}
-        fields["sign"] = crypto.rsa_sign(self.alipay_key, signing_content(fields, ("sign", "sign_type")))
+        fields["sign"] = crypto.rsa_sign(self.signing_key, signing_content(fields, ("sign", "sign_type")))
         fields["sign_type"] = "RSA2"
         body = urlencode(fields).encode()
         headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
@@ -525,6 +625,15 @@ class AlipaySandbox:
             build=lambda: (dict(headers), body),
             accepted=lambda status, answer: status == 200 and answer.strip() == b"success",
         )
+
+    def certificate_download(self, params: dict[str, str], biz: dict[str, Any], request: web.Request) -> dict[str, Any]:
+        """An Alipay certificate by its SN (certificate mode), base64 of its PEM with the intermediate."""
+        if self.certificates is None:
+            raise invalid("isv.invalid-method", "公钥模式不提供支付宝公钥证书下载")
+        cert = self.certificates.by_sn(str(biz.get("alipay_cert_sn", "")))
+        if cert is None:
+            raise business("isv.cert-not-exist", "证书不存在")
+        return {"alipay_cert_content": base64.b64encode(self.certificates.chain_pem(cert)).decode("ascii")}
 
     def bill_url(self, params: dict[str, str], biz: dict[str, Any], request: web.Request) -> dict[str, Any]:
         if biz.get("bill_type") not in ("trade", "signcustomer"):

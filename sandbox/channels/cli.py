@@ -1,9 +1,13 @@
-"""``his-sandbox channels``: serve the sandbox WeChat Pay v3 and Alipay channels from the command line.
+"""``his-sandbox channels``: serve the sandbox WeChat Pay v3, Alipay and UnionPay channels from the command line.
 
-The channel-side keys (WeChat platform certificate and public key, the "Alipay" key) are generated once into
-``--state-dir`` and reused, so a gateway configured against them keeps working across restarts; the public
-halves a merchant configures are written there too (``wechatpay_platform_cert.pem``,
-``wechatpay_public_key.pem`` with ``wechatpay_public_key_id.txt``, ``alipay_public_key.pem``).
+The channel-side keys (WeChat platform certificate and public key, the "Alipay" key or certificates, UnionPay's
+CA and signing certificate) are generated once into ``--state-dir`` and reused, so a gateway configured against
+them keeps working across restarts; the public halves a merchant configures are written there too
+(``wechatpay_platform_cert.pem``, ``wechatpay_public_key.pem`` with ``wechatpay_public_key_id.txt``,
+``alipay_public_key.pem`` — or in certificate mode ``alipay_cert.crt``, ``alipay_root_cert.crt`` and the app's
+``alipay_app_cert.crt`` —, ``unionpay_root.cer`` and ``unionpay_middle.cer``). Without
+``--unionpay-merchant-cert`` the sandbox issues the merchant's UnionPay signing key itself, as UnionPay does on
+enrolment: ``unionpay_merchant_sign.pfx`` with its password in ``unionpay_merchant_sign.pw``.
 """
 
 from __future__ import annotations
@@ -11,19 +15,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs12
 
-from sandbox.channels import crypto
-from sandbox.channels.server import AlipaySettings, WechatSettings, start_sandbox_channels
+from sandbox.channels import crypto, pki
+from sandbox.channels.alipay import AlipayCertificates
+from sandbox.channels.server import AlipaySettings, UnionPaySettings, WechatSettings, start_sandbox_channels
+from sandbox.channels.unionpay import UnionPayIdentity, merchant_pfx
 from sandbox.channels.wechat import WechatPlatform
 
 
 def add_parser(commands: Any, listen_type: Any) -> None:
-    p = commands.add_parser("channels", help="serve the sandbox payment channels (WeChat Pay v3, Alipay)")
+    p = commands.add_parser("channels", help="serve the sandbox payment channels (WeChat Pay v3, Alipay, UnionPay)")
     p.add_argument(
         "--listen", type=listen_type, default=("127.0.0.1", 8090), metavar="HOST:PORT", help="default 127.0.0.1:8090"
     )
@@ -49,7 +58,18 @@ def add_parser(commands: Any, listen_type: Any) -> None:
     a.add_argument("--alipay-app-id")
     a.add_argument("--alipay-app-public-key", type=Path, metavar="PEM", help="the app public key")
     a.add_argument("--alipay-seller-id", default="2088102146225135", metavar="PID")
-    a.add_argument("-v", "--verbose", action="store_true", help="log requests to stderr")
+    a.add_argument("--alipay-cert-mode", action="store_true", help="public-key-certificate mode")
+    u = p.add_argument_group("UnionPay merchant (enabled by --unionpay-mer-id)")
+    u.add_argument("--unionpay-mer-id", metavar="MERID")
+    u.add_argument(
+        "--unionpay-merchant-cert",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="a merchant signing certificate (repeatable; default: issue one into the state dir)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log requests to stderr")
 
 
 def _platform(state: Path, mchid: str) -> WechatPlatform:
@@ -76,9 +96,11 @@ def _platform(state: Path, mchid: str) -> WechatPlatform:
     return platform
 
 
-def _write_private(path: Path, pem: bytes) -> None:
-    path.write_bytes(pem)
-    path.chmod(0o600)
+def _write_private(path: Path, data: bytes) -> None:
+    """Created 0600, so the secret is never readable by others, not even for a moment."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
 
 
 def _alipay_key(state: Path) -> bytes:
@@ -90,10 +112,68 @@ def _alipay_key(state: Path) -> bytes:
     return private.read_bytes()
 
 
-def settings(args: argparse.Namespace) -> tuple[WechatSettings | None, AlipaySettings | None]:
+def _authority(state: Path, name: str, make: Callable[[], pki.Authority]) -> pki.Authority:
+    key_file, cert_file = state / f"{name}_key.pem", state / f"{name}.pem"
+    if key_file.exists() and cert_file.exists():
+        return pki.Authority(crypto.load_private(key_file), x509.load_pem_x509_certificate(cert_file.read_bytes()))
+    made = make()
+    _write_private(key_file, crypto.private_pem(made.key))
+    cert_file.write_bytes(crypto.certificate_pem(made.cert))
+    return made
+
+
+def _alipay_certificates(state: Path, pid: str) -> AlipayCertificates:
+    fresh = None
+
+    def generated() -> AlipayCertificates:
+        nonlocal fresh
+        fresh = fresh or AlipayCertificates.generate(pid)
+        return fresh
+
+    root = _authority(state, "alipay_ca_root", lambda: generated().root)
+    other = _authority(state, "alipay_ca_other_root", lambda: generated().other_root)
+    class2 = _authority(state, "alipay_ca_class2", lambda: generated().class2)
+    signer = _authority(state, "alipay_ca_signer", lambda: pki.Authority(generated().key, generated().cert))
+    certs = AlipayCertificates(root, other, class2, signer.key, signer.cert)
+    (state / "alipay_cert.crt").write_bytes(certs.chain_pem(certs.cert))
+    (state / "alipay_root_cert.crt").write_bytes(certs.root_bundle)
+    return certs
+
+
+def _unionpay(state: Path, mer_id: str, certificates: list[Path]) -> UnionPaySettings:
+    fresh = None
+
+    def generated() -> UnionPayIdentity:
+        nonlocal fresh
+        fresh = fresh or UnionPayIdentity.generate()
+        return fresh
+
+    root = _authority(state, "unionpay_ca_root", lambda: generated().root)
+    middle = _authority(state, "unionpay_ca_middle", lambda: generated().middle)
+    signer = _authority(state, "unionpay_signer", lambda: pki.Authority(generated().sign_key, generated().sign_cert))
+    identity = UnionPayIdentity(root, middle, signer.key, signer.cert)
+    (state / "unionpay_root.cer").write_bytes(crypto.certificate_pem(root.cert))
+    (state / "unionpay_middle.cer").write_bytes(crypto.certificate_pem(middle.cert))
+    pems = [path.read_bytes() for path in certificates]
+    if not pems:
+        pfx, password_file = state / "unionpay_merchant_sign.pfx", state / "unionpay_merchant_sign.pw"
+        if not pfx.exists():
+            key, cert = identity.issue_merchant(mer_id)
+            password = secrets.token_urlsafe(12)
+            _write_private(password_file, (password + "\n").encode())
+            _write_private(pfx, merchant_pfx(key, cert, password))
+        _, cert, _ = pkcs12.load_key_and_certificates(pfx.read_bytes(), password_file.read_text().strip().encode())
+        assert cert is not None
+        pems = [crypto.certificate_pem(cert)]
+    return UnionPaySettings(mer_id, pems, identity)
+
+
+def settings(
+    args: argparse.Namespace,
+) -> tuple[WechatSettings | None, AlipaySettings | None, UnionPaySettings | None]:
     state: Path = args.state_dir
     state.mkdir(parents=True, exist_ok=True)
-    wechat = alipay = None
+    wechat = alipay = unionpay = None
     if args.wechat_mchid:
         missing = [n for n in ("wechat_appid", "wechat_merchant_serial", "wechat_merchant_key") if not getattr(args, n)]
         if missing:
@@ -122,21 +202,28 @@ def settings(args: argparse.Namespace) -> tuple[WechatSettings | None, AlipaySet
         if not args.alipay_app_public_key:
             raise SystemExit("his-sandbox channels: Alipay needs --alipay-app-public-key")
         alipay = AlipaySettings(
-            args.alipay_app_id, args.alipay_app_public_key.read_bytes(), args.alipay_seller_id, _alipay_key(state)
+            args.alipay_app_id,
+            args.alipay_app_public_key.read_bytes(),
+            args.alipay_seller_id,
+            _alipay_key(state),
+            _alipay_certificates(state, args.alipay_seller_id) if args.alipay_cert_mode else None,
         )
-    if wechat is None and alipay is None:
-        raise SystemExit("his-sandbox channels: enable --wechat-mchid and/or --alipay-app-id")
-    return wechat, alipay
+    if args.unionpay_mer_id:
+        unionpay = _unionpay(state, args.unionpay_mer_id, args.unionpay_merchant_cert)
+    if wechat is None and alipay is None and unionpay is None:
+        raise SystemExit("his-sandbox channels: enable --wechat-mchid, --alipay-app-id and/or --unionpay-mer-id")
+    return wechat, alipay, unionpay
 
 
 async def serve(args: argparse.Namespace) -> int:
-    wechat, alipay = settings(args)
+    wechat, alipay, unionpay = settings(args)
     host, port = args.listen
     channels = await start_sandbox_channels(
         host,
         port,
         wechat=wechat,
         alipay=alipay,
+        unionpay=unionpay,
         db_path=args.db,
         notify_delay_s=args.notify_delay,
         notify_time_scale=args.notify_time_scale,
@@ -150,7 +237,13 @@ async def serve(args: argparse.Namespace) -> int:
     if wechat is not None:
         print(f"WeChat Pay v3 sandbox at {channels.wechat_base_url} (keys in {args.state_dir})", flush=True)
     if alipay is not None:
+        if alipay.certificates is not None:
+            (args.state_dir / "alipay_app_cert.crt").write_bytes(
+                b"".join(crypto.certificate_pem(c) for c in channels.alipay.app.issued)
+            )
         print(f"Alipay sandbox gateway at {channels.alipay_gateway_url}", flush=True)
+    if unionpay is not None:
+        print(f"UnionPay sandbox at {channels.unionpay_base_url} (files at {channels.unionpay_file_url})", flush=True)
     print(f"admin API at {channels.admin_url}", flush=True)
     try:
         await stop.wait()

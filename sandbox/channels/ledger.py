@@ -35,6 +35,10 @@ CREATE TABLE IF NOT EXISTS refunds (
     created_at TEXT NOT NULL, succeeded_at TEXT,
     PRIMARY KEY (channel, merchant, out_trade_no, out_refund_no)
 );
+CREATE TABLE IF NOT EXISTS order_times (
+    channel TEXT NOT NULL, merchant TEXT NOT NULL, order_id TEXT NOT NULL, txn_time TEXT NOT NULL,
+    kind TEXT NOT NULL, PRIMARY KEY (channel, merchant, order_id)
+);
 CREATE TABLE IF NOT EXISTS notifications (
     id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, merchant TEXT NOT NULL, kind TEXT NOT NULL,
     ref TEXT NOT NULL, notification_id TEXT NOT NULL, url TEXT NOT NULL, status TEXT NOT NULL,
@@ -176,6 +180,38 @@ class Ledger:
             " WHERE r.channel = ? AND r.merchant = ? AND r.state = 'SUCCESS' AND substr(r.succeeded_at, 1, 10) = ?"
             " ORDER BY r.succeeded_at",
             (channel, merchant, day.isoformat()),
+        )
+
+    def settled_between(
+        self, channel: str, merchant: str, start: dt.datetime, end: dt.datetime
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Payments and successful refunds in [start, end) (for a channel whose settlement day does not end at
+        midnight: UnionPay's ends at 23:00)."""
+        lo, hi = start.astimezone(CST).isoformat(), end.astimezone(CST).isoformat()
+        payments = self._all(
+            "SELECT * FROM trades WHERE channel = ? AND merchant = ? AND paid_at >= ? AND paid_at < ? ORDER BY paid_at",
+            (channel, merchant, lo, hi),
+        )
+        refunds = self._all(
+            "SELECT r.*, t.trade_no, t.appid, t.payer_id, t.scene, t.description, t.attach, t.paid_at"
+            " FROM refunds r JOIN trades t USING (channel, merchant, out_trade_no)"
+            " WHERE r.channel = ? AND r.merchant = ? AND r.state = 'SUCCESS' AND r.succeeded_at >= ?"
+            " AND r.succeeded_at < ? ORDER BY r.succeeded_at",
+            (channel, merchant, lo, hi),
+        )
+        return payments, refunds
+
+    def add_order_time(self, channel: str, merchant: str, order_id: str, txn_time: str, kind: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO order_times (channel, merchant, order_id, txn_time, kind) VALUES (?, ?, ?, ?, ?)",
+                (channel, merchant, order_id, txn_time, kind),
+            )
+
+    def order_time(self, channel: str, merchant: str, order_id: str) -> dict[str, Any] | None:
+        return self._one(
+            "SELECT * FROM order_times WHERE channel = ? AND merchant = ? AND order_id = ?",
+            (channel, merchant, order_id),
         )
 
     def add_notification(self, **values: Any) -> int:

@@ -2,8 +2,10 @@
 
 WeChat retries a callback not answered 2xx at growing intervals for about a day (15 s, 15 s, 30 s, 3 min, 10 min,
 20 min, 30 min ×3, 60 min, 3 h ×3, 6 h ×2), signing every delivery anew. Alipay re-sends the same signed form
-until it reads exactly ``success`` (4 min, 10 min, 10 min, 1 h, 2 h, 6 h, 15 h). The sandbox keeps the shape and
-divides the intervals by ``time_scale``. Every delivery is recorded in the ledger and kept for tests.
+until it reads exactly ``success`` (4 min, 10 min, 10 min, 1 h, 2 h, 6 h, 15 h). UnionPay re-sends a
+back-notification not answered HTTP 200, five more times at doubling intervals (1, 2, 4, 8, 16 min; our reading
+of its material, which gives the count and the doubling). The sandbox keeps the shape and divides the intervals
+by ``time_scale``. Every delivery is recorded in the ledger and kept for tests.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ log = logging.getLogger("sandbox.channels.notify")
 
 WECHAT_RETRY_S = (15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600)
 ALIPAY_RETRY_S = (240, 600, 600, 3600, 7200, 21600, 54000)
+UNIONPAY_RETRY_S = (60, 120, 240, 480, 960)
+RETRY_S = {"wechat": WECHAT_RETRY_S, "alipay": ALIPAY_RETRY_S, "unionpay": UNIONPAY_RETRY_S}
 
 Builder = Callable[[], tuple[dict[str, str], bytes]]
 """Makes one delivery's headers and body (WeChat re-signs each time)."""
@@ -94,7 +98,7 @@ class Notifier:
         build: Builder,
         accepted: Acceptor,
     ) -> int:
-        schedule = WECHAT_RETRY_S if channel == "wechat" else ALIPAY_RETRY_S
+        schedule = RETRY_S[channel]
         record_id = self.ledger.add_notification(
             channel=channel, merchant=merchant, kind=kind, ref=ref, notification_id=notification_id, url=url
         )

@@ -21,6 +21,7 @@ import re
 import secrets
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,21 +63,51 @@ class WechatMerchant:
     serial_no: str
     public_key: rsa.RSAPublicKey
     apiv3_key: bytes
+    other_keys: dict[str, rsa.RSAPublicKey] = field(default_factory=dict)
+    """Further merchant API certificates by serial (a merchant rotating its key has two for a while)."""
+
+    def key_for(self, serial: str) -> rsa.RSAPublicKey | None:
+        wanted = serial.upper().lstrip("0")
+        keys = {self.serial_no: self.public_key, **self.other_keys}
+        return next((k for s, k in keys.items() if s.upper().lstrip("0") == wanted), None)
 
 
 @dataclass
 class WechatPlatform:
-    """The channel's signing identities: a platform certificate and a WeChat Pay public key (``PUB_KEY_ID_…``)."""
+    """The channel's signing identities: a platform certificate and a WeChat Pay public key (``PUB_KEY_ID_…``).
+
+    ``cert`` is the certificate that signs; ``published`` are further certificates ``/v3/certificates`` lists.
+    WeChat replaces a platform certificate by publishing the next one ahead and switching to it later:
+    ``rotate`` publishes, ``activate`` switches."""
 
     cert_key: rsa.RSAPrivateKey
     cert: x509.Certificate
     public_key_key: rsa.RSAPrivateKey
     public_key_id: str
     mode: str = "certificate"
+    published: list[tuple[rsa.RSAPrivateKey, x509.Certificate]] = field(default_factory=list)
 
     @property
     def cert_serial(self) -> str:
         return f"{self.cert.serial_number:X}"
+
+    def certificates(self) -> list[x509.Certificate]:
+        now = dt.datetime.now(dt.UTC)
+        return [c for c in (self.cert, *(c for _, c in self.published)) if c.not_valid_after_utc > now]
+
+    def rotate(self, mchid: str, *, days: int = 1825) -> x509.Certificate:
+        key = crypto.new_rsa_key()
+        cert = crypto.platform_certificate(key, mchid, days=days)
+        self.published.append((key, cert))
+        return cert
+
+    def activate(self, serial: str) -> None:
+        for i, (key, cert) in enumerate(self.published):
+            if f"{cert.serial_number:X}" == serial.upper():
+                self.published[i] = (self.cert_key, self.cert)
+                self.cert_key, self.cert = key, cert
+                return
+        raise ValueError(f"no published platform certificate {serial}")
 
     def signer(self) -> tuple[str, rsa.RSAPrivateKey]:
         if self.mode == "public_key":
@@ -104,6 +135,8 @@ class WechatSandbox:
     refund_delay_s: float = 0.05
     codepay_scripts: dict[str, CodepayScript] = field(default_factory=dict)
     refund_holds: int = 0
+    signed_with: Counter[str] = field(default_factory=Counter)
+    """How many requests each merchant certificate serial signed (rotation tests read it)."""
     _bill_files: dict[str, bytes] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -203,7 +236,8 @@ class WechatSandbox:
             raise WechatFault(401, "SIGN_ERROR", f"Authorization 缺少 {', '.join(sorted(missing))}")
         if params["mchid"] != self.merchant.mchid:
             raise WechatFault(401, "SIGN_ERROR", f"商户号 {params['mchid']} 不存在")
-        if params["serial_no"].upper().lstrip("0") != self.merchant.serial_no.upper().lstrip("0"):
+        merchant_key = self.merchant.key_for(params["serial_no"])
+        if merchant_key is None:
             raise WechatFault(401, "SIGN_ERROR", "商户证书序列号有误")
         try:
             stamp = int(params["timestamp"])
@@ -212,8 +246,9 @@ class WechatSandbox:
         if abs(time.time() - stamp) > 300:
             raise WechatFault(401, "SIGN_ERROR", "请求的时间戳已过期")
         message = f"{request.method}\n{request.raw_path}\n{params['timestamp']}\n{params['nonce_str']}\n".encode()
-        if not crypto.rsa_verify(self.merchant.public_key, message + body + b"\n", params["signature"]):
+        if not crypto.rsa_verify(merchant_key, message + body + b"\n", params["signature"]):
             raise WechatFault(401, "SIGN_ERROR", "签名错误，请检查后再试")
+        self.signed_with[params["serial_no"].upper()] += 1
 
     def _json(self, body: bytes) -> dict[str, Any]:
         try:
@@ -592,23 +627,18 @@ class WechatSandbox:
         return web.Response(body=served, content_type="application/octet-stream")
 
     async def certificates(self, request: web.Request, body: bytes) -> web.Response:
-        cert = self.platform.cert
-        sealed = crypto.seal(self.merchant.apiv3_key, "certificate", crypto.certificate_pem(cert))
-        entry = {
-            "serial_no": self.platform.cert_serial,
-            "effective_time": cert.not_valid_before_utc.astimezone(dt.timezone(dt.timedelta(hours=8))).isoformat(),
-            "expire_time": cert.not_valid_after_utc.astimezone(dt.timezone(dt.timedelta(hours=8))).isoformat(),
-            "encrypt_certificate": sealed,
-        }
-        serial, key = self.platform.cert_serial, self.platform.cert_key
-        answer = json.dumps({"data": [entry]}, separators=(",", ":")).encode()
-        timestamp, nonce = str(int(time.time())), secrets.token_hex(16)
-        headers = {
-            "Content-Type": "application/json; charset=utf-8",
-            "Wechatpay-Timestamp": timestamp,
-            "Wechatpay-Nonce": nonce,
-            "Wechatpay-Serial": serial,
-            "Wechatpay-Signature-Type": SCHEME,
-            "Wechatpay-Signature": crypto.rsa_sign(key, f"{timestamp}\n{nonce}\n".encode() + answer + b"\n"),
-        }
-        return web.Response(body=answer, headers=headers)
+        """Every unexpired platform certificate, sealed with the APIv3 key; the answer signed by the current
+        signer (the public key in public-key mode), as every answer is."""
+        cst = dt.timezone(dt.timedelta(hours=8))
+        entries = []
+        for cert in self.platform.certificates():
+            sealed = crypto.seal(self.merchant.apiv3_key, "certificate", crypto.certificate_pem(cert))
+            entries.append(
+                {
+                    "serial_no": f"{cert.serial_number:X}",
+                    "effective_time": cert.not_valid_before_utc.astimezone(cst).isoformat(),
+                    "expire_time": cert.not_valid_after_utc.astimezone(cst).isoformat(),
+                    "encrypt_certificate": sealed,
+                }
+            )
+        return self.answer(200, {"data": entries})

@@ -1,9 +1,11 @@
-"""Building blocks for the payment-channel tests: the published test merchants (keys read from the shared
-fixtures at run time, never copied), sandbox channel settings, gateway channel configs, and a notify receiver."""
+"""Building blocks for the payment-channel tests: the published test merchants (keys from tests/fixtures, with
+their origins in each folder's SOURCES.md), sandbox channel settings, gateway channel configs, and a notify
+receiver."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,13 +14,17 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.channels.config import AlipayConfig, Secret, WechatConfig
-from sandbox.channels import AlipaySettings, SandboxChannels, WechatSettings
+from gateway.channels.config import AlipayConfig, Secret, UnionPayConfig, WechatConfig
+from sandbox.channels import AlipaySettings, SandboxChannels, UnionPaySettings, WechatSettings
 from sandbox.channels import crypto as sandbox_crypto
-from tests.support.rig import SHARED_FIXTURES
+from sandbox.channels.alipay import AlipayCertificates
+from sandbox.channels.unionpay import UnionPayIdentity, merchant_pfx
 
-WECHAT_FIXTURES = SHARED_FIXTURES / "wechatpay"
-ALIPAY_FIXTURES = SHARED_FIXTURES / "alipay"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+WECHAT_FIXTURES = FIXTURES / "wechatpay"
+ALIPAY_FIXTURES = FIXTURES / "alipay"
+UNIONPAY_FIXTURES = FIXTURES / "unionpay"
+ALIPAY_CERT_FIXTURES = FIXTURES / "alipay_cert"
 
 WECHAT_MCHID = "1230000109"
 WECHAT_APPID = "wx81be3101902f7cb2"
@@ -33,6 +39,73 @@ ALIPAY_APP_PRIVATE = ALIPAY_FIXTURES / "app_private_key.pem"
 ALIPAY_APP_PUBLIC = ALIPAY_FIXTURES / "app_public_key.pem"
 ALIPAY_PRIVATE = ALIPAY_FIXTURES / "ali_private_key.pem"
 ALIPAY_PUBLIC = ALIPAY_FIXTURES / "ali_public_key.pem"
+
+
+UNIONPAY_MER_ID = "777290058167151"
+UNIONPAY_TEST_KEY = UNIONPAY_FIXTURES / "acp_test_sign.pfx"
+"""UnionPay's published test signing certificate (certId 69903319369, password 000000): the signature vector's.
+It expired on 2026-11-26, so the sandbox tests use merchant keys the sandbox's CA issues (``unionpay_key``)."""
+
+
+@dataclass(frozen=True)
+class UnionPayKey:
+    """A merchant signing key as UnionPay hands it out: a PKCS#12 file and its password."""
+
+    id: str
+    pfx: Path
+    password_file: Path
+    certificate_pem: bytes
+    cert_id: str
+
+    def record(self, **window: object) -> dict[str, object]:
+        return {"id": self.id, "private_key_file": self.pfx, "password": {"file": self.password_file}, **window}
+
+
+def unionpay_key(identity: UnionPayIdentity, directory: Path, name: str = "sign") -> UnionPayKey:
+    directory.mkdir(parents=True, exist_ok=True)
+    key, cert = identity.issue_merchant(UNIONPAY_MER_ID)
+    password = secrets.token_urlsafe(9)
+    pfx, password_file = directory / f"{name}.pfx", directory / f"{name}.pw"
+    pfx.write_bytes(merchant_pfx(key, cert, password))
+    password_file.write_text(password + "\n")
+    return UnionPayKey(name, pfx, password_file, sandbox_crypto.certificate_pem(cert), str(cert.serial_number))
+
+
+def unionpay_settings(identity: UnionPayIdentity, keys: list[UnionPayKey]) -> UnionPaySettings:
+    return UnionPaySettings(UNIONPAY_MER_ID, [k.certificate_pem for k in keys], identity)
+
+
+@dataclass
+class UnionPayTrust:
+    """UnionPay's root and intermediate as a merchant configures them."""
+
+    root: Path
+    middle: Path
+
+
+def write_unionpay_trust(sandbox: SandboxChannels, directory: Path) -> UnionPayTrust:
+    identity = sandbox.unionpay.identity
+    directory.mkdir(parents=True, exist_ok=True)
+    root, middle = directory / "unionpay_root.cer", directory / "unionpay_middle.cer"
+    root.write_bytes(sandbox_crypto.certificate_pem(identity.root.cert))
+    middle.write_bytes(sandbox_crypto.certificate_pem(identity.middle.cert))
+    return UnionPayTrust(root, middle)
+
+
+def unionpay_config(
+    sandbox: SandboxChannels, trust: UnionPayTrust, keys: list[UnionPayKey], **overrides: object
+) -> UnionPayConfig:
+    values: dict[str, object] = {
+        "mer_id": UNIONPAY_MER_ID,
+        "merchant_keys": [k.record() for k in keys],
+        "root_cert_file": trust.root,
+        "middle_cert_file": trust.middle,
+        "base_url": sandbox.unionpay_base_url,
+        "file_url": sandbox.unionpay_file_url,
+        "codepay": {"first_delay_s": 0, "max_delay_s": 0.05, "factor": 2, "deadline_s": 1},
+        **overrides,
+    }
+    return UnionPayConfig.model_validate(values)
 
 
 def merchant_public_pem() -> bytes:
@@ -51,13 +124,51 @@ def wechat_settings(**overrides: object) -> WechatSettings:
     return WechatSettings(**values)  # type: ignore[arg-type]
 
 
-def alipay_settings() -> AlipaySettings:
+def alipay_settings(certificates: AlipayCertificates | None = None) -> AlipaySettings:
     return AlipaySettings(
         app_id=ALIPAY_APP_ID,
         app_public_key=ALIPAY_APP_PUBLIC.read_bytes(),
         seller_id=ALIPAY_SELLER_ID,
         alipay_private_key=ALIPAY_PRIVATE.read_bytes(),
+        certificates=certificates,
     )
+
+
+@dataclass
+class AlipayCertTrust:
+    """Certificate mode, as the merchant downloads it from the console: the app certificate, the Alipay
+    certificate (with its intermediate) and the root bundle."""
+
+    app_cert: Path
+    alipay_cert: Path
+    root_cert: Path
+
+
+def write_alipay_cert_trust(sandbox: SandboxChannels, directory: Path) -> AlipayCertTrust:
+    certs = sandbox.alipay.certificates
+    assert certs is not None, "the sandbox Alipay is not in certificate mode"
+    directory.mkdir(parents=True, exist_ok=True)
+    trust = AlipayCertTrust(
+        directory / "appCertPublicKey.crt", directory / "alipayCertPublicKey_RSA2.crt", directory / "alipayRootCert.crt"
+    )
+    trust.app_cert.write_bytes(sandbox_crypto.certificate_pem(sandbox.alipay.app.issued[0]))
+    trust.alipay_cert.write_bytes(certs.chain_pem(certs.cert))
+    trust.root_cert.write_bytes(certs.root_bundle)
+    return trust
+
+
+def alipay_cert_config(sandbox: SandboxChannels, trust: AlipayCertTrust, **overrides: object) -> AlipayConfig:
+    values: dict[str, object] = {
+        "app_id": ALIPAY_APP_ID,
+        "merchant_keys": [{"id": "app", "private_key_file": ALIPAY_APP_PRIVATE, "certificate_file": trust.app_cert}],
+        "alipay_cert_file": trust.alipay_cert,
+        "alipay_root_cert_file": trust.root_cert,
+        "seller_id": ALIPAY_SELLER_ID,
+        "gateway_url": sandbox.alipay_gateway_url,
+        "codepay": {"first_delay_s": 0, "max_delay_s": 0.05, "factor": 2, "deadline_s": 1},
+        **overrides,
+    }
+    return AlipayConfig.model_validate(values)
 
 
 @dataclass

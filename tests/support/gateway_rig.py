@@ -52,6 +52,7 @@ def gateway_config(
     notifications_cfg: dict[str, Any] | None = None,
     port: int = 0,
     merchant_settings: dict[str, Any] | None = None,
+    channel_name: str = "wechat",
 ) -> GatewayConfig:
     """A one-hospital config; ``merchant_settings`` are the channel's own keys (built by ``build_channel``)."""
     raw: dict[str, Any] = {
@@ -68,7 +69,7 @@ def gateway_config(
                 "apps": [{"app_id": APP_ID, "public_key": str(keys.app_pub_path), "notify_url": notify_url}],
             }
         ],
-        "merchants": [{"id": MERCHANT, "channel": "wechat", "hospital": HOSPITAL, **(merchant_settings or {})}],
+        "merchants": [{"id": MERCHANT, "channel": channel_name, "hospital": HOSPITAL, **(merchant_settings or {})}],
         "logging": {"level": "warning"},
         "recon": {"enabled": False},
     }

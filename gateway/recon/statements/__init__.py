@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.recon.normalize import ParsedStatement, StatementRow, StatementTally, collect
-from gateway.recon.statements import alipay, wechat
+from gateway.recon.statements import alipay, unionpay, wechat
 
 
 class RowParser(Protocol):
@@ -73,6 +73,9 @@ def register(channel: str, *, rows: RowParser | None = None, parse: WholeParser 
         PARSERS[channel] = whole_file(parse)
     else:
         raise TypeError("register a channel's parser with exactly one of rows= or parse=")
+
+
+register("unionpay", parse=unionpay.parse)  # UnionPay's ZM file, read whole (records are fixed-width, per zip member)
 
 
 def _parser(channel: str) -> RowParser:

@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 import pytest
+from pydantic import ValidationError
 
 from gateway.channels.base import (
     ChannelError,
@@ -24,6 +25,7 @@ from gateway.channels.base import (
 from gateway.channels.money import fen_to_yuan, yuan_to_fen
 from sandbox.channels import crypto as sandbox_crypto
 from sandbox.channels.alipay import signing_content
+from tests.support.channelrig import alipay_config
 
 
 async def admin(sandbox, path: str, body: dict, *, expect: int | None = None) -> dict:
@@ -216,6 +218,8 @@ async def test_notification_rejections(sandbox, alipay, receiver):
     assert rejected(alipay, cb.headers, forged(sandbox, fields, key=sandbox_crypto.new_rsa_key())) == "bad_signature"
     assert rejected(alipay, cb.headers, forged(sandbox, dict(fields, app_id="2021000000000000"))) == "wrong_merchant"
     assert rejected(alipay, cb.headers, forged(sandbox, dict(fields, seller_id="2088000000000000"))) == "wrong_merchant"
+    no_seller = {k: v for k, v in fields.items() if k != "seller_id"}
+    assert rejected(alipay, cb.headers, forged(sandbox, no_seller)) == "wrong_merchant", "seller_id is required"
     sent = dt.datetime.strptime(fields["notify_time"], "%Y-%m-%d %H:%M:%S").replace(
         tzinfo=dt.timezone(dt.timedelta(hours=8))
     )
@@ -255,3 +259,11 @@ async def test_statement_zip(sandbox, alipay):
     with pytest.raises(ChannelError) as info:
         await alipay.download_bill(sandbox.ledger.now().date())
     assert info.value.code == "BILL_CORRUPT"
+
+
+def test_seller_id_is_required_in_the_config(sandbox):
+    with pytest.raises(ValidationError) as info:
+        alipay_config(sandbox, seller_id=None)
+    assert "seller_id" in str(info.value)
+    with pytest.raises(ValidationError):
+        alipay_config(sandbox, seller_id="12345")

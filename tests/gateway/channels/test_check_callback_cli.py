@@ -114,3 +114,35 @@ async def test_wired_into_his_gateway(wechat_capture, trust):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["resource"]["trade_state"] == "SUCCESS"
+
+
+async def test_unionpay_valid_tampered_and_from_another_chain(
+    sandbox, unionpay, unionpay_trust, receiver, tmp_path, capsys
+):
+    await unionpay.create(PaymentRequest("CLIUP0000001", 800, "x", Scene.native, f"{receiver.url}/up"))
+    await admin(sandbox, "/payer/pay", {"channel": "unionpay", "out_trade_no": "CLIUP0000001"})
+    (cb,) = await receiver.wait_for(1)
+    headers, body = tmp_path / "up_headers.json", tmp_path / "up_body.txt"
+    headers.write_text(json.dumps(cb.headers))
+    body.write_bytes(cb.body)
+    chain = ["--root-cert", unionpay_trust.root, "--middle-cert", unionpay_trust.middle]
+    base = ["--channel", "unionpay", "--headers", headers]
+
+    code, out, _ = run(capsys, *base, "--body", body, *chain, "--mer-id", "777290058167151")
+    assert code == 0 and json.loads(out)["fields"]["orderId"] == "CLIUP0000001"
+
+    tampered = tmp_path / "up_tampered.txt"
+    tampered.write_bytes(cb.body.replace(b"txnAmt=800", b"txnAmt=8000"))
+    code, _, err = run(capsys, *base, "--body", tampered, *chain)
+    assert code == EXIT_CODES["bad_signature"] and "bad_signature" in err
+
+    code, _, err = run(capsys, *base, "--body", body, *chain, "--mer-id", "898000000000001")
+    assert code == EXIT_CODES["wrong_merchant"]
+
+    other = tmp_path / "other_root.cer"
+    other.write_bytes(unionpay_trust.middle.read_bytes())
+    code, _, err = run(capsys, *base, "--body", body, "--root-cert", other, "--middle-cert", unionpay_trust.middle)
+    assert code == EXIT_CODES["untrusted_certificate"] == 10 and "untrusted_certificate" in err
+
+    code, _, err = run(capsys, *base, "--body", body)
+    assert code == 2 and "--root-cert" in err

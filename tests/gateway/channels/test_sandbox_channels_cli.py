@@ -13,13 +13,16 @@ import aiohttp
 
 from gateway.channels.alipay import AlipayChannel
 from gateway.channels.base import PaymentRequest, Scene, TradeState
-from gateway.channels.config import AlipayConfig, Secret, WechatConfig
+from gateway.channels.config import AlipayConfig, MerchantKey, Secret, UnionPayConfig, WechatConfig
+from gateway.channels.unionpay import UnionPayChannel
 from gateway.channels.wechat import WechatPayChannel
 from tests.support.channelrig import (
     ALIPAY_APP_ID,
     ALIPAY_APP_PRIVATE,
     ALIPAY_APP_PUBLIC,
+    ALIPAY_SELLER_ID,
     APIV3_KEY,
+    UNIONPAY_MER_ID,
     WECHAT_APPID,
     WECHAT_KEY,
     WECHAT_MCHID,
@@ -37,7 +40,7 @@ async def start(tmp_path, state) -> tuple[asyncio.subprocess.Process, str]:
         sys.executable, "-m", "sandbox.cli", "channels", "--listen", "127.0.0.1:0", "--state-dir", str(state),
         "--wechat-mchid", WECHAT_MCHID, "--wechat-appid", WECHAT_APPID, "--wechat-merchant-serial", WECHAT_SERIAL,
         "--wechat-merchant-key", str(merchant_pub), "--alipay-app-id", ALIPAY_APP_ID,
-        "--alipay-app-public-key", str(ALIPAY_APP_PUBLIC),
+        "--alipay-app-public-key", str(ALIPAY_APP_PUBLIC), "--unionpay-mer-id", UNIONPAY_MER_ID,
         stdout=asyncio.subprocess.PIPE, env={**os.environ, "WECHAT_APIV3_KEY": APIV3_KEY},
     )  # fmt: skip
     assert proc.stdout is not None
@@ -75,22 +78,45 @@ async def test_serve_from_the_command_line(tmp_path):
                 app_id=ALIPAY_APP_ID,
                 app_private_key_file=ALIPAY_APP_PRIVATE,
                 alipay_public_key_file=state / "alipay_public_key.pem",
+                seller_id=ALIPAY_SELLER_ID,
                 gateway_url=base + "/gateway.do",
+            )
+        )
+        unionpay = UnionPayChannel(
+            UnionPayConfig(
+                mer_id=UNIONPAY_MER_ID,
+                merchant_keys=[
+                    MerchantKey(
+                        id="enrolled",
+                        private_key_file=state / "unionpay_merchant_sign.pfx",
+                        password=Secret(file=state / "unionpay_merchant_sign.pw"),
+                    )
+                ],
+                root_cert_file=state / "unionpay_root.cer",
+                middle_cert_file=state / "unionpay_middle.cer",
+                base_url=base,
+                file_url=base + "/unionpay/filedownload/",
             )
         )
         try:
             started = await wechat.create(PaymentRequest("CLI-SBX-0001", 100, "x", Scene.native, "http://127.0.0.1:9/"))
             assert started.state is TradeState.notpay
             async with aiohttp.ClientSession() as http, http.get(base + "/_admin/healthz") as resp:
-                assert (await resp.json()) == {"ok": True, "wechat": True, "alipay": True}
+                assert (await resp.json()) == {"ok": True, "wechat": True, "alipay": True, "unionpay": True}
             assert (await alipay.query("CLI-SBX-0002")).state is TradeState.not_found
+            started = await unionpay.create(PaymentRequest("CLISBX0003", 100, "x", Scene.native, "http://127.0.0.1:9/"))
+            assert started.pay_params["qr_code"].startswith("https://qr.95516.com/")
         finally:
             await wechat.aclose()
             await alipay.aclose()
+            await unionpay.aclose()
     finally:
         await stop(proc)
     cert = (state / "wechatpay_platform_cert.pem").read_bytes()
+    pfx = (state / "unionpay_merchant_sign.pfx").read_bytes()
     assert oct((state / "wechatpay_platform_key.pem").stat().st_mode & 0o777) == "0o600"
+    assert oct((state / "unionpay_merchant_sign.pfx").stat().st_mode & 0o777) == "0o600"
     proc, _ = await start(tmp_path, state)
     await stop(proc)
     assert (state / "wechatpay_platform_cert.pem").read_bytes() == cert
+    assert (state / "unionpay_merchant_sign.pfx").read_bytes() == pfx

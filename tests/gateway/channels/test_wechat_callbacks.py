@@ -70,12 +70,27 @@ async def test_forged_with_another_key_under_the_platform_serial(sandbox, wechat
 async def test_unknown_serial(sandbox, trust, wechat, receiver):
     sandbox.wechat.platform.mode = "certificate"
     cb = await paid_callback(sandbox, wechat, receiver, "WX-CB-000005")
-    public_only = WechatPayChannel(wechat_config(sandbox, trust, mode="public_key"))
+    public_only = WechatPayChannel(wechat_config(sandbox, trust, mode="public_key", download_certificates=False))
     try:
         assert reason(public_only, cb.headers, cb.body) == "unknown_serial"
         with pytest.raises(ChannelError) as info:
             await public_only.query("WX-CB-000005")
         assert info.value.code == "BAD_RESPONSE_SIGNATURE" and "unknown_serial" in info.value.message
+    finally:
+        await public_only.aclose()
+
+
+async def test_an_unknown_serial_is_learned_from_the_certificates_download(sandbox, trust, wechat, receiver):
+    """A public-key merchant meeting an answer signed by a platform certificate fetches /v3/certificates once
+    (the certificates are sealed with the APIv3 key) and then verifies it; the callback verifies afterwards."""
+    sandbox.wechat.platform.mode = "certificate"
+    cb = await paid_callback(sandbox, wechat, receiver, "WX-CB-000006")
+    public_only = WechatPayChannel(wechat_config(sandbox, trust, mode="public_key"))
+    try:
+        assert reason(public_only, cb.headers, cb.body) == "unknown_serial"
+        assert (await public_only.query("WX-CB-000006")).state is TradeState.success
+        assert sandbox.wechat.platform.cert_serial in public_only.verifier.serials
+        assert public_only.verify_notification(cb.headers, cb.body).trade.out_trade_no == "WX-CB-000006"
     finally:
         await public_only.aclose()
 

@@ -226,7 +226,7 @@ def test_wechat_totals_in_either_documented_reading_are_accepted():
 
 def test_wechat_refund_sample_has_zero_settled_amounts_on_refund_rows():
     # The published REFUND bill: refund rows carry 0.00 in 应结订单金额, and the total agrees (0.00).
-    sample = (REPO / "tests" / "fixtures" / "statements" / "wechatpay" / "tradebill_refund_sample.csv").read_bytes()
+    sample = (REPO / "tests" / "fixtures" / "wechatpay" / "tradebill_refund_sample.csv").read_bytes()
     assert wechat_bill.parse(sample).totals.refund_fen == 2
     bad = sample.decode().replace("`2,`0.00,`0.02,", "`2,`0.01,`0.02,")
     with pytest.raises(StatementError, match="应结订单总金额"):
