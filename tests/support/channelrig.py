@@ -1,5 +1,5 @@
-"""Building blocks for the payment-channel tests: the published test merchants (keys read from the shared
-fixtures at run time, never copied), sandbox channel settings, gateway channel configs, and a notify receiver."""
+"""Building blocks for the payment-channel tests: the published test merchants (keys from ``tests/fixtures``,
+origin and licence in its SOURCES.md), sandbox channel settings, gateway channel configs, and a notify receiver."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from aiohttp import web
 from gateway.channels.config import AlipayConfig, Secret, WechatConfig
 from sandbox.channels import AlipaySettings, SandboxChannels, WechatSettings
 from sandbox.channels import crypto as sandbox_crypto
-from tests.support.rig import SHARED_FIXTURES
+from tests.support.rig import FIXTURES
 
-WECHAT_FIXTURES = SHARED_FIXTURES / "wechatpay"
-ALIPAY_FIXTURES = SHARED_FIXTURES / "alipay"
+WECHAT_FIXTURES = FIXTURES / "wechatpay"
+ALIPAY_FIXTURES = FIXTURES / "alipay"
 
 WECHAT_MCHID = "1230000109"
 WECHAT_APPID = "wx81be3101902f7cb2"

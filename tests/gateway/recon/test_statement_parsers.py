@@ -1,4 +1,4 @@
-"""Statement parsers against the published WeChat trade bill samples (../shared/fixtures/wechatpay), the
+"""Statement parsers against the published WeChat trade bill samples (tests/fixtures/wechatpay), the
 variants real files come in (BOM, CRLF, trailing tabs, GBK, legacy column sets, reordered columns), the bills
 the sandbox channels serve (WeChat gzip checked by SHA-1, Alipay zip of GBK CSVs) and the CLI. A statement whose
 summary rows disagree with its rows fails as a whole."""
@@ -21,9 +21,9 @@ from gateway.recon.statements import alipay as alipay_bill
 from gateway.recon.statements import wechat as wechat_bill
 from sandbox.channels import bills
 from tests.support.gateway_rig import eventually
-from tests.support.rig import SHARED_FIXTURES
+from tests.support.rig import FIXTURES
 
-SAMPLES = SHARED_FIXTURES / "wechatpay"
+SAMPLES = FIXTURES / "wechatpay"
 
 
 def sample(name: str) -> bytes:
