@@ -247,7 +247,7 @@ class SoapAdapter(Adapter):
         assert self._client is not None and self._service is not None
         try:
             envelope = self._client.create_message(self._service, binding.call, **args)
-        except (zeep.exceptions.Error, TypeError, ValueError) as exc:
+        except Exception as exc:  # zeep's own errors, TypeError, ValueError, ...: nothing was sent, so permanent
             message = f"{operation}: the WSDL refuses the request for {binding.call}: {exc}"
             raise MappingError(message) from None
         return binding, envelope, args

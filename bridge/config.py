@@ -46,6 +46,9 @@ class ServerConfig(_Section):
 class ClientIdentity(_Section):
     cn: str | None = None
     spki_sha256: str | None = None
+    key_ids: list[str] | None = None
+    """The ``signing.clients`` keys this identity may sign with. Required once there are several identities
+    (so that one caller cannot sign as another); a single identity may use every configured key."""
 
     @model_validator(mode="after")
     def _one(self) -> ClientIdentity:
@@ -117,6 +120,27 @@ class BridgeConfig(_Section):
     his: HisConfig
     logging: LoggingConfig = LoggingConfig()
     source: Path | None = None
+
+    @model_validator(mode="after")
+    def _keys_bound_to_identities(self) -> BridgeConfig:
+        known = {c.key_id for c in self.signing.clients}
+        several = len(self.tls.allowed_clients) > 1
+        for client in self.tls.allowed_clients:
+            who = client.cn or client.spki_sha256
+            if client.key_ids is None:
+                if several:
+                    raise ValueError(
+                        f"tls.allowed_clients: {who}: with several allowed clients each needs key_ids, the "
+                        "signing.clients key ids it may sign with"
+                    )
+                continue
+            unknown = sorted(set(client.key_ids) - known)
+            if unknown or not client.key_ids:
+                raise ValueError(
+                    f"tls.allowed_clients: {who}: key_ids {unknown or '[]'} must name keys of signing.clients "
+                    f"({', '.join(sorted(known))})"
+                )
+        return self
 
 
 def _expand_env(value: Any) -> Any:

@@ -34,6 +34,8 @@ HEADER_SIGNATURE = "X-HB-Signature"
 
 DEFAULT_WINDOW_S = 300
 NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
+"""ASCII digits only: ``str.isdigit`` also accepts superscripts and other scripts' digits, which ``int`` refuses."""
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
@@ -178,7 +180,7 @@ def _header(headers: Mapping[str, str], name: str) -> str:
 
 
 def check_timestamp(raw: str, window_s: int, now: float | None = None) -> int:
-    if not raw.isdigit() or len(raw) > 12:
+    if not TIMESTAMP_RE.fullmatch(raw):
         raise EnvelopeError("bad_timestamp", f"{HEADER_TIMESTAMP} must be integer Unix seconds")
     ts = int(raw)
     now = time.time() if now is None else now

@@ -16,36 +16,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from gateway import logs
 from gateway.config import ConfigError, GatewayConfig, load_config
 
 DEFAULT_CONFIG = Path("config/gateway.toml")
 
 
 def _configure_logging(cfg: GatewayConfig) -> None:
-    level = logging.getLevelNamesMapping().get(cfg.logging.level.upper(), logging.INFO)
-    renderer: Any = (
-        structlog.processors.JSONRenderer(ensure_ascii=False)
-        if cfg.logging.format == "json"
-        else structlog.dev.ConsoleRenderer()
-    )
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    logs.configure(cfg.logging.level, cfg.logging.format == "json")
 
 
 def _with_db(fn: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
