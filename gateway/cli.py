@@ -8,6 +8,7 @@ his-gateway orders show BUSINESS_ORDER_NO --hospital H -c …
 his-gateway users add --username U --role clerk -c …   a finance console login (password: file, env or prompt)
 his-gateway statements parse --channel wechat FILE   a statement's rows, normalized, as JSON lines
 his-gateway recon run --hospital H --date D -c …  reconcile one day (docs/RECONCILIATION.md)
+his-gateway audit verify [--expect POS:HASH] -c …  check the audit log's hash chain
 his-gateway channels check-callback …          (from the channels package)
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import logs
+from gateway import audit_cli, logs
 from gateway.config import ConfigError, GatewayConfig, load_config
 
 DEFAULT_CONFIG = Path("config/gateway.toml")
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.recon import cli as recon_cli
 
     recon_cli.register(commands)
+    audit_cli.register(commands)
     return parser
 
 

@@ -20,7 +20,7 @@ from gateway.his import BridgeHis, HisLink
 from gateway.outbox import Deliverer
 from gateway.services import Services, log
 from gateway.sms.clock import Clock, system_clock
-from gateway.store import registry
+from gateway.store import audit, registry
 from gateway.store.db import Database
 from gateway.store.migrate import upgrade
 from gateway.workers import Worker, build_workers, prune_nonces
@@ -81,9 +81,10 @@ class Gateway:
             from gateway.sms.service import SmsService
 
             self.sms = SmsService(cfg.sms, db, clock=self.clock, provider=self.sms_provider)
+        self._tasks.append(asyncio.create_task(audit.seal_forever(db), name="audit-sealer"))
         run = cfg.workers.enabled if self.run_workers is None else self.run_workers
         if run:
-            self._tasks = [asyncio.create_task(w.run(), name=f"worker-{w.name}") for w in self.workers]
+            self._tasks += [asyncio.create_task(w.run(), name=f"worker-{w.name}") for w in self.workers]
             self._tasks.append(asyncio.create_task(prune_nonces(self.svc), name="prune-nonces"))
             if self.sms is not None:
                 self._tasks.append(asyncio.create_task(self.sms.run_pruner(), name="prune-sms"))
