@@ -12,6 +12,7 @@ from gateway.api.auth import APP, BODY, SERVICES
 from gateway.api.errors import ApiError
 from gateway.api.schemas import CreateOrder, RequestRefund
 from gateway.model import OrderStatus
+from gateway.notify_guard import NotifyUrlRefused, app_hosts, check_url, networks
 from gateway.sagas import compensation, payment, refund
 from gateway.services import UnknownMerchant
 from gateway.store import orders as order_store
@@ -33,6 +34,8 @@ def parse(request: web.Request, model: type[M]) -> M:
         data = json.loads(request[BODY] or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, "malformed_json", f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "body is nested too deeply to be any request's body") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "body must be a JSON object")
     try:
@@ -57,6 +60,12 @@ async def create_order(request: web.Request) -> web.Response:
         his_params = body.his_params()
     except ValueError as e:
         raise ApiError(422, "schema_violation", str(e)) from None
+    if body.notify_url is not None:
+        try:
+            allow = networks(svc.cfg.notifications.allow_addresses)
+            check_url(body.notify_url, app_hosts(app.notify_url, app.notify_hosts), allow)
+        except NotifyUrlRefused as e:
+            raise ApiError(422, "notify_url_refused", f"notify_url: {e}") from None
     new = payment.NewOrder(
         business_order_no=body.business_order_no,
         business_type=body.business_type,
