@@ -123,6 +123,9 @@ class SoapAdapter(Adapter):
     def operations(self) -> frozenset[str]:
         return self.profile.operations
 
+    def addresses(self) -> str:
+        return f"WSDL {self.settings.wsdl}, service {self.address or '(the WSDL soap:address)'}"
+
     def wsdl_operations(self) -> list[str]:
         """Every operation the loaded WSDL's binding offers, for ``check`` and ``doctor``."""
         if self._binding is None:

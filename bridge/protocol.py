@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import re
 import secrets
 import time
@@ -133,6 +134,17 @@ def load_verify_key(key_id: str, path: str | Path) -> VerifyKey:
     key = serialization.load_pem_public_key(data)
     _check_key_type(key, path)
     return VerifyKey(key_id, key)  # type: ignore[arg-type]
+
+
+def write_private(path: str | Path, data: bytes) -> None:
+    """Write a secret (a private key, a token) into a new file created with mode 0600, so that it never exists
+    with wider permissions — not even between a write and a chmod. A file already there is replaced."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def generate_ed25519(key_id: str) -> SigningKey:

@@ -46,9 +46,10 @@ CHANNEL_NAMES = {"wechat": "WeChat Pay Native", "alipay": "Alipay precreate"}
 
 def _write(path: Path, data: bytes, *, private: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
     if private:
-        path.chmod(0o600)
+        protocol.write_private(path, data)  # 0600 from creation, never loosened in between
+    else:
+        path.write_bytes(data)
     return path
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from cryptography import x509
 
+from bridge import protocol
 from sandbox.channels import crypto
 from sandbox.channels.server import AlipaySettings, WechatSettings, start_sandbox_channels
 from sandbox.channels.wechat import WechatPlatform
@@ -77,8 +78,7 @@ def _platform(state: Path, mchid: str) -> WechatPlatform:
 
 
 def _write_private(path: Path, pem: bytes) -> None:
-    path.write_bytes(pem)
-    path.chmod(0o600)
+    protocol.write_private(path, pem)
 
 
 def _alipay_key(state: Path) -> bytes:
