@@ -6,6 +6,7 @@ sign response (/v1) → errors → authenticate app (/v1) → handler
 from __future__ import annotations
 
 import hmac
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import protocol
-from gateway.api import callbacks, client_address, events, orders
+from gateway.api import callbacks, client_address, events, openapi, orders
 from gateway.api.auth import SERVICES, SIGNING_KEY, Handler, auth_middleware, sign_middleware
 from gateway.api.errors import ApiError
 from gateway.api.orders import json_response
@@ -41,6 +42,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("internal_error", path=request.path)
         return _error(ApiError(500, "internal", "internal error"))
+
+
+OPENAPI = web.AppKey("openapi", bytes)
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """The business API's contract, for app developers and generated clients (public, unsigned)."""
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -98,6 +107,8 @@ def create_app(
     callbacks.add_routes(app)
     if sms is not None:
         sms_api.add_routes(app, sms)
+    app[OPENAPI] = json.dumps(openapi.build(), ensure_ascii=False).encode()
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     if svc.cfg.console.enabled:

@@ -20,6 +20,7 @@ from gateway.store import refunds as refund_store
 from gateway.views import order_view, refund_view
 
 MAX_PAGE_SIZE = 200
+MAX_PAGE = 1_000_000
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -27,6 +28,16 @@ def json_response(status: int, body: dict[str, Any]) -> web.Response:
     return web.Response(
         status=status, body=json.dumps(body, ensure_ascii=False).encode(), content_type="application/json"
     )
+
+
+def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within its published range; anything else is a 400 that says so."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.lstrip("-").isdigit() or len(raw) > 20 or not low <= int(raw) <= high:
+        raise ApiError(400, "bad_query", f"{name} must be an integer from {low} to {high}")
+    return int(raw)
 
 
 def parse(request: web.Request, model: type[M]) -> M:
@@ -111,11 +122,8 @@ async def close_order(request: web.Request) -> web.Response:
 
 async def list_orders(request: web.Request) -> web.Response:
     svc, app = request.app[SERVICES], request[APP]
-    try:
-        page = max(1, int(request.query.get("page", "1")))
-        page_size = min(MAX_PAGE_SIZE, max(1, int(request.query.get("page_size", "50"))))
-    except ValueError:
-        raise ApiError(400, "bad_query", "page and page_size are integers") from None
+    page = query_int(request, "page", 1, 1, MAX_PAGE)
+    page_size = query_int(request, "page_size", 50, 1, MAX_PAGE_SIZE)
     status = request.query.get("status")
     if status is not None and status not in OrderStatus.__members__:
         raise ApiError(400, "bad_query", f"unknown status {status!r}")
