@@ -14,6 +14,7 @@ signed afresh for its own path.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import aiohttp
@@ -25,6 +26,7 @@ from gateway.services import Services, log
 from gateway.store import outbox, registry
 
 HEADER_EVENT_ID = "X-HB-Event-Id"
+HOSTS_TTL_S = 30.0
 
 
 def event_body(notice: Any) -> bytes:
@@ -45,6 +47,7 @@ class Deliverer:
         self.svc = svc
         self.signing_key = signing_key
         self._session: aiohttp.ClientSession | None = None
+        self._hosts: dict[str, tuple[float, list[str]]] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -54,11 +57,22 @@ class Deliverer:
             self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
         return self._session
 
+    async def _app_hosts(self, app_id: str) -> list[str]:
+        """The app's notify hosts, read again at most every ``HOSTS_TTL_S``: a registry change reaches every
+        instance within that, and a busy outbox does not read the app once per event."""
+        now = time.monotonic()
+        cached = self._hosts.get(app_id)
+        if cached is not None and now - cached[0] < HOSTS_TTL_S:
+            return cached[1]
+        app = await registry.load_app(self.svc.db, app_id)
+        hosts = app_hosts(app.notify_url, app.notify_hosts) if app is not None else []
+        self._hosts[app_id] = (now, hosts)
+        return hosts
+
     async def _post(self, url: str, body: bytes, notice: Any) -> int:
         """POST the event, following redirects through the guard; the final status."""
         cfg = self.svc.cfg.notifications
-        app = await registry.load_app(self.svc.db, notice.app_id)
-        hosts = app_hosts(app.notify_url, app.notify_hosts) if app is not None else []
+        hosts = await self._app_hosts(notice.app_id)
         allow = networks(cfg.allow_addresses)
         for _ in range(cfg.max_redirects + 1):
             target = check_url(url, hosts, allow)

@@ -83,22 +83,34 @@ async def _head(conn: AsyncConnection) -> tuple[int, str]:
 
 
 async def seal(db: Database, *, batch: int = SEAL_BATCH) -> tuple[int, int, str]:
-    """Chain the committed rows not yet sealed, in id order; returns (rows sealed, head position, head hash)."""
+    """Chain the committed rows not yet sealed, in id order; returns (rows sealed, head position, head hash).
+    Looks first, outside any write transaction: most rounds find nothing and must not take the writer lock."""
+    async with db.read() as conn:
+        pending = (
+            await conn.execute(sa.select(audit_log.c.id).where(audit_log.c.chain_seq.is_(None)).limit(1))
+        ).first()
+        if pending is None:
+            seq, prev = await _head(conn)
+            return 0, seq, prev
     async with db.write() as conn:
         if db.is_postgres:
             await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SEAL_LOCK)))
         seq, prev = await _head(conn)
         stmt = sa.select(audit_log).where(audit_log.c.chain_seq.is_(None)).order_by(audit_log.c.id).limit(batch)
         rows = list(await conn.execute(stmt))
+        chained = []
         for row in rows:
             seq += 1
             sealed = row_hash(prev, seq, row)
+            chained.append({"row_id": row.id, "seq": seq, "prev": prev, "sealed": sealed})
+            prev = sealed
+        if chained:
             await conn.execute(
                 sa.update(audit_log)
-                .where(audit_log.c.id == row.id, audit_log.c.chain_seq.is_(None))
-                .values(chain_seq=seq, prev_hash=prev, row_hash=sealed)
+                .where(audit_log.c.id == sa.bindparam("row_id"), audit_log.c.chain_seq.is_(None))
+                .values(chain_seq=sa.bindparam("seq"), prev_hash=sa.bindparam("prev"), row_hash=sa.bindparam("sealed")),
+                chained,
             )
-            prev = sealed
     return len(rows), seq, prev
 
 
