@@ -187,6 +187,8 @@ def _resolve_paths(cfg: BridgeConfig, base: Path) -> BridgeConfig:
     cfg.journal.path = r(cfg.journal.path)
     if cfg.server.metrics_token_file is not None:
         cfg.server.metrics_token_file = r(cfg.server.metrics_token_file)
+        if not cfg.server.metrics_token_file.is_file():
+            raise ConfigError(f"server.metrics_token_file {cfg.server.metrics_token_file}: no such file")
     cfg.his.profile = r(cfg.his.profile)
     return cfg
 

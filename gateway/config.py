@@ -271,6 +271,8 @@ def _resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
     cfg.signing.key = r(cfg.signing.key)
     if cfg.metrics.token_file is not None:
         cfg.metrics.token_file = r(cfg.metrics.token_file)
+        if not cfg.metrics.token_file.is_file():
+            raise ConfigError(f"metrics.token_file {cfg.metrics.token_file}: no such file")
     for h in cfg.hospitals:
         if h.bridge is not None:
             b = h.bridge
