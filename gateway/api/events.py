@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.auth import APP, SERVICES
-from gateway.api.orders import json_response, query_int
+from gateway.api.orders import json_response, query_flag, query_int
 from gateway.store import outbox
 
 MAX_LIMIT = 500
@@ -16,7 +16,7 @@ async def list_events(request: web.Request) -> web.Response:
     svc, app = request.app[SERVICES], request[APP]
     after = query_int(request, "after", 0, 0, MAX_ID)
     limit = query_int(request, "limit", 100, 1, MAX_LIMIT)
-    undelivered = request.query.get("undelivered") in ("1", "true")
+    undelivered = query_flag(request, "undelivered")
     rows = await outbox.for_app(svc.db, app.id, undelivered=undelivered, after_id=after, limit=limit)
     events = [
         {

@@ -15,7 +15,7 @@ from pydantic.json_schema import models_json_schema
 
 from gateway.api import answers, schemas
 from gateway.api.events import MAX_ID, MAX_LIMIT
-from gateway.api.orders import MAX_PAGE, MAX_PAGE_SIZE
+from gateway.api.orders import FLAGS, MAX_PAGE, MAX_PAGE_SIZE
 from gateway.model import OrderStatus
 
 REF = "#/components/schemas/{model}"
@@ -37,6 +37,7 @@ Verify it before trusting an answer. Notifications pushed to an app's notify URL
 request (X-HB-Event-Id carries the event id). Money is integer fen everywhere."""
 
 KEY_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
+FLAG = {"type": "string", "enum": list(FLAGS)}
 CODE = r"^[A-Za-z0-9_.:/-]+$"
 
 SIGNED_HEADERS = [
@@ -170,7 +171,7 @@ def build(version: str = "1") -> dict[str, Any]:
                     _query("page", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "1-based page number"),
                     _query("page_size", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}, "orders a page"),
                     _query("status", {"type": "string", "enum": [s.value for s in OrderStatus]}, "only this status"),
-                    _query("exceptions", {"type": "string", "enum": ["1", "true"]}, "only orders with an exception"),
+                    _query("exceptions", FLAG, "only orders with an exception"),
                 ],
             ),
         },
@@ -228,7 +229,7 @@ def build(version: str = "1") -> dict[str, Any]:
                         "after", {"type": "integer", "minimum": 0, "maximum": MAX_ID}, "next_after of the last page"
                     ),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "events a page"),
-                    _query("undelivered", {"type": "string", "enum": ["1", "true"]}, "only those not delivered"),
+                    _query("undelivered", FLAG, "only those not delivered"),
                 ],
             )
         },

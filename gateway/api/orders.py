@@ -40,6 +40,18 @@ def query_int(request: web.Request, name: str, default: int, low: int, high: int
     return int(raw)
 
 
+FLAGS = {"1": True, "true": True, "0": False, "false": False}
+
+
+def query_flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return False
+    if raw not in FLAGS:
+        raise ApiError(400, "bad_query", f"{name} must be one of {', '.join(FLAGS)}")
+    return FLAGS[raw]
+
+
 def parse(request: web.Request, model: type[M]) -> M:
     try:
         data = json.loads(request[BODY] or b"null")
@@ -129,7 +141,7 @@ async def list_orders(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_query", f"unknown status {status!r}")
     rows, total = await order_store.page(
         svc.db, app.hospital_id, page=page, page_size=page_size, status=status,
-        exceptions_only=request.query.get("exceptions") in ("1", "true"),
+        exceptions_only=query_flag(request, "exceptions"),
     )  # fmt: skip
     return json_response(
         200,
