@@ -166,8 +166,7 @@ seller_id = "{ALIPAY_SELLER_ID}"
 gateway_url = "{channels.alipay_url}"
 """
     config = work / "gateway.toml"
-    config.write_text(text, encoding="utf-8")
-    config.chmod(0o600)
+    protocol.write_private(config, text.encode("utf-8"))
     return config
 
 
