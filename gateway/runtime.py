@@ -22,7 +22,7 @@ from gateway.outbox import Deliverer
 from gateway.sagas.escalation import escalate_forever
 from gateway.services import Services, log
 from gateway.sms.clock import Clock, system_clock
-from gateway.store import registry
+from gateway.store import audit, registry
 from gateway.store.channel_state import SqlChannelState
 from gateway.store.db import Database
 from gateway.store.migrate import upgrade
@@ -85,9 +85,10 @@ class Gateway:
             from gateway.sms.service import SmsService
 
             self.sms = SmsService(cfg.sms, db, clock=self.clock, provider=self.sms_provider, his_for=self.svc.his_for)
+        self._tasks.append(asyncio.create_task(audit.seal_forever(db), name="audit-sealer"))
         run = cfg.workers.enabled if self.run_workers is None else self.run_workers
         if run:
-            self._tasks = [asyncio.create_task(w.run(), name=f"worker-{w.name}") for w in self.workers]
+            self._tasks += [asyncio.create_task(w.run(), name=f"worker-{w.name}") for w in self.workers]
             self._tasks.append(asyncio.create_task(prune_nonces(self.svc), name="prune-nonces"))
             self._tasks.append(asyncio.create_task(escalate_forever(self.svc), name="escalate-his-steps"))
             self._tasks.append(asyncio.create_task(channel_trust.run(self.svc), name="channel-trust"))

@@ -22,6 +22,8 @@ class App:
     key: protocol.VerifyKey
     notify_url: str | None
     enabled: bool
+    notify_hosts: tuple[str, ...] = ()
+    """Hosts an order's notify URL may name, besides the host of ``notify_url``."""
 
 
 async def _upsert(conn: Any, table: sa.Table, row: dict[str, Any]) -> None:
@@ -55,6 +57,7 @@ async def sync_from_config(db: Database, cfg: GatewayConfig) -> None:
                     "hospital_id": h.id,
                     "public_key_pem": pem,
                     "notify_url": a.notify_url,
+                    "notify_hosts": list(a.notify_hosts),
                     "enabled": a.enabled,
                     "updated_at": now,
                 }
@@ -74,7 +77,14 @@ async def load_app(db: Database, app_id: str) -> App | None:
         row = (await conn.execute(sa.select(apps).where(apps.c.id == app_id))).first()
     if row is None:
         return None
-    return App(row.id, row.hospital_id, _verify_key(row.id, row.public_key_pem), row.notify_url, row.enabled)
+    return App(
+        row.id,
+        row.hospital_id,
+        _verify_key(row.id, row.public_key_pem),
+        row.notify_url,
+        row.enabled,
+        tuple(row.notify_hosts or ()),
+    )
 
 
 async def refund_policy(db: Database, hospital_id: str) -> RefundPolicy:
