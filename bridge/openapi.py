@@ -7,6 +7,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from bridge import catalog
+from bridge.intranet import openapi as terminal_openapi
 
 ENVELOPE_HEADERS = [
     {"name": name, "in": "header", "required": True, "schema": {"type": "string"}, "description": desc}
@@ -105,14 +106,16 @@ def build(version: str) -> dict[str, Any]:
             },
         }
     }
+    terminal_paths, terminal_schemas = terminal_openapi.paths_and_schemas()
+    paths.update(terminal_paths)
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "HIS Bridge agent",
             "version": version,
-            "description": "Canonical HIS operations over mutual TLS with signed requests and responses. "
-            "Money is integer fen.",
+            "description": "Canonical HIS operations over mutual TLS with signed requests and responses; and, "
+            "under /v1/terminal (the intranet listener), what kiosks and cashier windows call. Money is integer fen.",
         },
         "paths": paths,
-        "components": {"schemas": defs.get("$defs", {})},
+        "components": {"schemas": {**defs.get("$defs", {}), **terminal_schemas}},
     }
