@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.model import RefundPolicy
+from gateway.model import HisCommit, RefundPolicy
 from gateway.sms.config import SmsConfig
 
 _ENV_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -42,11 +42,25 @@ def _hostport(value: str) -> str:
     return value
 
 
+class MtlsListener(_Section):
+    """A second listener for callers that present a client certificate: the hospitals' agents, forwarding their
+    kiosks' and windows' payments over mutual TLS. It serves the same business API."""
+
+    listen: str
+    cert: Path
+    key: Path
+    client_ca: Path
+    """Only clients with a certificate from this CA complete the handshake."""
+
+    _check = field_validator("listen")(_hostport)
+
+
 class ServerConfig(_Section):
     listen: str = "127.0.0.1:8600"
     public_url: str = "http://127.0.0.1:8600"
     """How the channels reach us: notify URLs are ``{public_url}/notify/{channel}/{merchant}``."""
     max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
+    mtls: MtlsListener | None = None
 
     _check = field_validator("listen")(_hostport)
 
@@ -103,6 +117,14 @@ class AppConfig(_Section):
     public_key: Path
     notify_url: str | None = None
     enabled: bool = True
+    kind: Literal["app", "agent"] = "app"
+    """``agent``: a hospital's bridge agent forwarding its kiosks and windows — it may name the terminal and
+    start HIS-approved window refunds (which skip ``refund.apply``). Give it ``client_cert_cn`` too."""
+    his_commit: HisCommit | None = None
+    """Who tells the HIS after this app's payments; the hospital's ``his_commit`` when not set."""
+    client_cert_cn: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    """Requests signed by this app are accepted only over the mutual-TLS listener from a client certificate
+    with this subject CN."""
 
 
 _HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
@@ -132,6 +154,9 @@ class HospitalConfig(_Section):
     apps: list[AppConfig] = []
     recon_at: Annotated[str, Field(pattern=_HHMM)] | None = None
     """This hospital's daily reconciliation time (Asia/Shanghai), when not ``recon.at``."""
+    his_commit: HisCommit = HisCommit.gateway
+    """Who tells the HIS after a payment: the gateway (``registration/charge/prepay.commit`` through the bridge)
+    or the caller (a kiosk or window that records it in the HIS itself); an app may say otherwise."""
 
 
 class MerchantConfig(BaseModel):
@@ -196,6 +221,10 @@ class GatewayConfig(_Section):
         for h in self.sms.hospitals:
             if h not in ids:
                 raise ValueError(f"sms.hospitals: unknown hospital {h!r}")
+        for h in self.hospitals:
+            for a in h.apps:
+                if a.client_cert_cn and self.server.mtls is None:
+                    raise ValueError(f"app {a.app_id}: client_cert_cn needs the [server.mtls] listener")
         return self
 
     def hospital(self, hospital_id: str) -> HospitalConfig:
@@ -224,6 +253,9 @@ def _resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
         return p if p.is_absolute() else base / p
 
     cfg.signing.key = r(cfg.signing.key)
+    if cfg.server.mtls is not None:
+        m = cfg.server.mtls
+        m.cert, m.key, m.client_ca = r(m.cert), r(m.key), r(m.client_ca)
     for h in cfg.hospitals:
         if h.bridge is not None:
             b = h.bridge

@@ -400,7 +400,8 @@ class EgressJournal:
         return await self._write(
             lambda conn: (
                 conn.execute(
-                    "UPDATE requests SET next_attempt_at = ? WHERE state IN ('in_doubt', 'queued') AND next_attempt_at > ?",
+                    "UPDATE requests SET next_attempt_at = ?"
+                    " WHERE state IN ('in_doubt', 'queued') AND next_attempt_at > ?",
                     (now, now),
                 ).rowcount
             )

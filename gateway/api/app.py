@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import protocol
-from gateway.api import callbacks, events, orders
+from gateway.api import callbacks, events, orders, terminals
 from gateway.api.auth import SERVICES, SIGNING_KEY, Handler, auth_middleware, sign_middleware
 from gateway.api.errors import ApiError
 from gateway.api.orders import json_response
@@ -71,6 +71,7 @@ def create_app(
     app[SERVICES] = svc
     app[SIGNING_KEY] = signing_key
     orders.add_routes(app)
+    terminals.add_routes(app)
     events.add_routes(app)
     callbacks.add_routes(app)
     if sms is not None:

@@ -2,8 +2,11 @@
 
 An order counts on the day it was paid (``paid_at``), a refund on the day the money went back
 (``refunded_at``). A refund of a payment the HIS never booked (``his_state`` ≠ done: refused, held) is marked
-``NO_HIS``: the HIS is not expected to know it. ``lookup`` fetches the records of keys the other sides have
-but the day's platform set lacks (an order still paying, one paid on another day), for their state and display.
+``NO_HIS``: the HIS is not expected to know it. A payment the caller recorded in the HIS itself (``his_state``
+caller) is expected there all the same, and so is a refund the HIS made at its window — under the HIS's own
+refund number, which ``window_refund_keys`` translates to ours. ``lookup`` fetches the records of keys the other
+sides have but the day's platform set lacks (an order still paying, one paid on another day), for their state
+and display.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from gateway.model import PAID_ORDER, HisState, RefundState
+from gateway.model import PAID_ORDER, HisState, RefundOrigin, RefundState
 from gateway.recon.engine import NO_HIS, SETTLED, UNSETTLED
 from gateway.store.db import Database
 from gateway.store.tables import orders, refunds
@@ -39,6 +42,8 @@ ORDER_COLUMNS = (
     orders.c.his_state,
     orders.c.his_receipt_no,
     orders.c.paid_at,
+    orders.c.origin,
+    orders.c.terminal_id,
 )
 REFUND_COLUMNS = (
     refunds.c.id,
@@ -52,6 +57,8 @@ REFUND_COLUMNS = (
     refunds.c.state,
     refunds.c.his_receipt_no,
     refunds.c.refunded_at,
+    refunds.c.terminal_id,
+    refunds.c.his_refund_id,
     orders.c.out_trade_no,
     orders.c.merchant_id,
     orders.c.channel_trade_no,
@@ -70,10 +77,12 @@ def order_entry(row: Any) -> tuple[str, int, dt.datetime | None, int, dict[str, 
 
 
 def refund_entry(row: Any) -> tuple[str, int, dt.datetime | None, int, dict[str, Any]]:
+    window = row.origin == RefundOrigin.window.value
     if row.state not in SETTLED_REFUND:
         flag = UNSETTLED
     else:
-        flag = SETTLED if row.order_his_state == HisState.done.value else NO_HIS
+        his_knows = window or row.order_his_state in (HisState.done.value, HisState.caller.value)
+        flag = SETTLED if his_knows else NO_HIS
     return f"refund:{row.out_refund_no}", int(row.amount_fen), row.refunded_at, flag, {"kind": "refund", **_json(row)}
 
 
@@ -136,6 +145,22 @@ async def lookup(
                 .where(refunds.c.hospital_id == hospital, refunds.c.out_refund_no.in_(chunk))
             )
             out += [refund_entry(r) for r in await conn.execute(stmt)]
+    return out
+
+
+async def window_refund_keys(db: Database, hospital: str, his_refund_nos: Iterable[str]) -> dict[str, str]:
+    """The HIS records a window refund (窗口退费) under its own refund number, made before ours existed: the
+    entry keys those numbers stand for."""
+    nos = list(dict.fromkeys(his_refund_nos))
+    out: dict[str, str] = {}
+    r = refunds.c
+    async with db.read() as conn:
+        for i in range(0, len(nos), 500):
+            stmt = sa.select(r.his_refund_id, r.out_refund_no).where(
+                r.hospital_id == hospital, r.origin == RefundOrigin.window.value, r.his_refund_id.in_(nos[i : i + 500])
+            )
+            for row in await conn.execute(stmt):
+                out[f"refund:{row.his_refund_id}"] = f"refund:{row.out_refund_no}"
     return out
 
 

@@ -179,8 +179,11 @@ async def _load(
         progress("his", done, total)
 
     async for page in pages(source, day, page_size=cfg.recon.page_size, progress=his_progress):
+        refund_nos = [str(r.get("refund_no")) for r in page if r.get("kind") == "refund" and r.get("refund_no")]
+        window_keys = await platform_side.window_refund_keys(db, hospital, refund_nos) if refund_nos else {}
         for record in page:
             key = entry_key(record)
+            key = window_keys.get(key, key)
             t = record_time(record)
             amount = int(record["amount_fen"])
             side.add(key, amount, _seconds(t, start), SETTLED)

@@ -22,7 +22,9 @@ from gateway.model import (
     OPEN_ORDER,
     BusinessType,
     ExceptionKind,
+    HisCommit,
     HisState,
+    OrderOrigin,
     OrderStatus,
     utcnow,
 )
@@ -35,6 +37,9 @@ from gateway.views import order_view
 
 SUCCESS_STATES = (TradeState.success, TradeState.refund)
 CLOSED_STATES = (TradeState.closed, TradeState.revoked)
+
+
+WHO_ASKED = ("request_id", "terminal_id", "origin", "his_commit")
 
 
 class OrderConflict(Exception):
@@ -59,13 +64,17 @@ class NewOrder:
     auth_code: str | None = None
     client_ip: str | None = None
     expire_s: int | None = None
+    request_id: str | None = None
+    terminal_id: str | None = None
+    origin: OrderOrigin = OrderOrigin.app
+    his_commit: HisCommit = HisCommit.gateway
 
     def digest(self) -> str:
-        """What makes two requests "the same order": everything but the one-time payer details."""
+        """What makes two requests "the same order": everything but the one-time payer details and who asked."""
         fields = {
             k: v
             for k, v in self.__dict__.items()
-            if k not in ("auth_code", "client_ip", "payer_id", "notify_url", "expire_s")
+            if k not in ("auth_code", "client_ip", "payer_id", "notify_url", "expire_s", *WHO_ASKED)
         }
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -112,6 +121,10 @@ async def create(svc: Services, app: registry.App, new: NewOrder) -> tuple[Any, 
             "expires_at": now + dt.timedelta(seconds=ttl),
             "due_at": lease,
             "leased_until": lease,
+            "request_id": new.request_id,
+            "terminal_id": new.terminal_id,
+            "origin": new.origin.value,
+            "his_commit": new.his_commit.value,
         },
     )
     if not created:
@@ -262,6 +275,8 @@ def commit_params(order: Any) -> tuple[str, dict[str, Any]]:
 
 async def commit_his(svc: Services, order: Any) -> Any:
     """Tell the HIS about a paid order; ask about a pending commit instead of sending it again."""
+    if order.his_commit == HisCommit.caller:
+        return await _caller_tells_his(svc, order)
     operation, params = commit_params(order)
     his = svc.his_for(order.hospital_id)
     try:
@@ -320,3 +335,21 @@ async def commit_his(svc: Services, order: Any) -> Any:
         if await hold_unrecorded(conn, row, reason="the HIS refused the payment", actor="his") is not None:
             svc.wake_refunds.set()
         return row
+
+
+async def _caller_tells_his(svc: Services, order: Any) -> Any:
+    """The caller records the payment in the HIS itself (under ``out_trade_no``): nothing is sent to the HIS,
+    and reconciliation still expects the HIS's record."""
+    async with svc.db.write() as conn:
+        row = await order_store.transition(
+            conn,
+            order.id,
+            [OrderStatus.paid],
+            status=OrderStatus.completed.value,
+            his_state=HisState.caller.value,
+            last_error=None,
+            due_at=None,
+        )
+        if row is not None:
+            await notify(conn, row, "order.completed")
+        return row or await order_store.get(svc.db, order.id)

@@ -44,10 +44,18 @@ class NewRefund:
     business_refund_no: str
     amount_fen: int
     reason: str | None = None
+    request_id: str | None = None
+    app_id: str | None = None
 
 
 def needs_his(refund: Any, order: Any) -> bool:
-    return refund.origin == RefundOrigin.business and order.his_state == HisState.done
+    return refund.origin == RefundOrigin.business and order.his_state in (HisState.done, HisState.caller)
+
+
+def his_has_refunded(refund: Any, order: Any) -> bool:
+    """The HIS has booked this refund already (it applied it, or started it at its window): if the money does
+    not go back, HIS and money disagree and finance must see it."""
+    return needs_his(refund, order) or refund.origin == RefundOrigin.window
 
 
 async def notify(conn: Any, refund: Any, order: Any, event_type: str) -> None:
@@ -79,6 +87,8 @@ async def request(svc: Services, order: Any, new: NewRefund) -> tuple[Any, bool]
             "origin": RefundOrigin.business.value,
             "state": RefundState.his_applying.value,
             "due_at": svc.lease(),
+            "request_id": new.request_id,
+            "app_id": new.app_id,
         },
     )
     if not created:
@@ -135,7 +145,10 @@ def _request_id(refund: Any, step: str) -> str:
 
 async def _apply_at_his(svc: Services, refund: Any, order: Any) -> Any:
     if not needs_his(refund, order):
-        return (await _reserve(svc, refund, order, limit_fen=None, his={})).refund
+        reservation = await _reserve(svc, refund, order, limit_fen=None, his={})
+        if his_has_refunded(refund, order) and not reservation.reserved:
+            return await his_refund_not_paid(svc, reservation.refund)
+        return reservation.refund
     params = {
         "request_id": _request_id(refund, "apply"),
         "trade_no": order.out_trade_no,
@@ -173,17 +186,23 @@ async def _apply_at_his(svc: Services, refund: Any, order: Any) -> Any:
     his = {"his_refundable_fen": refundable, "his_refund_id": answer.result.get("his_refund_id")}
     reservation = await _reserve(svc, refund, order, limit_fen=refundable, his=his)
     if not reservation.reserved and reservation.refund.state == RefundState.rejected:
-        row = await refund_store.update(
-            svc.db,
-            refund.id,
-            [RefundState.rejected],
-            exception=ExceptionKind.his_refund_not_paid.value,
-            exception_detail="the HIS applied this refund, but it was not paid out: "
-            + (reservation.refund.last_error or ""),
-        )
-        log.warning("his_refund_not_paid", out_refund_no=refund.out_refund_no)
-        return row or reservation.refund
+        return await his_refund_not_paid(svc, reservation.refund)
     return reservation.refund
+
+
+async def his_refund_not_paid(svc: Services, refund: Any) -> Any:
+    """A refund the HIS has booked was refused before any money moved: an exception for finance."""
+    if refund.state != RefundState.rejected:
+        return refund
+    row = await refund_store.update(
+        svc.db,
+        refund.id,
+        [RefundState.rejected],
+        exception=ExceptionKind.his_refund_not_paid.value,
+        exception_detail="the HIS applied this refund, but it was not paid out: " + (refund.last_error or ""),
+    )
+    log.warning("his_refund_not_paid", out_refund_no=refund.out_refund_no)
+    return row or refund
 
 
 async def _reserve(
@@ -284,7 +303,7 @@ async def apply_refund_status(svc: Services, refund: Any, order: Any, status: Re
 
 async def _channel_refused(svc: Services, refund: Any, order: Any, why: str) -> Any:
     values: dict[str, Any] = {"state": RefundState.failed.value, "last_error": why[:500], "due_at": None}
-    if needs_his(refund, order):
+    if his_has_refunded(refund, order):
         values.update(
             exception=ExceptionKind.his_refund_not_paid.value,
             exception_detail=f"the HIS applied this refund but the channel refused it: {why}"[:500],

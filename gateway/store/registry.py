@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from bridge import protocol
 from gateway.config import GatewayConfig
-from gateway.model import RefundPolicy, utcnow
+from gateway.model import HisCommit, RefundPolicy, utcnow
 from gateway.store.db import Database
 from gateway.store.tables import apps, hospitals, merchants
 
@@ -22,6 +22,15 @@ class App:
     key: protocol.VerifyKey
     notify_url: str | None
     enabled: bool
+    kind: str = "app"
+    his_commit: HisCommit = HisCommit.gateway
+    """Who tells the HIS after this app's payments: the app's own setting, else its hospital's."""
+    client_cert_cn: str | None = None
+
+    @property
+    def is_agent(self) -> bool:
+        """A hospital's bridge agent: it may name terminals and start HIS-approved window refunds."""
+        return self.kind == "agent"
 
 
 async def _upsert(conn: Any, table: sa.Table, row: dict[str, Any]) -> None:
@@ -37,9 +46,14 @@ async def sync_from_config(db: Database, cfg: GatewayConfig) -> None:
     async with db.write() as conn:
         for h in cfg.hospitals:
             name = h.name or h.id
-            await _upsert(
-                conn, hospitals, {"id": h.id, "name": name, "refund_policy": h.refund_policy.value, "updated_at": now}
-            )
+            row = {
+                "id": h.id,
+                "name": name,
+                "refund_policy": h.refund_policy.value,
+                "his_commit": h.his_commit.value,
+                "updated_at": now,
+            }
+            await _upsert(conn, hospitals, row)
         for m in cfg.merchants:
             row = {"id": m.id, "channel": m.channel, "hospital_id": m.hospital, "enabled": m.enabled, "updated_at": now}
             await _upsert(conn, merchants, row)
@@ -56,6 +70,9 @@ async def sync_from_config(db: Database, cfg: GatewayConfig) -> None:
                     "public_key_pem": pem,
                     "notify_url": a.notify_url,
                     "enabled": a.enabled,
+                    "kind": a.kind,
+                    "his_commit": a.his_commit.value if a.his_commit is not None else None,
+                    "client_cert_cn": a.client_cert_cn,
                     "updated_at": now,
                 }
                 await _upsert(conn, apps, row)
@@ -71,10 +88,22 @@ def _verify_key(app_id: str, pem: str) -> protocol.VerifyKey:
 
 async def load_app(db: Database, app_id: str) -> App | None:
     async with db.read() as conn:
-        row = (await conn.execute(sa.select(apps).where(apps.c.id == app_id))).first()
+        stmt = sa.select(apps, hospitals.c.his_commit.label("hospital_his_commit")).join(
+            hospitals, hospitals.c.id == apps.c.hospital_id
+        )
+        row = (await conn.execute(stmt.where(apps.c.id == app_id))).first()
     if row is None:
         return None
-    return App(row.id, row.hospital_id, _verify_key(row.id, row.public_key_pem), row.notify_url, row.enabled)
+    return App(
+        row.id,
+        row.hospital_id,
+        _verify_key(row.id, row.public_key_pem),
+        row.notify_url,
+        row.enabled,
+        kind=row.kind,
+        his_commit=HisCommit(row.his_commit or row.hospital_his_commit),
+        client_cert_cn=row.client_cert_cn,
+    )
 
 
 async def refund_policy(db: Database, hospital_id: str) -> RefundPolicy:
