@@ -49,7 +49,7 @@ ALIPAY_APP_ID = "2021000000000042"
 ALIPAY_SELLER = "2088000000000042"
 AGENT_APP = "agent-H001"
 PHONE_APP = "wx-miniapp"
-KIOSK, WINDOW, CERT_KIOSK, FAR_KIOSK = "KIOSK-01", "WIN-01", "KIOSK-02", "KIOSK-FAR"
+KIOSK, WINDOW, CERT_KIOSK, FAR_KIOSK, OFF_KIOSK = "KIOSK-01", "WIN-01", "KIOSK-02", "KIOSK-FAR", "KIOSK-OFF"
 PAY_OPS = '["pay.codepay", "pay.qr", "pay.query", "pay.close", "transactions"]'
 WINDOW_OPS = '["pay.codepay", "pay.query", "refund", "refund.query", "transactions"]'
 CODEPAY = {"first_delay_s": 0.5, "max_delay_s": 1.0, "factor": 1.5, "deadline_s": 30}
@@ -109,7 +109,7 @@ def make_channel_keys(directory: Path) -> ChannelKeys:
 async def start_channels(keys: ChannelKeys, db_path: Path) -> SandboxChannels:
     return await start_sandbox_channels(
         wechat=WechatSettings(
-            WECHAT_MCHID, WECHAT_APPID, WECHAT_SERIAL, keys.wechat_merchant_pub, APIV3_KEY, platform=keys.wechat_platform
+            WECHAT_MCHID, WECHAT_APPID, WECHAT_SERIAL, keys.wechat_merchant_pub, APIV3_KEY, keys.wechat_platform
         ),
         alipay=AlipaySettings(ALIPAY_APP_ID, keys.alipay_app_pub, ALIPAY_SELLER, keys.alipay_private),
         db_path=db_path,
@@ -210,6 +210,17 @@ key_file = "{keys.files / "kiosk.key"}"
 addresses = ["10.20.0.0/16"]
 max_payment_fen = 500000
 max_daily_fen = 2000000
+
+[[intranet.terminals]]
+id = "{OFF_KIOSK}"
+kind = "kiosk"
+operations = {PAY_OPS}
+auth = "hmac"
+key_file = "{keys.files / "kiosk.key"}"
+addresses = ["127.0.0.1"]
+max_payment_fen = 500000
+max_daily_fen = 2000000
+enabled = false
 
 [egress]
 gateway_url = "https://127.0.0.1:{target}"
