@@ -33,6 +33,14 @@ NO_MONEY = frozenset({"failed", "rejected"})
 WAITING = frozenset({"pending", "waiting", "queued", "processing"})
 
 
+def may_change(answer: dict[str, Any]) -> bool:
+    """Whether asking the gateway again can tell more: the payment or refund is not final, or it is paid and
+    the HIS has not recorded it yet (the kiosk prints the HIS's receipt number)."""
+    if answer.get("status") not in FINAL:
+        return True
+    return answer.get("status") == "paid" and (answer.get("his") or {}).get("state") in ("none", "pending")
+
+
 def error(code: str, message: str) -> dict[str, str]:
     return {"code": code, "message": message}
 

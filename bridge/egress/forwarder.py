@@ -298,7 +298,7 @@ class Forwarder:
 
     async def _settle(self, entry: TerminalRequest, *, resend: bool = True) -> None:
         """Ask the gateway what it has under the request's id; only then decide or resend."""
-        path = f"/v1/requests/{quote(entry.gateway_request_id, safe='')}"
+        path = f"/v1/requests/{quote(entry.gateway_request_id, safe=':')}"
         try:
             answer = await self._call(entry, "GET", path, None)
         except (NotSent, InDoubt) as e:
@@ -379,14 +379,15 @@ class Forwarder:
                 "the refund is kept by the agent and sent when the payment platform can be reached",
             )
         answer = entry.answer or {}
-        if entry.state is EgressState.failed or answer.get("status") in answers.FINAL:
+        if entry.state is EgressState.failed or not answers.may_change(answer):
             return answer
-        path = f"/v1/requests/{quote(entry.gateway_request_id, safe='')}"
+        path = f"/v1/requests/{quote(entry.gateway_request_id, safe=':')}"
         try:
             fresh = await self._call(entry, "GET", path, None)
         except (NotSent, InDoubt):
             return {**answer, "stale": True}
         if fresh.status != 200:
+            log.warning("egress_refresh_refused", seq=entry.seq, status=fresh.status, code=fresh.code)
             return {**answer, "stale": True}
         return await self._refresh(entry, fresh.body, answer)
 
@@ -408,7 +409,7 @@ class Forwarder:
         """Close a QR payment nobody paid (the gateway asks the channel; a payment that beat the close wins)."""
         order_no = entry.params["business_order_no"]
         try:
-            answer = await self._call(entry, "POST", f"/v1/orders/{quote(order_no, safe='')}/close", {})
+            answer = await self._call(entry, "POST", f"/v1/orders/{quote(order_no, safe=':')}/close", {})
         except (NotSent, InDoubt) as e:
             raise CloudUnreachable(str(e)) from e
         if isinstance(answer.body.get("order"), dict):
