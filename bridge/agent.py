@@ -95,8 +95,10 @@ class Agent:
 
     @property
     def serving(self) -> bool:
-        """Recovered and able to journal new writes: what ``/readyz`` reports."""
-        return self.ready and self.journal.failing is None
+        """Recovered, able to journal new writes, and — with terminals — their listener up: what ``/readyz``
+        reports."""
+        intranet_up = self.intranet is None or self.intranet.listening
+        return self.ready and self.journal.failing is None and intranet_up
 
     def healthy(self) -> bool:
         """What the systemd watchdog vouches for: the journal writer thread is alive."""
@@ -264,6 +266,7 @@ async def _start_intranet(intranet: Intranet, listen: str, runners: list[web.App
             await started.cleanup()
         raise
     runners.append(runner)
+    intranet.listening = True
     url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     return f"{'https' if tls_cfg else 'http'}://{url_host}:{_bound_port(site)}"
 

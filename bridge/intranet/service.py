@@ -52,6 +52,8 @@ class Intranet:
         self.metrics = metrics
         self.terminals = TerminalRegistry.load(cfg, egress)
         self.forwarder = Forwarder(egress, metrics)
+        self.listening = False
+        """Set once the intranet listener accepts connections (``/readyz`` waits for it)."""
 
     async def start(self) -> None:
         await self.forwarder.start()

@@ -37,6 +37,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     svc = request.app[SERVICES]
     window = svc.cfg.signing.timestamp_window_s
+    client_cn = peer_cn(request)  # before the body is read: a caller that hangs up takes its transport with it
     body = await request.read()
     key_id = request.headers.get(protocol.HEADER_KEY_ID, "")
     app = await registry.load_app(svc.db, key_id) if protocol.KEY_ID_RE.match(key_id) else None
@@ -49,8 +50,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         log.info("api_auth_refused", code=e.code, key_id=key_id[:64])
         raise _refuse(e.code, e.message) from None
     assert app is not None
-    if app.client_cert_cn is not None and peer_cn(request) != app.client_cert_cn:
-        log.info("api_client_cert_refused", app=app.id, cn=peer_cn(request))
+    if app.client_cert_cn is not None and client_cn != app.client_cert_cn:
+        log.info("api_client_cert_refused", app=app.id, cn=client_cn)
         raise ApiError(
             403, "client_not_allowed", f"app {app.id} calls over mutual TLS with its own client certificate only"
         )
