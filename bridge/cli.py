@@ -134,6 +134,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             problems.append(f"{name} {path}: {e}")
     _check_profile(cfg.his.profile, {**cfg.his.overrides, **overrides}, problems, notes)
+    from bridge.egress.check import check_outbound
+
+    check_outbound(cfg, problems, notes)
     return _report(problems, notes, "config")
 
 
