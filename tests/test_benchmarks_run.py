@@ -32,6 +32,10 @@ BENCHMARKS = {
         ["--orders", "20", "--concurrency", "4", "--notifications", "20"],
         {"orders_per_s_sqlite", "orders_per_s_postgres", "notify_per_s_postgres"},
     ),
+    "bench_egress.py": (
+        ["--quick"],
+        {"egress_vs_direct_throughput", "egress_added_p50_ms", "agent_peak_rss_mb", "lost", "doubled"},
+    ),
     "bench_recon.py": (
         ["--rows", "20000"],
         {
@@ -56,3 +60,5 @@ def test_benchmark_prints_its_figures(script: str) -> None:
     assert keys <= set(figures), f"missing: {sorted(keys - set(figures))}"
     if "lost_writes" in figures:
         assert figures["lost_writes"] == 0
+    if "doubled" in figures:
+        assert figures["lost"] == figures["doubled"] == figures["unanswered"] == 0, figures
