@@ -153,6 +153,23 @@ def cmd_certs_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_terminal_key(args: argparse.Namespace) -> int:
+    import os
+
+    from bridge import terminal_protocol
+
+    out = Path(args.out)
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"refusing to overwrite {out}", file=sys.stderr)
+        return 2
+    with os.fdopen(fd, "w") as f:
+        f.write(terminal_protocol.new_key() + "\n")
+    print(f"terminal key written to {out} (0600): name it in the terminal's key_file, and install it on the terminal")
+    return 0
+
+
 def _ask(value: str | None, flag: str, prompt: str, default: str | None = None) -> str:
     """A flag's value, or the answer to a question when run at a terminal; without either, a usage error."""
     if value:
@@ -352,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--hospital", default="H001")
     d.add_argument("--host", action="append", help="server certificate host names / IPs (repeatable)")
     d.set_defaults(func=cmd_certs_dev)
+
+    p = sub.add_parser("terminal-key", help="a fresh HMAC key for one intranet terminal (file 0600, never overwritten)")
+    p.add_argument("--out", required=True, help="the key file to write (give the same key to the terminal)")
+    p.set_defaults(func=cmd_terminal_key)
 
     p = sub.add_parser("init", help="set up a hospital: config, signing key, TLS key and CSR (never overwrites)")
     p.add_argument("--hospital", help="hospital code, as the platform knows it")

@@ -88,3 +88,11 @@ async def test_the_terminal_api_is_in_the_agents_openapi_and_on_the_intranet_lis
     ):
         served = json.loads(await resp.read())
     assert resp.status == 200 and set(served["paths"]) == {p for p in document["paths"] if "/terminal/" in p}
+
+
+def test_terminal_key_writes_a_private_key_once(tmp_path):
+    out = tmp_path / "KIOSK-09.key"
+    assert his_bridge("terminal-key", "--out", str(out)).returncode == 0
+    assert out.stat().st_mode & 0o777 == 0o600 and len(bytes.fromhex(out.read_text().strip())) == 32
+    again = his_bridge("terminal-key", "--out", str(out))
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
