@@ -64,6 +64,8 @@ AMOUNT_FEN = 100
 FINAL = {"paid", "failed", "closed"}
 AGAIN = {"not_ready", "journal_unavailable", "too_many_requests", "internal"}
 RSS_INTERVAL_S = 0.05
+PLATFORM_READ_PAUSE_S = 0.05
+"""The platform's own reads during the egress phase: steady, not a flood that would starve the terminals."""
 READY_TIMEOUT_S = 60
 
 
@@ -94,6 +96,10 @@ class PathRun:
 
     def latencies_ms(self) -> list[float]:
         return sorted((o.finished - o.started) * 1000 for o in self.outcomes if o.finished is not None)
+
+    def mean_ms(self) -> float:
+        values = self.latencies_ms()
+        return sum(values) / len(values) if values else 0.0
 
     def percentile(self, q: float) -> float:
         values = self.latencies_ms()
@@ -481,7 +487,21 @@ async def platform_reader(s: Setup, busy: asyncio.Event, stop: asyncio.Event) ->
             with contextlib.suppress(BridgeError):
                 await client.call("bills.unpaid", {"patient_id": "P0001"})
                 reads += 1
+            await asyncio.sleep(PLATFORM_READ_PAUSE_S)
     return reads
+
+
+async def forward_mean_ms(ops_url: str) -> float:
+    """The agent's own view: how long its calls to the gateway took on average (since its restart)."""
+    async with aiohttp.ClientSession() as session, session.get(ops_url + "/metrics") as resp:
+        text = await resp.text()
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith('hisbridge_egress_forward_duration_seconds_sum{operation="pay.codepay"}'):
+            total = float(line.rsplit(" ", 1)[1])
+        if line.startswith('hisbridge_egress_forward_duration_seconds_count{operation="pay.codepay"}'):
+            count = float(line.rsplit(" ", 1)[1])
+    return total / count * 1000 if count else 0.0
 
 
 async def channel_ledger(admin_url: str) -> dict[str, str]:
@@ -565,6 +585,7 @@ async def run(settings: Settings, children: Children, work: Path) -> dict[str, A
         egress, restart_s = await run_egress(s, settings, restart, rss, busy)
     stop.set()
     reads = await reader
+    forward_ms = await forward_mean_ms(f"http://127.0.0.1:{s.ports['agent_ops']}")
 
     ledger = await channel_ledger(admin_url)
     by_request = await orders_by_request(db_url.replace("+asyncpg", ""))
@@ -586,6 +607,9 @@ async def run(settings: Settings, children: Children, work: Path) -> dict[str, A
         "direct_p50_ms": round(direct.percentile(0.5), 1),
         "egress_p50_ms": round(egress.percentile(0.5), 1),
         "egress_added_p50_ms": round(egress.percentile(0.5) - direct.percentile(0.5), 1),
+        "direct_mean_ms": round(direct.mean_ms(), 1),
+        "egress_mean_ms": round(egress.mean_ms(), 1),
+        "agent_to_gateway_mean_ms": round(forward_ms, 1),
         "direct_p99_ms": round(direct.percentile(0.99), 1),
         "egress_p99_ms": round(egress.percentile(0.99), 1),
         "agent_restart_s": round(restart_s, 2),
@@ -604,6 +628,8 @@ async def run(settings: Settings, children: Children, work: Path) -> dict[str, A
         f"{direct.percentile(0.99):7.1f} ms\n"
         f"egress  {egress.per_s:7.1f} payments/s  p50 {egress.percentile(0.5):7.1f} ms  p99 "
         f"{egress.percentile(0.99):7.1f} ms  (agent killed once, back in {restart_s:.1f} s)\n"
+        f"means: direct {direct.mean_ms():.1f} ms, egress {egress.mean_ms():.1f} ms, of which the agent waited for the"
+        f" gateway {forward_ms:.1f} ms\n"
         f"ratio {ratio:.2f}; agent peak RSS {rss.peak / 2**20:.1f} MB ({rss.samples} samples, {reads} platform reads"
         f" meanwhile); lost {lost}, doubled {doubled}, taken but not answered paid {taken_not_answered},"
         f" unanswered {unanswered}",

@@ -238,7 +238,7 @@ async def handle_operation(request: web.Request) -> web.Response:
         except TerminalRefused:
             await _spend_nonce(request)
             raise
-        return _answer(await intranet.answer(accepted.entry, wait=True))
+        return _answer(await intranet.answer(accepted.entry, wait=True, just_forwarded=accepted.created))
     await _spend_nonce(request)
     if operation is TerminalOperation.transactions:
         try:

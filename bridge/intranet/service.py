@@ -142,10 +142,14 @@ class Intranet:
             ) from None
         return Accepted(entry, created)
 
-    async def answer(self, entry: TerminalRequest, *, wait: bool) -> dict[str, Any]:
-        """The terminal's answer: after waiting up to the deadline for a forward in flight, if asked to."""
+    async def answer(self, entry: TerminalRequest, *, wait: bool, just_forwarded: bool = False) -> dict[str, Any]:
+        """The terminal's answer: after waiting up to the deadline for a forward in flight, if asked to. An answer
+        the gateway has just given is the freshest there is; anything older is asked about again if it may have
+        changed."""
         if wait:
             entry = await self.forwarder.wait(entry.seq, self.cfg.answer_deadline_s) or entry
+        if just_forwarded and entry.answer is not None and entry.state.value in ("done", "failed"):
+            return entry.answer
         return await self.forwarder.current(entry)
 
     # --- reads --------------------------------------------------------------------------------------------
