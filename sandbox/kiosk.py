@@ -181,6 +181,17 @@ async def pay_by_code(
     _, answer = await kiosk.call("pay.codepay", {**body, "auth_code": code})
     if answer.get("status") in ("pending",):
         _, answer = await kiosk.follow("pay.query", body["request_id"], FINAL_PAYMENT)
+    return await until_recorded(kiosk, answer)
+
+
+async def until_recorded(kiosk: TerminalClient, answer: dict[str, Any], within_s: float = 30) -> dict[str, Any]:
+    """A paid payment is printed once the HIS has it (the gateway tells it, unless the kiosk does it itself)."""
+    deadline = time.monotonic() + within_s
+    while answer.get("status") == "paid" and (answer.get("his") or {}).get("state") in ("none", "pending"):
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+        _, answer = await kiosk.call("pay.query", {"request_id": answer["request_id"]})
     return answer
 
 
@@ -235,6 +246,7 @@ async def run(args: argparse.Namespace) -> list[Outcome]:
                 if answer.get("status") == "waiting":
                     await payer.pay_qr(args.channel, str(answer["out_trade_no"]))
                     _, answer = await kiosk.follow("pay.query", body["request_id"], FINAL_PAYMENT)
+                    answer = await until_recorded(kiosk, answer)
                 paid = answer if answer.get("status") == "paid" else paid
                 outcomes.append(Outcome(scenario, answer.get("status") == "paid", _describe(answer), answer))
             elif scenario == "refund":
@@ -266,6 +278,8 @@ def _describe(answer: dict[str, Any]) -> str:
     for name in ("out_trade_no", "out_refund_no", "amount_fen", "channel_trade_no", "channel_refund_no"):
         if answer.get(name):
             parts.append(f"{name}={answer[name]}")
+    if (answer.get("his") or {}).get("receipt_no"):
+        parts.append(f"HIS receipt {answer['his']['receipt_no']}")
     if error:
         parts.append(f"error={error.get('code')}: {error.get('message')}")
     return " ".join(parts)
