@@ -153,6 +153,27 @@ def cmd_certs_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_egress(args: argparse.Namespace) -> int:
+    from bridge.egress import admin
+    from bridge.egress.journal import EgressState
+
+    cfg = _load_config(args.config)
+    if cfg.egress is None:
+        print("this agent has no [egress]: no terminals pay through it", file=sys.stderr)
+        return 2
+    try:
+        if args.egress_command == "show":
+            print(admin.detail(admin.one(cfg.egress.journal, args.terminal, args.request_id)))
+            return 0
+        state = EgressState(args.state) if args.state else None
+        for request in admin.listing(cfg.egress.journal, state=state, terminal=args.terminal, limit=args.limit):
+            print(admin.line(request))
+    except admin.EgressAdminError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_terminal_key(args: argparse.Namespace) -> int:
     import os
 
@@ -369,6 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--hospital", default="H001")
     d.add_argument("--host", action="append", help="server certificate host names / IPs (repeatable)")
     d.set_defaults(func=cmd_certs_dev)
+
+    p = sub.add_parser("egress", help="read the outbound journal: terminal payments and refunds (read-only)")
+    p.add_argument("--config", required=True)
+    esub = p.add_subparsers(dest="egress_command", required=True)
+    e = esub.add_parser("list", help="newest first")
+    e.add_argument("--state", choices=["forwarding", "in_doubt", "queued", "done", "failed"])
+    e.add_argument("--terminal", help="one terminal's requests")
+    e.add_argument("--limit", type=int, default=50)
+    e = esub.add_parser("show", help="one request, with what was forwarded and what the terminal was told")
+    e.add_argument("terminal")
+    e.add_argument("request_id")
+    p.set_defaults(func=cmd_egress)
 
     p = sub.add_parser("terminal-key", help="a fresh HMAC key for one intranet terminal (file 0600, never overwritten)")
     p.add_argument("--out", required=True, help="the key file to write (give the same key to the terminal)")

@@ -334,10 +334,8 @@ class Forwarder:
             await self.journal.move(entry.seq, EgressState.failed, expect=[EgressState.in_doubt], answer=refusal)
             return
         if not resend:
-            await self.journal.move(
-                entry.seq, EgressState.in_doubt, expect=[EgressState.in_doubt], next_attempt_at=time.time()
-            )
-            self._wake.set()
+            # Just lost in transit: the copy on the wire may still be on its way. Resend after a backoff, asking first.
+            await self._later(entry, EgressState.in_doubt, EgressState.in_doubt, "the gateway had nothing yet")
             return
         log.info("egress_settled", seq=entry.seq, request_id=entry.request_id, found=False, outcome="resend")
         moved = await self.journal.move(

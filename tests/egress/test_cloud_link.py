@@ -6,6 +6,8 @@ by asking the gateway, not by paying again."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any
 
 import aiohttp
@@ -27,6 +29,12 @@ async def linked(tmp_path, dev_certs, channel_keys, his):
             yield rig, link
     finally:
         await link.cut()
+
+
+async def his_bridge_egress(rig: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """The operator's read of the outbound journal, beside the running agent."""
+    argv = [sys.executable, "-m", "bridge.cli", "egress", "--config", str(rig.work / "agent.toml"), *args]
+    return await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=60)
 
 
 async def metric(rig: Any, name: str) -> float:
@@ -58,6 +66,10 @@ async def test_payments_refused_at_once_refunds_queued_then_completed(linked):
     status, answer = await window.call("refund", body)
     assert (status, answer["status"]) == (202, "queued"), answer
     assert await rig.gateway_rows("refunds") == []
+    listed = await his_bridge_egress(rig, "list", "--state", "queued")
+    assert listed.returncode == 0 and "LINK-REF-1" in listed.stdout and "queued" in listed.stdout, listed
+    shown = await his_bridge_egress(rig, "show", "KIOSK-01", "LINK-PAY-2")
+    assert '"cloud_unreachable"' in shown.stdout and '"auth_code": "***"' in shown.stdout, shown
     await rig.agent.agent.intranet.forwarder.refresh_gauges()
     assert await metric(rig, "hisbridge_egress_link_up") == 0
     assert await metric(rig, 'hisbridge_egress_requests{state="queued"}') == 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from gateway.recon import run_reconciliation
+from gateway.recon import platform_side, run_reconciliation
 from gateway.recon.normalize import shanghai_today
 from tests.support.egress_rig import HOSPITAL, KIOSK, WINDOW, pay_body, until
 
@@ -118,6 +118,15 @@ async def test_partial_then_full_window_refund_of_a_phone_payment_and_one_over_t
     assert summary.status == "done", summary.error
     assert summary.exceptions == {}, summary.exceptions
     assert summary.counts["matched"] == 3, summary.counts  # the payment and the two window refunds
+    shown = {
+        key: record
+        for key, _, _, _, record in await platform_side.lookup(
+            rig.gateway.svc.db, HOSPITAL, [f"refund:{partial['out_refund_no']}", f"pay:{out_trade_no}"]
+        )
+    }
+    refund_record = shown[f"refund:{partial['out_refund_no']}"]
+    assert (refund_record["origin"], refund_record["terminal_id"]) == ("window", WINDOW), "finance sees the origin"
+    assert shown[f"pay:{out_trade_no}"]["origin"] == "app"
 
 
 async def test_a_repeated_window_refund_is_the_same_refund(rig):
