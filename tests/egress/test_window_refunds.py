@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway.recon import platform_side, run_reconciliation
 from gateway.recon.normalize import shanghai_today
+from sandbox.kiosk import until_recorded
 from tests.support.egress_rig import HOSPITAL, KIOSK, WINDOW, pay_body, until
 
 FINAL = {"succeeded", "rejected", "failed"}
@@ -135,6 +136,7 @@ async def test_a_repeated_window_refund_is_the_same_refund(rig):
     code = await rig.admin.code("wechat", "pays")
     _, paid = await kiosk.call("pay.codepay", pay_body("KP-0000001", amount_fen=5_000, auth_code=code))
     assert paid["status"] == "paid"
+    assert (await until_recorded(kiosk, paid))["his"]["state"] == "done", "the HIS has the payment it will refund"
     first = await window_refund(rig, window, paid["out_trade_no"], "WREF-AGAIN1", 2_000)
     body = {
         "request_id": "WREF-AGAIN1",
