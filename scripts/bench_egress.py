@@ -64,8 +64,8 @@ AMOUNT_FEN = 100
 FINAL = {"paid", "failed", "closed"}
 AGAIN = {"not_ready", "journal_unavailable", "too_many_requests", "internal"}
 RSS_INTERVAL_S = 0.05
-PLATFORM_READ_PAUSE_S = 0.05
-"""The platform's own reads during the egress phase: steady, not a flood that would starve the terminals."""
+PLATFORM_READ_PAUSE_S = 0.2
+"""The platform's own reads during the egress phase (about 5/s besides its HIS commits): steady, not a flood."""
 READY_TIMEOUT_S = 60
 
 
@@ -74,6 +74,7 @@ class Settings:
     payments: int
     terminals: int
     keep: bool
+    read_pause_s: float = PLATFORM_READ_PAUSE_S
 
 
 @dataclass
@@ -377,14 +378,14 @@ class DirectTerminal:
         return status, view.get("out_trade_no")
 
 
-async def run_direct(s: Setup, settings: Settings, url: str) -> PathRun:
+async def run_direct(s: Setup, settings: Settings, url: str, prefix: str = "DIRECT") -> PathRun:
     client = DirectTerminal(s, url)
     run = PathRun()
     per_terminal = settings.payments // settings.terminals
 
     async def terminal(tid: str) -> None:
         for n in range(per_terminal):
-            outcome = Outcome(tid, f"DIRECT{n:06d}", time.perf_counter(), attempts=1)
+            outcome = Outcome(tid, f"{prefix}{n:06d}", time.perf_counter(), attempts=1)
             run.outcomes.append(outcome)
             outcome.status, outcome.out_trade_no = await client.pay(tid, payment(outcome.request_id))
             outcome.finished = time.perf_counter()
@@ -399,7 +400,14 @@ async def run_direct(s: Setup, settings: Settings, url: str) -> PathRun:
 
 
 async def run_egress(
-    s: Setup, settings: Settings, restart: Any, rss: RssSampler, platform_load: asyncio.Event
+    s: Setup,
+    settings: Settings,
+    restart: Any,
+    rss: RssSampler,
+    platform_load: asyncio.Event,
+    *,
+    kill: bool = True,
+    prefix: str = "EGRESS",
 ) -> tuple[PathRun, float]:
     ctx = ssl.create_default_context(cafile=str(s.certs.hospital_ca_cert))
     url = f"https://127.0.0.1:{s.ports['intranet']}"
@@ -438,11 +446,11 @@ async def run_egress(
     async def terminal(tid: str) -> None:
         client = clients[tid]
         for n in range(per_terminal):
-            outcome = Outcome(tid, f"EGRESS{n:06d}", time.perf_counter())
+            outcome = Outcome(tid, f"{prefix}{n:06d}", time.perf_counter())
             run.outcomes.append(outcome)
             await settle(client, outcome, payment(outcome.request_id))
             outcome.finished = time.perf_counter()
-            if not killed.is_set() and sum(1 for o in run.outcomes if o.finished) >= kill_after:
+            if kill and not killed.is_set() and sum(1 for o in run.outcomes if o.finished) >= kill_after:
                 killed.set()
 
     async def killer() -> None:
@@ -461,14 +469,17 @@ async def run_egress(
         await asyncio.gather(*(terminal(tid) for tid in s.terminal_keys))
     finally:
         platform_load.clear()
-        await kill_task
+        if not killed.is_set():
+            kill_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await kill_task
         for client in clients.values():
             await client.close()
     run.elapsed_s = time.perf_counter() - started
     return run, restart_s
 
 
-async def platform_reader(s: Setup, busy: asyncio.Event, stop: asyncio.Event) -> int:
+async def platform_reader(s: Setup, busy: asyncio.Event, stop: asyncio.Event, pause_s: float) -> int:
     """The cloud platform reading from the agent while terminals pay: its other listener is busy too."""
     client = BridgeClient(
         f"https://127.0.0.1:{s.ports['agent_api']}",
@@ -487,7 +498,7 @@ async def platform_reader(s: Setup, busy: asyncio.Event, stop: asyncio.Event) ->
             with contextlib.suppress(BridgeError):
                 await client.call("bills.unpaid", {"patient_id": "P0001"})
                 reads += 1
-            await asyncio.sleep(PLATFORM_READ_PAUSE_S)
+            await asyncio.sleep(pause_s)
     return reads
 
 
@@ -575,11 +586,18 @@ async def run(settings: Settings, children: Children, work: Path) -> dict[str, A
         rss.pid = agent.pid
         await wait_http(f"http://127.0.0.1:{s.ports['agent_ops']}/readyz", agent, "the agent")
 
+    direct_url = f"https://127.0.0.1:{s.ports['gateway_mtls']}"
+    warm = Settings(max(settings.terminals, settings.payments // 10), settings.terminals, settings.keep, 1.0)
+    log(f"warm-up: {warm.payments} payments each way, not measured")
+    warmups = [*(await run_direct(s, warm, direct_url, "WARMD")).outcomes]
+    idle = asyncio.Event()
+    with RssSampler() as unused:
+        warmups += (await run_egress(s, warm, restart, unused, idle, kill=False, prefix="WARME"))[0].outcomes
     log(f"direct: {settings.payments} payments from {settings.terminals} terminals to the gateway")
-    direct = await run_direct(s, settings, f"https://127.0.0.1:{s.ports['gateway_mtls']}")
+    direct = await run_direct(s, settings, direct_url)
     log("egress: the same through the agent, killed once halfway")
     stop, busy = asyncio.Event(), asyncio.Event()
-    reader = asyncio.create_task(platform_reader(s, busy, stop))
+    reader = asyncio.create_task(platform_reader(s, busy, stop, settings.read_pause_s))
     with RssSampler() as rss:
         rss.pid = agent.pid
         egress, restart_s = await run_egress(s, settings, restart, rss, busy)
@@ -590,7 +608,7 @@ async def run(settings: Settings, children: Children, work: Path) -> dict[str, A
     ledger = await channel_ledger(admin_url)
     by_request = await orders_by_request(db_url.replace("+asyncpg", ""))
     taken = {no for no, state in ledger.items() if state in ("SUCCESS", "REFUND")}
-    outcomes = [*direct.outcomes, *egress.outcomes]
+    outcomes = [*warmups, *direct.outcomes, *egress.outcomes]
     lost = sum(1 for o in outcomes if o.status == "paid" and o.out_trade_no not in taken)
     doubled = sum(1 for trades in by_request.values() if len(taken & set(trades)) > 1)
     answered_paid = {o.out_trade_no for o in outcomes if o.status == "paid"}
@@ -643,11 +661,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (40 payments per path, 4 terminals)")
     parser.add_argument("--payments", type=int, help="payments per path (default 400)")
     parser.add_argument("--terminals", type=int, help="terminals paying at once, one payment each (default 8)")
+    parser.add_argument(
+        "--platform-read-pause",
+        type=float,
+        default=PLATFORM_READ_PAUSE_S,
+        metavar="S",
+        help=f"pause between the platform's reads from the agent while terminals pay (default {PLATFORM_READ_PAUSE_S})",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, journals) afterwards")
     args = parser.parse_args(argv)
     terminals = args.terminals or (4 if args.quick else 8)
     payments = args.payments or (40 if args.quick else 400)
-    settings = Settings(max(terminals, payments - payments % terminals), terminals, args.keep)
+    settings = Settings(
+        max(terminals, payments - payments % terminals), terminals, args.keep, max(0.0, args.platform_read_pause)
+    )
     return run_in_workdir("egress-", settings.keep, lambda children, work: run(settings, children, work), BENCH_ROOT)
 
 
