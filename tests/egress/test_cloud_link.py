@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sandbox.kiosk import until_recorded
 from tests.support.egress_rig import KIOSK, WINDOW, Ports, egress_rig, pay_body, until
 from tests.support.rig import free_port
 from tests.support.tcp_link import TcpLink
@@ -50,6 +51,7 @@ async def test_payments_refused_at_once_refunds_queued_then_completed(linked):
     code = await rig.admin.code("wechat", "pays")
     _, paid = await kiosk.call("pay.codepay", pay_body("LINK-PAY-1", amount_fen=6_000, auth_code=code))
     assert paid["status"] == "paid"
+    assert (await until_recorded(kiosk, paid))["his"]["state"] == "done"
 
     await link.cut()
     refused = {}
