@@ -182,6 +182,7 @@ refunds = sa.Table(
     sa.UniqueConstraint("hospital_id", "business_refund_no"),
     sa.Index(None, "app_id", "request_id", unique=True),
     sa.Index(None, "hospital_id", "terminal_id", "created_at"),
+    sa.Index(None, "hospital_id", "his_refund_id"),
     sa.UniqueConstraint("channel", "out_refund_no"),
     sa.Index(None, "due_at"),
     sa.CheckConstraint("amount_fen > 0", name="amount_positive"),

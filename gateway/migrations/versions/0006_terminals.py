@@ -1,5 +1,6 @@
 """Payments and refunds from the hospital's own terminals: origin, terminal and the caller's request id on
-orders and refunds; who tells the HIS after a payment (per hospital, per app, fixed on each order); agent apps.
+orders and refunds; who tells the HIS after a payment (per hospital, per app, fixed on each order); agent apps;
+window refunds found by the HIS's own refund number (reconciliation).
 
 Revision ID: 0006
 Revises: 0004
@@ -37,9 +38,11 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_refunds_hospital_id_terminal_id_created_at"), "refunds", ["hospital_id", "terminal_id", "created_at"]
     )
+    op.create_index(op.f("ix_refunds_hospital_id_his_refund_id"), "refunds", ["hospital_id", "his_refund_id"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_refunds_hospital_id_his_refund_id"), table_name="refunds")
     op.drop_index(op.f("ix_refunds_hospital_id_terminal_id_created_at"), table_name="refunds")
     op.drop_index(op.f("ix_refunds_app_id_request_id"), table_name="refunds")
     with op.batch_alter_table("refunds") as batch:
