@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from bridge import protocol
 from gateway.config import GatewayConfig
-from gateway.model import RefundPolicy, utcnow
+from gateway.model import HisCommit, RefundPolicy, utcnow
 from gateway.store.db import Database
 from gateway.store.tables import apps, hospitals, merchants
 
@@ -24,6 +24,15 @@ class App:
     enabled: bool
     notify_hosts: tuple[str, ...] = ()
     """Hosts an order's notify URL may name, besides the host of ``notify_url``."""
+    kind: str = "app"
+    his_commit: HisCommit = HisCommit.gateway
+    """Who tells the HIS after this app's payments: the app's own setting, else its hospital's."""
+    client_cert_cn: str | None = None
+
+    @property
+    def is_agent(self) -> bool:
+        """A hospital's bridge agent: it may name terminals and start HIS-approved window refunds."""
+        return self.kind == "agent"
 
 
 async def _upsert(conn: Any, table: sa.Table, row: dict[str, Any]) -> None:
@@ -39,9 +48,14 @@ async def sync_from_config(db: Database, cfg: GatewayConfig) -> None:
     async with db.write() as conn:
         for h in cfg.hospitals:
             name = h.name or h.id
-            await _upsert(
-                conn, hospitals, {"id": h.id, "name": name, "refund_policy": h.refund_policy.value, "updated_at": now}
-            )
+            row = {
+                "id": h.id,
+                "name": name,
+                "refund_policy": h.refund_policy.value,
+                "his_commit": h.his_commit.value,
+                "updated_at": now,
+            }
+            await _upsert(conn, hospitals, row)
         for m in cfg.merchants:
             row = {"id": m.id, "channel": m.channel, "hospital_id": m.hospital, "enabled": m.enabled, "updated_at": now}
             await _upsert(conn, merchants, row)
@@ -59,6 +73,9 @@ async def sync_from_config(db: Database, cfg: GatewayConfig) -> None:
                     "notify_url": a.notify_url,
                     "notify_hosts": list(a.notify_hosts),
                     "enabled": a.enabled,
+                    "kind": a.kind,
+                    "his_commit": a.his_commit.value if a.his_commit is not None else None,
+                    "client_cert_cn": a.client_cert_cn,
                     "updated_at": now,
                 }
                 await _upsert(conn, apps, row)
@@ -74,7 +91,10 @@ def _verify_key(app_id: str, pem: str) -> protocol.VerifyKey:
 
 async def load_app(db: Database, app_id: str) -> App | None:
     async with db.read() as conn:
-        row = (await conn.execute(sa.select(apps).where(apps.c.id == app_id))).first()
+        stmt = sa.select(apps, hospitals.c.his_commit.label("hospital_his_commit")).join(
+            hospitals, hospitals.c.id == apps.c.hospital_id
+        )
+        row = (await conn.execute(stmt.where(apps.c.id == app_id))).first()
     if row is None:
         return None
     return App(
@@ -84,6 +104,9 @@ async def load_app(db: Database, app_id: str) -> App | None:
         row.notify_url,
         row.enabled,
         tuple(row.notify_hosts or ()),
+        kind=row.kind,
+        his_commit=HisCommit(row.his_commit or row.hospital_his_commit),
+        client_cert_cn=row.client_cert_cn,
     )
 
 

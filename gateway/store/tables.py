@@ -66,6 +66,7 @@ hospitals = sa.Table(
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("refund_policy", sa.String(16), nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("his_commit", sa.String(16), nullable=False, server_default="gateway"),
     sa.CheckConstraint("refund_policy IN ('auto_refund', 'finance')", name="refund_policy"),
 )
 
@@ -89,6 +90,9 @@ apps = sa.Table(
     sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("notify_hosts", sa.JSON),
+    sa.Column("kind", sa.String(16), nullable=False, server_default="app"),
+    sa.Column("his_commit", sa.String(16)),
+    sa.Column("client_cert_cn", sa.String(200)),
 )
 """``notify_hosts``: the hosts an order's ``notify_url`` may name (migration 0008)."""
 
@@ -136,9 +140,15 @@ orders = sa.Table(
     sa.Column("leased_until", UtcDateTime),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("origin", sa.String(16), nullable=False, server_default="app"),
+    sa.Column("terminal_id", sa.String(32)),
+    sa.Column("request_id", sa.String(64)),
+    sa.Column("his_commit", sa.String(16), nullable=False, server_default="gateway"),
     sa.UniqueConstraint("hospital_id", "business_order_no"),
     sa.Index(None, "due_at"),
     sa.Index(None, "hospital_id", "created_at"),
+    sa.Index(None, "app_id", "request_id", unique=True),
+    sa.Index(None, "hospital_id", "terminal_id", "created_at"),
     sa.CheckConstraint("amount_fen > 0", name="amount_positive"),
     sa.CheckConstraint("refunded_fen >= 0 AND refunded_fen <= COALESCE(paid_fen, 0)", name="refunded_within_paid"),
 )
@@ -169,7 +179,13 @@ refunds = sa.Table(
     sa.Column("due_at", UtcDateTime),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("app_id", sa.String(64)),
+    sa.Column("terminal_id", sa.String(32)),
+    sa.Column("request_id", sa.String(64)),
     sa.UniqueConstraint("hospital_id", "business_refund_no"),
+    sa.Index(None, "app_id", "request_id", unique=True),
+    sa.Index(None, "hospital_id", "terminal_id", "created_at"),
+    sa.Index(None, "hospital_id", "his_refund_id"),
     sa.UniqueConstraint("channel", "out_refund_no"),
     sa.Index(None, "due_at"),
     sa.CheckConstraint("amount_fen > 0", name="amount_positive"),

@@ -103,6 +103,9 @@ def test_the_document_is_valid_openapi_and_names_every_business_endpoint():
         ("/v1/orders/{business_order_no}/close", "POST"),
         ("/v1/orders/{business_order_no}/refunds", "POST"),
         ("/v1/refunds/{business_refund_no}", "GET"),
+        ("/v1/requests/{request_id}", "GET"),
+        ("/v1/window-refunds", "POST"),
+        ("/v1/transactions", "GET"),
         ("/v1/events", "GET"),
     }
     schemas = DOCUMENT["components"]["schemas"]
