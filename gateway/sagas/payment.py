@@ -271,7 +271,7 @@ async def _paid(svc: Services, order: Order, status: TradeStatus, source: str) -
             **money,
         )
         if row is None:
-            return await order_store.get(svc.db, order.id) or order
+            return await order_store.get_in(conn, order.id) or order
         await audit.record(conn, source, "exception.paid_after_close", order.out_trade_no, {"fen": paid_fen})
         await notify(conn, row, "order.exception")
         await hold_unrecorded(svc, conn, row, cls=ExceptionKind.paid_after_close, detail=detail, actor=source)

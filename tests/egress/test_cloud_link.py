@@ -18,6 +18,8 @@ from tests.support.egress_rig import KIOSK, WINDOW, Ports, egress_rig, pay_body,
 from tests.support.rig import free_port
 from tests.support.tcp_link import TcpLink
 
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture
 async def linked(tmp_path, dev_certs, channel_keys, his):

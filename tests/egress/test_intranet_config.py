@@ -15,6 +15,8 @@ from bridge import openapi
 from bridge.config import ConfigError, load_config
 from tests.support.egress_rig import Ports, agent_config, intranet_ssl, make_rig_keys
 
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture
 def config_path(tmp_path, dev_certs) -> Path:
