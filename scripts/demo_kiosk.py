@@ -119,12 +119,19 @@ client_cert_cn = "his-bridge-H001-egress"
 """
 
 
+KIOSK_CHANNELS = ("wechat", "alipay")
+"""The 付款码 the sandbox kiosk can read (the channel sandboxes issue them)."""
+
+
 async def run(setup: KioskSetup, procs: Processes, channels_admin: str, channel: str) -> None:
     step(
         f"his-sandbox kiosk — kiosk {KIOSK} takes a 付款码 and window {WINDOW} refunds half of it, through the"
         " agent's intranet listener"
     )
     say(f"intranet listener {setup.intranet_url} (HMAC per terminal, TLS from the hospital's CA)")
+    if channel not in KIOSK_CHANNELS:
+        say(f"the sandbox kiosk's scanner reads WeChat Pay and Alipay codes: it pays by WeChat Pay, not {channel}")
+        channel = "wechat"
     argv = [
         str(BIN / "his-sandbox"), "kiosk", "--agent", setup.intranet_url,
         "--cacert", str(setup.certs.hospital_ca_cert),
