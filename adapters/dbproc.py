@@ -311,7 +311,7 @@ _NATIVE = re.compile(r"\((\d{4})\)")
 
 def sqlstate_of(error: BaseException) -> tuple[str, int | None, str]:
     """``(SQLSTATE, native error number or None, message)`` of a pyodbc error."""
-    args = getattr(error, "args", ())
+    args: tuple[Any, ...] = getattr(error, "args", ())
     state = str(args[0]) if len(args) >= 2 and isinstance(args[0], str) else ""
     message = str(args[1]) if len(args) >= 2 else str(error)
     native = _NATIVE.search(message)
@@ -470,7 +470,7 @@ class DbprocAdapter(Adapter):
 
     async def preview(self, operation: str, params: dict[str, Any]) -> WirePreview:
         plan = self._bound(operation)
-        statements = []
+        statements: list[dict[str, Any]] = []
         for call, context in self._expand(plan, params, _Saved(placeholders=True)):
             rendered = call.request.render(context)
             statements.append(

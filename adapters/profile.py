@@ -313,7 +313,7 @@ class Profile:
 
     def build_adapter(self) -> Adapter:
         adapter_class = _import(PROTOCOLS[self.protocol].adapter)
-        return adapter_class(self)  # type: ignore[no-any-return]
+        return adapter_class(self)
 
 
 def load_profile(

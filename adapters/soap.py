@@ -87,6 +87,11 @@ def _has_fault(body: bytes) -> bool:
     return any(root.find(f"{{{ns}}}Body/{{{ns}}}Fault") is not None for ns in _SOAP_ENVELOPES)
 
 
+def _as_zeep(transport: _Transport) -> Any:
+    """zeep annotates ``Document``'s transport as a class, but it takes (and needs) an instance."""
+    return transport
+
+
 class _Transport(AsyncTransport):
     """zeep's async transport, but a non-200 reply without a SOAP fault is surfaced with its status.
 
@@ -182,7 +187,7 @@ class SoapAdapter(Adapter):
     def _load_wsdl(self, transport: _Transport) -> Document:
         location = self.settings.wsdl
         if not _is_url(location):
-            return Document(location, transport, settings=_zeep_settings())
+            return Document(location, _as_zeep(transport), settings=_zeep_settings())
         cache = Path(self.settings.wsdl_cache) if self.settings.wsdl_cache else None
         try:
             content = transport.load(location)
@@ -194,7 +199,7 @@ class SoapAdapter(Adapter):
         else:
             if cache is not None:
                 _write_atomically(cache, content)
-        return Document(io.BytesIO(content), transport, base=location, settings=_zeep_settings())
+        return Document(io.BytesIO(content), _as_zeep(transport), base=location, settings=_zeep_settings())
 
     def _pick_binding(self, document: Document) -> tuple[SoapBinding, str | None]:
         wanted = self.settings.binding

@@ -207,7 +207,7 @@ def _split(hostport: str) -> tuple[str, int]:
 
 def _bound_port(site: web.TCPSite) -> int:
     server = site._server  # aiohttp exposes no public accessor for the bound port when listening on port 0
-    assert server is not None and server.sockets
+    assert isinstance(server, asyncio.Server) and server.sockets
     return int(server.sockets[0].getsockname()[1])
 
 

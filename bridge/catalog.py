@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -380,7 +380,7 @@ OPERATIONS: dict[str, Operation] = {
 }
 
 WRITE_OPERATIONS = frozenset(name for name, op in OPERATIONS.items() if op.write)
-assert set(WriteOperationName.__args__) == WRITE_OPERATIONS, "trade.check must name exactly the writes"
+assert set(get_args(WriteOperationName)) == WRITE_OPERATIONS, "trade.check must name exactly the writes"
 READ_OPERATIONS = frozenset(name for name, op in OPERATIONS.items() if not op.write)
 
 

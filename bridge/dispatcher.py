@@ -281,6 +281,7 @@ class Dispatcher:
     async def _record(self, entry: Entry, call: _Call) -> Entry:
         now = time.time()
         quarantine = entry.attempts >= self.cfg.max_attempts
+        kwargs: dict[str, Any]
         if call.outcome == "done":
             state, kwargs = State.done, {"result": call.result}
         elif call.outcome == ErrorKind.permanent:

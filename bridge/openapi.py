@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from bridge import catalog
 from bridge.intranet import openapi as terminal_openapi
@@ -150,7 +151,7 @@ def _answer_name(op: catalog.Operation) -> str:
 
 
 def build(version: str) -> dict[str, Any]:
-    models = []
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = []
     for op in catalog.OPERATIONS.values():
         models += [(op.input, "validation"), (op.output, "serialization")]
     _, defs = models_json_schema(models, ref_template=REF)

@@ -31,7 +31,7 @@ def _open(path: Path) -> sqlite3.Connection:
 def listing(
     path: Path, *, state: EgressState | None = None, terminal: str | None = None, limit: int = 50
 ) -> list[TerminalRequest]:
-    sql, args = "SELECT * FROM requests WHERE 1=1", []
+    sql, args = "SELECT * FROM requests WHERE 1=1", list[str | int]()
     if state is not None:
         sql += " AND state = ?"
         args.append(state.value)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from dataclasses import dataclass
@@ -192,7 +193,7 @@ class Forwarder:
         if task is None or task.done():
             task = asyncio.create_task(self._drive(seq, fresh), name=f"egress-{seq}")
             self._tasks[seq] = task
-            task.add_done_callback(lambda t, seq=seq: self._forget(seq, t))
+            task.add_done_callback(functools.partial(self._forget, seq))
         return task
 
     def _forget(self, seq: int, task: asyncio.Task[None]) -> None:

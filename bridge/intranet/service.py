@@ -93,7 +93,9 @@ class Intranet:
             }
         else:
             kind, limit, daily = "pay", t.max_payment_fen, t.max_daily_fen
-            references = {k: params[k] for k in ("schedule_id", "lock_id", "bill_nos", "inpatient_no") if k in params}
+            references: dict[str, Any] = {
+                k: params[k] for k in ("schedule_id", "lock_id", "bill_nos", "inpatient_no") if k in params
+            }
             forward = {
                 "business_order_no": gateway_id,
                 "request_id": gateway_id,
