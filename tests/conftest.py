@@ -15,17 +15,36 @@ from tests.support.db_fixtures import (  # noqa: F401 - fixtures for the stored-
 )
 from tests.support.rig import bridge_config_toml, make_client
 
-SERVER_FIXTURES = frozenset({"postgres_server", "mariadb_server", "redis_server"})
-"""Fixtures that start a database server: every test using one is a ``system`` test."""
+SERVER_FIXTURES = frozenset(
+    {
+        # database servers
+        "postgres_server",
+        "mariadb_server",
+        "redis_server",
+        # our own servers on sockets, in process: the sandbox HIS, the agent, the gateway, the channel sandboxes
+        "his",
+        "bridge_factory",
+        "gateway_factory",
+        "wechat_sandbox",
+        "sandbox",
+        "rig",
+        "console",
+        "sms_factory",
+        "his_rig",
+    }
+)
+"""Fixtures that start a server: every test using one is a ``system`` test."""
+SERVER_PARAMS = frozenset({"postgresql", "mariadb"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests that need a database server as ``system`` (the fast tier, ``-m "not system"``, leaves them
-    out); tests that start processes or a browser carry the mark in their module."""
+    """Mark the tests that start a server (a database, or one of ours on a socket) as ``system``: the fast tier
+    (``scripts/test --fast``, ``-m "not system"``) leaves them out. Tests that start processes or a browser
+    carry the mark in their module."""
     for item in items:
         callspec = getattr(item, "callspec", None)
-        on_postgres = callspec is not None and "postgresql" in callspec.params.values()
-        if on_postgres or SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        on_server = callspec is not None and bool(SERVER_PARAMS & {str(v) for v in callspec.params.values()})
+        if on_server or SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.system)
 
 

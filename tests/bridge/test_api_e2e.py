@@ -15,6 +15,8 @@ from bridge.client import BridgeError
 from sandbox.his.faults import FaultRule
 from tests.support.rig import client_ssl, make_client, prepay
 
+pytestmark = pytest.mark.system
+
 
 def inject(his, **rule) -> None:
     his.faults.add(FaultRule.from_json(rule))

@@ -4,6 +4,7 @@ ACK never comes, resolved through trade.check without being sent twice."""
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
 from bridge.agent import start_agent
 from bridge.config import load_config
@@ -11,6 +12,8 @@ from sandbox.cli import start_sandbox_his
 from sandbox.his.faults import FaultRule
 from tests.support.hl7rig import HL7_PROFILE
 from tests.support.rig import bridge_config_toml, make_client
+
+pytestmark = pytest.mark.system
 
 
 def charge(trade_no: str, bill_no: str, amount_fen: int) -> dict[str, object]:

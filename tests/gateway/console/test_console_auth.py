@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 import sqlalchemy as sa
 
 from gateway.console import auth, sessions
 from gateway.store.console_tables import console_sessions, console_users
 from tests.support.console_rig import PASSWORD, ConsoleClient
+
+pytestmark = pytest.mark.system
 
 
 def test_passwords_are_salted_scrypt_hashes():

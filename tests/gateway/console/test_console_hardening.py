@@ -22,6 +22,8 @@ from gateway.store.db import Database
 from gateway.store.migrate import upgrade
 from gateway.store.tables import audit_log
 
+pytestmark = pytest.mark.system
+
 PASSWORD = "correct horse battery"
 LIMIT, WINDOW = 5, 900
 

@@ -40,6 +40,8 @@ from tests.support.gateway_rig import HOSPITAL, MERCHANT, gateway_config, make_k
 from tests.support.memory_channel import MemoryChannel
 from tests.support.recon_rig import PagedHis, add_order, add_refund, at
 
+pytestmark = pytest.mark.system
+
 DAYS = [dt.date(2026, 5, 1) + dt.timedelta(days=i) for i in range(3)]
 MORNING_AFTER = DAYS[-1] + dt.timedelta(days=1)
 """The day after the last: what the HIS booked after the last midnight is on it."""
