@@ -146,6 +146,22 @@ async def advance(svc: Services, refund: Refund) -> Refund:
             return refund
 
 
+async def _send_step(
+    svc: Services, refund: Refund, order: Order, operation: str, params: dict[str, Any]
+) -> tuple[HisAnswer | None, Refund]:
+    """One HIS step of a refund, sent once (``write_once``): the HIS's answer, or None and the refund rescheduled
+    when there is none yet (the agent unreachable, or the write pending there)."""
+    try:
+        answer = await write_once(svc.his_for(order.hospital_id), operation, params, may_have_sent=refund.attempts > 0)
+    except HisUnavailable as e:
+        return None, await _later(svc, refund, f"bridge: {e}")
+    if answer.pending:
+        later = svc.soon(svc.cfg.workers.his_poll_s)
+        row = await refund_store.update(svc.db, refund.id, None, attempts=refund.attempts + 1, due_at=later)
+        return None, row or refund
+    return answer, refund
+
+
 def _request_id(refund: Refund, step: str) -> str:
     """The same on every retry of a step; a new one only when finance re-drives a step the HIS refused."""
     return f"{refund.out_refund_no}-{step}" + (f"-{refund.his_round + 1}" if refund.his_round else "")
@@ -164,19 +180,9 @@ async def _apply_at_his(svc: Services, refund: Refund, order: Order) -> Refund:
         "amount_fen": refund.amount_fen,
         **({"reason": refund.reason} if refund.reason else {}),
     }
-    try:
-        answer = await write_once(
-            svc.his_for(order.hospital_id), "refund.apply", params, may_have_sent=refund.attempts > 0
-        )
-    except HisUnavailable as e:
-        return await _later(svc, refund, f"bridge: {e}")
-    if answer.pending:
-        return (
-            await refund_store.update(
-                svc.db, refund.id, None, attempts=refund.attempts + 1, due_at=svc.soon(svc.cfg.workers.his_poll_s)
-            )
-            or refund
-        )
+    answer, waiting = await _send_step(svc, refund, order, "refund.apply", params)
+    if answer is None:
+        return waiting
     if answer.failed:
         async with svc.db.write() as conn:
             row = await refund_store.transition(
@@ -496,19 +502,9 @@ async def _write_back(svc: Services, refund: Refund, order: Order) -> Refund:
         "channel_refund_no": _code(refund.channel_refund_no or refund.out_refund_no),
         "refunded_at": (refund.refunded_at or utcnow()).isoformat(),
     }
-    try:
-        answer = await write_once(
-            svc.his_for(order.hospital_id), "refund.writeback", params, may_have_sent=refund.attempts > 0
-        )
-    except HisUnavailable as e:
-        return await _later(svc, refund, f"bridge: {e}")
-    if answer.pending:
-        return (
-            await refund_store.update(
-                svc.db, refund.id, None, attempts=refund.attempts + 1, due_at=svc.soon(svc.cfg.workers.his_poll_s)
-            )
-            or refund
-        )
+    answer, waiting = await _send_step(svc, refund, order, "refund.writeback", params)
+    if answer is None:
+        return waiting
     async with svc.db.write() as conn:
         if answer.done:
             row = await refund_store.transition(
@@ -552,19 +548,9 @@ async def _cancel_at_his(svc: Services, refund: Refund, order: Order) -> Refund:
         "refund_no": refund.out_refund_no,
         "reason": (refund.last_error or "refund not paid; cancelled by finance")[:200],
     }
-    try:
-        answer = await write_once(
-            svc.his_for(order.hospital_id), "refund.cancel", params, may_have_sent=refund.attempts > 0
-        )
-    except HisUnavailable as e:
-        return await _later(svc, refund, f"bridge: {e}")
-    if answer.pending:
-        return (
-            await refund_store.update(
-                svc.db, refund.id, None, attempts=refund.attempts + 1, due_at=svc.soon(svc.cfg.workers.his_poll_s)
-            )
-            or refund
-        )
+    answer, waiting = await _send_step(svc, refund, order, "refund.cancel", params)
+    if answer is None:
+        return waiting
     return await _cancel_answered(svc, refund, order, answer)
 
 
