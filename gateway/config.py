@@ -105,11 +105,22 @@ class BridgeLink(_Section):
     retries: Annotated[int, Field(ge=0, le=10)] = 2
 
 
+AppOperation = Literal[
+    "orders", "refunds", "events", "patient.query", "bills.unpaid", "registration.lock", "registration.unlock"
+]
+"""What an app may call (``gateway.tenants.permissions``): the money operations, the notification pull, and the
+HIS reads and slot holds the business API passes through to the hospital's agent."""
+DEFAULT_OPERATIONS: tuple[AppOperation, ...] = ("orders", "refunds", "events")
+"""An app whose operations are not listed may take payments and refunds and pull its notifications."""
+
+
 class AppConfig(_Section):
     app_id: KeyId
     public_key: Path
     notify_url: str | None = None
     enabled: bool = True
+    operations: Annotated[list[AppOperation], Field(max_length=20)] | None = None
+    """What this app may call; ``DEFAULT_OPERATIONS`` when not given."""
 
 
 _HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
@@ -133,6 +144,15 @@ class ReconConfig(_Section):
     arrive within it; stuck HIS steps meanwhile show up at once as ``his_stuck``. 0 flags at once."""
     page_size: Annotated[int, Field(ge=1, le=1000)] = 1000
     """Records per ``recon.fetch`` page."""
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    """Hospital-days one instance reconciles at once. A run is mostly waiting (statements, the agent, the
+    database) with bursts of parsing and matching on one core: two per core keeps a core busy without one
+    hospital's burst holding up the heartbeat of another's lease."""
+    lease_s: Annotated[float, Field(ge=2, le=3600)] = 120
+    """A claimed hospital-day belongs to its instance this long, renewed every third of it while the run goes
+    on; an instance that dies loses it when it runs out, and another takes the day over."""
+    retry_s: Annotated[float, Field(ge=1, le=86400)] = 1800
+    """A failed scheduled run (statement not ready yet, the agent away) is tried again after this."""
 
 
 class HospitalConfig(_Section):
@@ -144,6 +164,11 @@ class HospitalConfig(_Section):
     apps: list[AppConfig] = []
     recon_at: Annotated[str, Field(pattern=_HHMM)] | None = None
     """This hospital's daily reconciliation time (Asia/Shanghai), when not ``recon.at``."""
+    enabled: bool = True
+    """A disabled hospital's apps are refused and its days are not reconciled; its orders stay."""
+    read_cache: dict[Literal["patient.query", "bills.unpaid"], Annotated[int, Field(ge=0, le=3600)]] = {}
+    """Seconds an app's HIS read may be answered from memory, per operation, where this HIS allows it
+    (``gateway.his_reads.DEFAULT_CACHE_S`` when not given; 0: always ask the HIS)."""
 
 
 class MerchantConfig(BaseModel):
@@ -177,18 +202,48 @@ class ConsoleConfig(_Section):
     login_window_s: Annotated[int, Field(ge=10, le=86400)] = 900
 
 
+class TenantsConfig(_Section):
+    """How a change to a hospital, app or merchant reaches this instance."""
+
+    poll_s: Annotated[float, Field(gt=0, le=300)] = 2.0
+    """How often the tenants' change counter is read (on PostgreSQL a ``NOTIFY`` wakes the instance sooner)."""
+    close_grace_s: Annotated[float, Field(ge=0, le=3600)] = 60
+    """A replaced channel or agent link is closed this long after the change, once calls in flight are over."""
+
+
+RetainedTable = Literal["orders", "callbacks", "notifications", "audit", "recon"]
+
+
+class RetentionConfig(_Section):
+    """Days each kind of row stays in the database before ``his-gateway archive`` moves it to a verified file
+    (docs/OPERATIONS.md, "Retention"). A table not listed is kept for ever."""
+
+    days: dict[RetainedTable, Annotated[int, Field(ge=30, le=36500)]] = {}
+    directory: Path = Path("var/archive")
+    """Where archive files go; with several instances, storage they all mount."""
+    schedule: bool = False
+    """Archive (and verify, then remove) every day at ``at``, claimed by one instance."""
+    at: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "03:30"
+    remove: bool = True
+    """On the schedule, remove the archived rows once their file is verified (else leave that to an operator)."""
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
     signing: SigningConfig
     workers: WorkersConfig = WorkersConfig()
     notifications: NotificationsConfig = NotificationsConfig()
-    hospitals: Annotated[list[HospitalConfig], Field(min_length=1)]
+    hospitals: list[HospitalConfig] = []
+    """Tenants declared in the file: imported into the database at every start (``gateway.tenants``). A platform
+    managing its tenants with ``his-gateway hospitals|apps|merchants`` may declare none here."""
     merchants: list[MerchantConfig] = []
     logging: LoggingConfig = LoggingConfig()
     console: ConsoleConfig = ConsoleConfig()
     recon: ReconConfig = ReconConfig()
     sms: SmsConfig = SmsConfig()
+    tenants: TenantsConfig = TenantsConfig()
+    retention: RetentionConfig = RetentionConfig()
     source: Path | None = None
 
     @model_validator(mode="after")
@@ -244,6 +299,7 @@ def _resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
         for a in h.apps:
             a.public_key = r(a.public_key)
     cfg.sms.resolve(base)
+    cfg.retention.directory = r(cfg.retention.directory)
     for m in cfg.merchants:
         if m.model_extra is not None:
             m.model_extra.update(_resolve_files(m.model_extra, base))

@@ -26,6 +26,7 @@ from gateway.store import registry
 from gateway.store.channel_state import SqlChannelState
 from gateway.store.db import Database
 from gateway.store.migrate import upgrade
+from gateway.tenants.watcher import TenantWatcher
 from gateway.workers import Worker, build_workers, prune_nonces
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class Gateway:
     svc: Services = field(init=False)
     sms: SmsService | None = field(init=False, default=None)
     workers: list[Worker] = field(init=False, default_factory=list)
+    watcher: TenantWatcher = field(init=False)
     _tasks: list[asyncio.Task[Any]] = field(init=False, default_factory=list)
     _owned: list[Any] = field(init=False, default_factory=list)
 
@@ -68,16 +70,17 @@ class Gateway:
             await db.close()
             raise
         log.info("database_ready", dialect=db.dialect, revision=revision)
-        channels = self.channels
-        if channels is None:
-            channels = {m.id: build_channel(m, db) for m in cfg.merchants if m.enabled}
-            self._owned.extend(channels.values())
-        his = self.his
-        if his is None:
-            his = {h.id: BridgeHis.from_config(h.bridge) for h in cfg.hospitals if h.bridge is not None}
-            self._owned.extend(his.values())
-        self.svc = Services(cfg, db, channels, his)
-        await channel_trust.reload_all(self.svc)
+        self.svc = Services(
+            cfg, db, self.channels if self.channels is not None else {}, self.his if self.his is not None else {}
+        )
+        self.watcher = TenantWatcher(
+            self.svc,
+            build_channel=(lambda merchant: build_channel(merchant, db)) if self.channels is None else None,
+            build_his=BridgeHis.from_config if self.his is None else None,
+        )
+        await self.watcher.start()
+        if self.channels is not None:
+            await channel_trust.reload_all(self.svc)
         self.signing_key = protocol.load_signing_key(cfg.signing.key_id, cfg.signing.key)
         self.deliverer = Deliverer(self.svc, self.signing_key)
         self.workers = build_workers(self.svc, self.deliverer)
@@ -85,9 +88,10 @@ class Gateway:
             from gateway.sms.service import SmsService
 
             self.sms = SmsService(cfg.sms, db, clock=self.clock, provider=self.sms_provider, his_for=self.svc.his_for)
+        self._tasks.append(asyncio.create_task(self.watcher.run(), name="tenants-watcher"))
         run = cfg.workers.enabled if self.run_workers is None else self.run_workers
         if run:
-            self._tasks = [asyncio.create_task(w.run(), name=f"worker-{w.name}") for w in self.workers]
+            self._tasks += [asyncio.create_task(w.run(), name=f"worker-{w.name}") for w in self.workers]
             self._tasks.append(asyncio.create_task(prune_nonces(self.svc), name="prune-nonces"))
             self._tasks.append(asyncio.create_task(escalate_forever(self.svc), name="escalate-his-steps"))
             self._tasks.append(asyncio.create_task(channel_trust.run(self.svc), name="channel-trust"))
@@ -106,6 +110,11 @@ class Gateway:
         if self.sms is not None:
             with contextlib.suppress(Exception):
                 await self.sms.close()
+        await self.watcher.close()
+        if self.channels is None:
+            self._owned.extend(self.svc.channels.values())
+        if self.his is None:
+            self._owned.extend(self.svc.his.values())
         for resource in self._owned:
             with contextlib.suppress(Exception):
                 await (resource.aclose() if hasattr(resource, "aclose") else resource.close())

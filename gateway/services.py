@@ -17,6 +17,7 @@ from gateway.his import HisLink, NoBridge
 from gateway.model import utcnow
 from gateway.money_metrics import MoneyMetrics
 from gateway.store.db import Database
+from gateway.tenants.snapshot import Tenants
 
 log = structlog.get_logger("gateway")
 
@@ -39,6 +40,8 @@ class Services:
     wake_refunds: asyncio.Event = field(default_factory=asyncio.Event)
     wake_events: asyncio.Event = field(default_factory=asyncio.Event)
     wake_outbox: asyncio.Event = field(default_factory=asyncio.Event)
+    tenants: Tenants = field(default_factory=Tenants)
+    """The hospitals and merchants as this instance last loaded them (``gateway.tenants.watcher``)."""
 
     def channel(self, merchant_id: str) -> Channel:
         try:

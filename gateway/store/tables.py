@@ -66,8 +66,17 @@ hospitals = sa.Table(
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("refund_policy", sa.String(16), nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("recon_at", sa.String(5)),
+    sa.Column("bridge", sa.JSON),
+    sa.Column("read_cache", sa.JSON),
+    sa.Column("source", sa.String(16), nullable=False, server_default="config"),
     sa.CheckConstraint("refund_policy IN ('auto_refund', 'finance')", name="refund_policy"),
 )
+"""A hospital is a tenant (migration 0010): ``bridge`` is its agent link (addresses and file paths of its
+certificates and keys, never their content), ``read_cache`` how long each HIS read may be served from memory,
+``source`` who manages the row (``config``: the gateway config's block, re-imported at every start; ``cli``,
+``console``, ``import``: the database, which the config no longer overrides)."""
 
 merchants = sa.Table(
     "merchants",
@@ -77,7 +86,10 @@ merchants = sa.Table(
     sa.Column("hospital_id", sa.String(32), sa.ForeignKey("hospitals.id"), nullable=False, index=True),
     sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("settings", sa.JSON),
+    sa.Column("source", sa.String(16), nullable=False, server_default="config"),
 )
+"""``settings``: the channel's settings with secrets as references (``{file = …}``, ``{env = …}``, key files)."""
 
 apps = sa.Table(
     "apps",
@@ -88,7 +100,11 @@ apps = sa.Table(
     sa.Column("notify_url", sa.String(500)),
     sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("operations", sa.JSON),
+    sa.Column("source", sa.String(16), nullable=False, server_default="config"),
 )
+"""``public_key_pem`` is the app's newest key; all its keys, with their validity, are in ``app_keys``.
+``operations``: what the app may call (``gateway.tenants.permissions``; null: the money operations)."""
 
 api_nonces = sa.Table(
     "api_nonces",
@@ -227,4 +243,5 @@ audit_log = sa.Table(
 from gateway.store import channel_tables as _channel_tables  # noqa: E402, F401 - the channels' memory
 from gateway.store import console_tables as _console_tables  # noqa: E402, F401 - the console's tables
 from gateway.store import recon_tables as _recon_tables  # noqa: E402, F401 - reconciliation's tables on this metadata
+from gateway.store import platform_tables as _platform_tables  # noqa: E402, F401 - tenants, leases, locks, archives
 from gateway.store import sms_tables as _sms_tables  # noqa: E402, F401 - the SMS defences' tables
