@@ -10,6 +10,8 @@ his-gateway statements parse --channel unionpay FILE   a statement's rows, norma
 his-gateway recon run --hospital H --date D -c …  reconcile one day (docs/RECONCILIATION.md)
 his-gateway channels check-callback …          (from the channels package)
 his-gateway channels keys [--check] -c …       every merchant key and channel certificate, its expiry and use
+his-gateway hospitals|apps|merchants add|list|show|update|disable|enable …   the tenants (gateway.tenants.cli)
+his-gateway tenants import FILE -c …           the [[hospitals]] and [[merchants]] of a config-format file
 """
 
 from __future__ import annotations
@@ -169,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.recon import cli as recon_cli
 
     recon_cli.register(commands)
+    from gateway.tenants import cli as tenants_cli
+
+    tenants_cli.register(commands)
     return parser
 
 

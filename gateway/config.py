@@ -291,24 +291,31 @@ def _resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
         return p if p.is_absolute() else base / p
 
     cfg.signing.key = r(cfg.signing.key)
-    for h in cfg.hospitals:
-        if h.bridge is not None:
-            b = h.bridge
-            b.ca, b.client_cert, b.client_key = r(b.ca), r(b.client_cert), r(b.client_key)
-            b.signing_key, b.bridge_public_key = r(b.signing_key), r(b.bridge_public_key)
-        for a in h.apps:
-            a.public_key = r(a.public_key)
+    _resolve_tenant_paths(cfg.hospitals, cfg.merchants, base)
     cfg.sms.resolve(base)
     cfg.retention.directory = r(cfg.retention.directory)
-    for m in cfg.merchants:
-        if m.model_extra is not None:
-            m.model_extra.update(_resolve_files(m.model_extra, base))
     url = cfg.database.url
     if url.startswith("sqlite") and ":///" in url and not url.endswith(":memory:"):
         prefix, _, path = url.partition(":///")
         if not path.startswith("/"):
             cfg.database.url = f"{prefix}:///{base / path}"
     return cfg
+
+
+def _resolve_tenant_paths(hospitals: list[HospitalConfig], merchants: list[MerchantConfig], base: Path) -> None:
+    def r(p: Path) -> Path:
+        return p if p.is_absolute() else base / p
+
+    for h in hospitals:
+        if h.bridge is not None:
+            b = h.bridge
+            b.ca, b.client_cert, b.client_key = r(b.ca), r(b.client_cert), r(b.client_key)
+            b.signing_key, b.bridge_public_key = r(b.signing_key), r(b.bridge_public_key)
+        for a in h.apps:
+            a.public_key = r(a.public_key)
+    for m in merchants:
+        if m.model_extra is not None:
+            m.model_extra.update(_resolve_files(m.model_extra, base))
 
 
 def _resolve_files(settings: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -333,6 +340,9 @@ def _resolve_files(settings: dict[str, Any], base: Path) -> dict[str, Any]:
     return out
 
 
+resolve_files = _resolve_files
+
+
 def parse_config(raw: dict[str, Any], *, base: Path, source: Path | None = None) -> GatewayConfig:
     try:
         cfg = GatewayConfig.model_validate(_expand_env(raw))
@@ -355,3 +365,44 @@ def load_config(path: str | Path) -> GatewayConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     return parse_config(raw, base=path.parent.resolve(), source=path)
+
+
+class TenantBlocks(BaseModel):
+    """The ``[[hospitals]]`` (with their apps) and ``[[merchants]]`` of a file in the gateway config's format —
+    the gateway config itself, or a file of just those blocks — for ``his-gateway tenants import``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    hospitals: list[HospitalConfig] = []
+    merchants: list[MerchantConfig] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> TenantBlocks:
+        for what, ids in (
+            ("hospital", [h.id for h in self.hospitals]),
+            ("app", [a.app_id for h in self.hospitals for a in h.apps]),
+            ("merchant", [m.id for m in self.merchants]),
+        ):
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"{what} ids must be unique")
+        return self
+
+
+def load_tenant_blocks(path: str | Path) -> TenantBlocks:
+    """Read a file's tenant blocks; relative paths resolve against its folder, ``${env:NAME}`` is expanded."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    if "hospitals" not in raw and "merchants" not in raw:
+        raise ConfigError(f"{path}: no [[hospitals]] or [[merchants]] blocks")
+    try:
+        blocks = TenantBlocks.model_validate(_expand_env({k: raw[k] for k in ("hospitals", "merchants") if k in raw}))
+    except ValidationError as e:
+        lines = [f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    _resolve_tenant_paths(blocks.hospitals, blocks.merchants, path.parent.resolve())
+    return blocks

@@ -242,6 +242,6 @@ audit_log = sa.Table(
 
 from gateway.store import channel_tables as _channel_tables  # noqa: E402, F401 - the channels' memory
 from gateway.store import console_tables as _console_tables  # noqa: E402, F401 - the console's tables
-from gateway.store import recon_tables as _recon_tables  # noqa: E402, F401 - reconciliation's tables on this metadata
 from gateway.store import platform_tables as _platform_tables  # noqa: E402, F401 - tenants, leases, locks, archives
+from gateway.store import recon_tables as _recon_tables  # noqa: E402, F401 - reconciliation's tables on this metadata
 from gateway.store import sms_tables as _sms_tables  # noqa: E402, F401 - the SMS defences' tables

@@ -406,10 +406,12 @@ async def put_app(
     source: Source,
     public_key_pem: str | None = None,
     must_exist: bool | None = None,
+    replace_keys: bool = True,
 ) -> Outcome:
-    """Add or update an app. A new app needs its public key; for an existing one ``public_key_pem`` from the
-    config replaces its keys at once (the config names one key), while a rotation with an overlap goes through
-    ``add_app_key``."""
+    """Add or update an app. A new app needs its public key. For an existing one, ``public_key_pem`` becomes
+    its one valid key at once (the config names one key) — or, without ``replace_keys`` (an explicit import),
+    only if the app has never had it, so importing a file again after a rotation does not undo the rotation. A
+    rotation with an overlap goes through ``add_app_key``."""
     if not protocol.KEY_ID_RE.match(spec.id):
         raise TenantError(f"app id {spec.id!r}: 1-64 characters of A-Z a-z 0-9 _ . : -")
     values = spec.values()
@@ -441,7 +443,7 @@ async def put_app(
         old = {k: existing._mapping[k] for k in values}
         diff = _diff(old, values)
         key_changed = False
-        if pem is not None:
+        if pem is not None and (replace_keys or not await _has_key(conn, spec.id, pem)):
             key_changed = await _only_key(conn, spec.id, pem, now)
             if key_changed:
                 diff["key"] = [None, fingerprint(pem)[:16]]
@@ -453,6 +455,11 @@ async def put_app(
         )
         await _changed(conn, db, actor, "app.update", f"app:{spec.id}", {"source": source, **diff})
         return "updated" if diff else "unchanged"
+
+
+async def _has_key(conn: AsyncConnection, app_id: str, pem: str) -> bool:
+    rows = [_key(r) for r in await conn.execute(sa.select(app_keys).where(app_keys.c.app_id == app_id))]
+    return any(k.fingerprint == fingerprint(pem) for k in rows)
 
 
 async def _only_key(conn: AsyncConnection, app_id: str, pem: str, now: dt.datetime) -> bool:
@@ -614,7 +621,7 @@ async def import_blocks(
         for a in h.apps:
             pem = a.public_key.read_text(encoding="utf-8")
             report.outcomes[f"app:{a.app_id}"] = await put_app(
-                db, app_spec(a, h.id), actor=actor, source=source, public_key_pem=pem
+                db, app_spec(a, h.id), actor=actor, source=source, public_key_pem=pem, replace_keys=source == "config"
             )
     for name, outcome in report.outcomes.items():
         if outcome == "skipped":
