@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from pydantic_core import to_jsonable_python
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bridge import protocol
@@ -304,7 +306,7 @@ def hospital_values(spec: HospitalConfig) -> dict[str, Any]:
     }
 
 
-async def put_hospital(
+async def _put_hospital(
     db: Database, spec: HospitalConfig, *, actor: str, source: Source, must_exist: bool | None = None
 ) -> Outcome:
     """Add or update a hospital. ``must_exist``: True for an update (an unknown id is an error), False for an add
@@ -345,7 +347,7 @@ def merchant_values(spec: MerchantConfig, *, validate: bool) -> dict[str, Any]:
     }
 
 
-async def put_merchant(
+async def _put_merchant(
     db: Database, spec: MerchantConfig, *, actor: str, source: Source, must_exist: bool | None = None
 ) -> Outcome:
     """Add or update a merchant. Its settings are checked against the channel's schema, except a config block's
@@ -398,7 +400,7 @@ class AppSpec:
         }
 
 
-async def put_app(
+async def _put_app(
     db: Database,
     spec: AppSpec,
     *,
@@ -575,6 +577,30 @@ async def set_enabled(db: Database, kind: str, row_id: str, enabled: bool, *, ac
         action = f"{kind}.{'enable' if enabled else 'disable'}"
         await _changed(conn, db, actor, action, f"{kind}:{row_id}", {"source": source, "was_enabled": existing.enabled})
     return "updated"
+
+
+async def _once_more_on_a_race(put: Callable[..., Awaitable[Outcome]], *args: Any, **kwargs: Any) -> Outcome:
+    """Two instances importing one config at the same start both find no row and both insert it: the loser
+    tries once more and meets the winner's row (unchanged, or updated)."""
+    try:
+        return await put(*args, **kwargs)
+    except IntegrityError:
+        return await put(*args, **kwargs)
+
+
+async def put_hospital(db: Database, spec: HospitalConfig, **kwargs: Any) -> Outcome:
+    """Add or update a hospital (``_put_hospital``)."""
+    return await _once_more_on_a_race(_put_hospital, db, spec, **kwargs)
+
+
+async def put_merchant(db: Database, spec: MerchantConfig, **kwargs: Any) -> Outcome:
+    """Add or update a merchant (``_put_merchant``)."""
+    return await _once_more_on_a_race(_put_merchant, db, spec, **kwargs)
+
+
+async def put_app(db: Database, spec: AppSpec, **kwargs: Any) -> Outcome:
+    """Add or update an app (``_put_app``)."""
+    return await _once_more_on_a_race(_put_app, db, spec, **kwargs)
 
 
 # --- the config's blocks -----------------------------------------------------------------------------------
