@@ -19,6 +19,7 @@ from gateway.channels.base import Channel
 from gateway.config import GatewayConfig, MerchantConfig
 from gateway.his import BridgeHis, HisLink
 from gateway.outbox import Deliverer
+from gateway.sagas import registration
 from gateway.sagas.escalation import escalate_forever
 from gateway.services import Services, log
 from gateway.sms.clock import Clock, system_clock
@@ -95,6 +96,7 @@ class Gateway:
             self._tasks.append(asyncio.create_task(prune_nonces(self.svc), name="prune-nonces"))
             self._tasks.append(asyncio.create_task(escalate_forever(self.svc), name="escalate-his-steps"))
             self._tasks.append(asyncio.create_task(channel_trust.run(self.svc), name="channel-trust"))
+            self._tasks.append(asyncio.create_task(registration.release_forever(self.svc), name="registration-locks"))
             if self.sms is not None:
                 self._tasks.append(asyncio.create_task(self.sms.run_pruner(), name="prune-sms"))
             if cfg.recon.enabled:

@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from bridge import protocol
-from gateway.api import callbacks, events, orders
+from gateway.api import callbacks, events, his, orders
 from gateway.api.auth import SERVICES, SIGNING_KEY, Handler, auth_middleware, sign_middleware
 from gateway.api.errors import ApiError
 from gateway.api.orders import json_response
@@ -79,6 +79,7 @@ def create_app(
     app[CHANNEL_KEYS] = channel_metrics.registry(svc.channels)
     orders.add_routes(app)
     events.add_routes(app)
+    his.add_routes(app)
     callbacks.add_routes(app)
     if sms is not None:
         sms_api.add_routes(app, sms)

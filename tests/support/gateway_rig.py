@@ -53,6 +53,8 @@ def gateway_config(
     port: int = 0,
     merchant_settings: dict[str, Any] | None = None,
     channel_name: str = "wechat",
+    app_operations: list[str] | None = None,
+    hospital: dict[str, Any] | None = None,
 ) -> GatewayConfig:
     """A one-hospital config; ``merchant_settings`` are the channel's own keys (built by ``build_channel``)."""
     raw: dict[str, Any] = {
@@ -66,7 +68,15 @@ def gateway_config(
                 "id": HOSPITAL,
                 "name": "Test hospital",
                 "refund_policy": refund_policy,
-                "apps": [{"app_id": APP_ID, "public_key": str(keys.app_pub_path), "notify_url": notify_url}],
+                "apps": [
+                    {
+                        "app_id": APP_ID,
+                        "public_key": str(keys.app_pub_path),
+                        "notify_url": notify_url,
+                        **({"operations": app_operations} if app_operations is not None else {}),
+                    }
+                ],
+                **(hospital or {}),
             }
         ],
         "merchants": [{"id": MERCHANT, "channel": channel_name, "hospital": HOSPITAL, **(merchant_settings or {})}],
