@@ -69,6 +69,10 @@ class Adapter(abc.ABC):
         self.endpoint = endpoint
         """A stable name of the HIS endpoint: the circuit breaker and the metrics are keyed on it."""
 
+    def addresses(self) -> str:
+        """Exactly where calls go, for people (``doctor``): more than ``endpoint`` when a protocol has more."""
+        return self.endpoint
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open pools or load descriptions. Called once before the first call."""
 

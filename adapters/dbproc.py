@@ -178,7 +178,7 @@ def bind_value(text: str, kind: str, tz: Any) -> Any:
         with contextlib.suppress(ValueError):
             return dt.date.fromisoformat(text.strip()[:10])
     if kind == "datetime":
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, OverflowError):
             moment = dt.datetime.fromisoformat(text.strip())
             return moment.astimezone(tz).replace(tzinfo=None) if moment.tzinfo is not None else moment
     raise MappingError(f"{text!r} is not a valid {kind} parameter")

@@ -123,6 +123,9 @@ class SoapAdapter(Adapter):
     def operations(self) -> frozenset[str]:
         return self.profile.operations
 
+    def addresses(self) -> str:
+        return f"WSDL {self.settings.wsdl}, service {self.address or '(the WSDL soap:address)'}"
+
     def wsdl_operations(self) -> list[str]:
         """Every operation the loaded WSDL's binding offers, for ``check`` and ``doctor``."""
         if self._binding is None:
@@ -247,7 +250,7 @@ class SoapAdapter(Adapter):
         assert self._client is not None and self._service is not None
         try:
             envelope = self._client.create_message(self._service, binding.call, **args)
-        except (zeep.exceptions.Error, TypeError, ValueError) as exc:
+        except Exception as exc:  # zeep's own errors, TypeError, ValueError, ...: nothing was sent, so permanent
             message = f"{operation}: the WSDL refuses the request for {binding.call}: {exc}"
             raise MappingError(message) from None
         return binding, envelope, args

@@ -37,8 +37,10 @@ def load_credentials(
     signing_key = protocol.load_signing_key(cfg.signing.key_id, cfg.signing.key)
     client_keys = {c.key_id: protocol.load_verify_key(c.key_id, c.public_key) for c in cfg.signing.clients}
     policy = tls.IdentityPolicy.build(
-        [c.cn for c in cfg.tls.allowed_clients if c.cn],
-        [c.spki_sha256 for c in cfg.tls.allowed_clients if c.spki_sha256],
+        [
+            tls.AllowedClient(c.cn, c.spki_sha256, frozenset(c.key_ids) if c.key_ids is not None else None)
+            for c in cfg.tls.allowed_clients
+        ]
     )
     return signing_key, client_keys, policy
 

@@ -29,6 +29,7 @@ log = get_logger("bridge.api")
 
 AGENT = web.AppKey("agent", Agent)
 CLIENT_ID = web.RequestKey("client_id", str)
+CLIENT = web.RequestKey("client", tls.AllowedClient)
 BODY = web.RequestKey("body", bytes)
 NONCE = web.RequestKey("nonce", tuple)
 ERROR_CODE = web.ResponseKey("error_code", str)
@@ -106,11 +107,13 @@ def identity_middleware_factory() -> Callable[..., Any]:
     async def identity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         agent = request.app[AGENT]
         identity = tls.peer_identity(request.transport.get_extra_info("ssl_object") if request.transport else None)
-        if identity is None or not agent.identity_policy.allows(identity):
+        allowed = agent.identity_policy.match(identity) if identity is not None else None
+        if identity is None or allowed is None:
             agent.metrics.auth_failures.labels("client_not_allowed").inc()
             who = identity.cn if identity else None
             raise ApiError(403, "client_not_allowed", f"client certificate {who!r} is not an allowed identity")
         request[CLIENT_ID] = identity.client_id
+        request[CLIENT] = allowed
         sem = slots.setdefault(identity.client_id, asyncio.Semaphore(agent.cfg.server.per_client_concurrency))
         if sem.locked():
             raise ApiError(
@@ -132,6 +135,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not agent.ready:
         raise ApiError(503, "not_ready", "the agent is recovering its journal")
     body = await request.read()
+    key_id = request.headers.get(protocol.HEADER_KEY_ID, "")
+    if key_id in agent.client_keys and not request[CLIENT].may_sign_with(key_id):
+        agent.metrics.auth_failures.labels("key_not_bound").inc()
+        raise ApiError(
+            401, "key_not_bound", f"key id {key_id!r} is not bound to the client certificate {request[CLIENT_ID]!r}"
+        )
     try:
         verified = protocol.verify_request(
             agent.client_keys,
@@ -173,6 +182,8 @@ def _parse(request: web.Request, op: catalog.Operation) -> catalog.Strict:
         data = json.loads(request[BODY])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, "malformed_json", f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "body is nested too deeply to be any operation's input") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "body must be a JSON object")
     try:
@@ -205,9 +216,9 @@ async def handle_operation(request: web.Request) -> web.Response:
         raise ApiError(404, "unknown_operation", f"{name[:64]!r} is not a catalog operation")
     try:
         params = _parse(request, op)
-    except ApiError:
+    except Exception:
         if op.write:
-            await _remember_nonce(request)  # a refused write still spends its nonce
+            await _remember_nonce(request)  # a refused write still spends its nonce, whatever refused it
         raise
     params_json = params.model_dump(mode="json")
     if not op.write:
@@ -238,6 +249,8 @@ async def handle_operation(request: web.Request) -> web.Response:
     except NonceReplayed:
         raise _replayed(agent) from None
     except RequestConflict as e:
+        if e.entry.client_id != request[CLIENT_ID]:
+            raise ApiError(409, "request_conflict", f"request_id {e.entry.request_id} is already in use") from None
         raise ApiError(
             409,
             "request_conflict",
@@ -258,7 +271,7 @@ async def handle_status(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     request_id = request.match_info["request_id"]
     entry = await agent.journal.get(request_id)
-    if entry is None:
+    if entry is None or entry.client_id != request[CLIENT_ID]:  # another client's write does not exist for this one
         raise ApiError(404, "not_found", f"no journal entry for request_id {request_id[:64]!r}")
     return _write_answer(entry)
 

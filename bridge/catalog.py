@@ -8,17 +8,49 @@ unknown fields are refused so that a typo in the caller never silently drops dat
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 Fen = Annotated[int, Field(ge=0, le=10_000_000_000, strict=True, description="amount in fen (1/100 yuan)")]
 PositiveFen = Annotated[int, Field(gt=0, le=10_000_000_000, strict=True, description="amount in fen, > 0")]
 Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$")]
 Text = Annotated[str, Field(max_length=200)]
+_RFC3339_DATETIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _rfc3339_datetime(value: Any) -> Any:
+    """Only what the contract publishes: a JSON string in RFC 3339 with its offset. Pydantic alone would also
+    take Unix seconds, a bare date or a time without an offset, and the HIS would read those as local time."""
+    if isinstance(value, dt.datetime):
+        return value  # built in Python by our own callers (the gateway's probe); AwareDatetime checks the zone
+    if not isinstance(value, str) or not _RFC3339_DATETIME.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time string with its offset, e.g. 2026-01-01T08:30:00+08:00")
+    return value
+
+
+def _iso_date(value: Any) -> Any:
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
+        raise ValueError("must be a date string YYYY-MM-DD")
+    return value
+
+
+DateTime = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339_datetime),
+    Field(json_schema_extra={"pattern": f"^{_RFC3339_DATETIME.pattern}$"}),
+]
+"""An instant in an input: RFC 3339 with an offset (``Z`` or ``±hh:mm``), at most microseconds."""
+Date = Annotated[dt.date, BeforeValidator(_iso_date), Field(json_schema_extra={"pattern": f"^{_ISO_DATE.pattern}$"})]
 RequestId = Annotated[
     str,
     Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="caller-chosen idempotency key"),
@@ -45,7 +77,7 @@ class PaidWrite(WriteInput):
     amount_fen: PositiveFen
     channel: Channel
     channel_trade_no: Code
-    paid_at: dt.datetime
+    paid_at: DateTime
 
 
 # --- reads -------------------------------------------------------------------------------------------------
@@ -88,9 +120,21 @@ class BillsUnpaidOut(Strict):
     bills: Annotated[list[Bill], Field(max_length=500)]
 
 
+WriteOperationName = Literal[
+    "registration.lock",
+    "registration.unlock",
+    "registration.commit",
+    "charge.commit",
+    "prepay.commit",
+    "refund.apply",
+    "refund.writeback",
+    "refund.cancel",
+]
+
+
 class TradeCheckIn(Strict):
     trade_no: Code
-    operation: str = Field(description="the write operation whose effect is being checked")
+    operation: WriteOperationName = Field(description="the write operation whose effect is being checked")
     refund_no: Code | None = None
 
 
@@ -102,9 +146,9 @@ class TradeCheckOut(Strict):
 
 
 class ReconFetchIn(Strict):
-    date: dt.date
-    page: Annotated[int, Field(ge=1, le=1_000_000)] = 1
-    page_size: Annotated[int, Field(ge=1, le=1000)] = 500
+    date: Date
+    page: Annotated[int, Field(ge=1, le=1_000_000, strict=True)] = 1
+    page_size: Annotated[int, Field(ge=1, le=1000, strict=True)] = 500
 
 
 class ReconRecord(Strict):
@@ -203,7 +247,7 @@ class RefundWritebackIn(WriteInput):
     refund_no: Code
     amount_fen: PositiveFen
     channel_refund_no: Code
-    refunded_at: dt.datetime
+    refunded_at: DateTime
 
 
 class RefundCancelIn(WriteInput):
@@ -336,6 +380,7 @@ OPERATIONS: dict[str, Operation] = {
 }
 
 WRITE_OPERATIONS = frozenset(name for name, op in OPERATIONS.items() if op.write)
+assert set(WriteOperationName.__args__) == WRITE_OPERATIONS, "trade.check must name exactly the writes"
 READ_OPERATIONS = frozenset(name for name, op in OPERATIONS.items() if not op.write)
 
 

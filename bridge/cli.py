@@ -353,7 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="set up a hospital: config, signing key, TLS key and CSR (never overwrites)")
     p.add_argument("--hospital", help="hospital code, as the platform knows it")
     p.add_argument("--protocol", choices=["soap", "hl7", "dbproc"], help="how the HIS is called")
-    p.add_argument("--endpoint", help="SOAP base URL, HL7 HOST:PORT, or ODBC connection string (kept as a secret)")
+    p.add_argument(
+        "--endpoint",
+        help="SOAP base URL or service URL (…/HisService.asmx), HL7 HOST:PORT, or ODBC connection string (a secret)",
+    )
     p.add_argument("--listen", help="address the platform connects to (default 0.0.0.0:8443)")
     p.add_argument("--ops-listen", default="127.0.0.1:9109", help="metrics and probes (keep it private)")
     p.add_argument("--out", default="/etc/his-bridge", help="config folder to create (default /etc/his-bridge)")

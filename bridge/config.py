@@ -7,6 +7,7 @@ files (mode 0600), and any string may be taken from the environment with ``${env
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -39,13 +40,31 @@ class ServerConfig(_Section):
     """Plain-HTTP listener for /metrics, /healthz and /readyz: keep it on loopback or a monitoring network."""
     max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
     per_client_concurrency: Annotated[int, Field(ge=1, le=10_000)] = 64
+    metrics_allow: list[str] = ["127.0.0.1/32", "::1/128"]
+    """Addresses that may read ``/metrics`` on the ops listener; list the Prometheus server when it scrapes
+    from another host (or give ``metrics_token_file``). ``/healthz`` and ``/readyz`` answer everyone."""
+    metrics_token_file: Path | None = None
+    """A file whose first line is a bearer token that also admits a scraper (``Authorization: Bearer …``)."""
 
     _check = field_validator("listen", "ops_listen")(_hostport)
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an address or a network (10.0.0.5, 10.0.0.0/24)") from None
+        return values
 
 
 class ClientIdentity(_Section):
     cn: str | None = None
     spki_sha256: str | None = None
+    key_ids: list[str] | None = None
+    """The ``signing.clients`` keys this identity may sign with. Required once there are several identities
+    (so that one caller cannot sign as another); a single identity may use every configured key."""
 
     @model_validator(mode="after")
     def _one(self) -> ClientIdentity:
@@ -118,6 +137,27 @@ class BridgeConfig(_Section):
     logging: LoggingConfig = LoggingConfig()
     source: Path | None = None
 
+    @model_validator(mode="after")
+    def _keys_bound_to_identities(self) -> BridgeConfig:
+        known = {c.key_id for c in self.signing.clients}
+        several = len(self.tls.allowed_clients) > 1
+        for client in self.tls.allowed_clients:
+            who = client.cn or client.spki_sha256
+            if client.key_ids is None:
+                if several:
+                    raise ValueError(
+                        f"tls.allowed_clients: {who}: with several allowed clients each needs key_ids, the "
+                        "signing.clients key ids it may sign with"
+                    )
+                continue
+            unknown = sorted(set(client.key_ids) - known)
+            if unknown or not client.key_ids:
+                raise ValueError(
+                    f"tls.allowed_clients: {who}: key_ids {unknown or '[]'} must name keys of signing.clients "
+                    f"({', '.join(sorted(known))})"
+                )
+        return self
+
 
 def _expand_env(value: Any) -> Any:
     if isinstance(value, str):
@@ -145,6 +185,10 @@ def _resolve_paths(cfg: BridgeConfig, base: Path) -> BridgeConfig:
     for c in cfg.signing.clients:
         c.public_key = r(c.public_key)
     cfg.journal.path = r(cfg.journal.path)
+    if cfg.server.metrics_token_file is not None:
+        cfg.server.metrics_token_file = r(cfg.server.metrics_token_file)
+        if not cfg.server.metrics_token_file.is_file():
+            raise ConfigError(f"server.metrics_token_file {cfg.server.metrics_token_file}: no such file")
     cfg.his.profile = r(cfg.his.profile)
     return cfg
 

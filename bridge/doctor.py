@@ -204,21 +204,21 @@ async def check_his(cfg: BridgeConfig, report: Report, t: Thresholds) -> None:
     adapter = build_adapter(cfg)
     probe = {"trade_no": f"DOCTOR{int(time.time())}", "operation": "charge.commit"}
     fix = f"check the HIS is up and that this host may reach {adapter.endpoint} (firewall, DNS, [his] overrides)"
+    tried = f"HIS {adapter.protocol} at {adapter.addresses()}"
     try:
         await asyncio.wait_for(adapter.start(), t.his_timeout_s)
+        tried = f"HIS {adapter.protocol} at {adapter.addresses()}"  # the WSDL may have named the service
         result = await asyncio.wait_for(adapter.call("trade.check", probe), t.his_timeout_s)
-        report.add(
-            Level.OK, f"HIS {adapter.endpoint} ({adapter.protocol}): answered trade.check (found={result.get('found')})"
-        )
+        report.add(Level.OK, f"{tried}: answered trade.check (found={result.get('found')})")
     except AdapterError as e:
         if e.kind is ErrorKind.permanent:
-            report.add(Level.OK, f"HIS {adapter.endpoint} ({adapter.protocol}): reachable; refused the probe: {e.code}")
+            report.add(Level.OK, f"{tried}: reachable; refused the probe: {e.code}")
         else:
-            report.add(Level.FAIL, f"HIS {adapter.endpoint} ({adapter.protocol}) unreachable: {e.message}", fix)
+            report.add(Level.FAIL, f"{tried}: unreachable: {e.message}", fix)
     except TimeoutError:
-        report.add(Level.FAIL, f"HIS {adapter.endpoint}: no answer within {t.his_timeout_s:.0f} s", fix)
+        report.add(Level.FAIL, f"{tried}: no answer within {t.his_timeout_s:.0f} s", fix)
     except Exception as e:
-        report.add(Level.FAIL, f"HIS {adapter.endpoint}: {type(e).__name__}: {e}", fix)
+        report.add(Level.FAIL, f"{tried}: {type(e).__name__}: {e}", fix)
     finally:
         try:
             await adapter.close()

@@ -25,6 +25,7 @@ AUTH_STATUS = {
     "bad_nonce": 401,
     "bad_timestamp": 401,
     "unknown_key": 401,
+    "key_not_bound": 401,
     "bad_signature": 401,
     "stale_timestamp": 401,
     "replayed_nonce": 409,

@@ -16,6 +16,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -38,8 +39,9 @@ class InitOptions:
     hospital: str
     protocol: str
     endpoint: str
-    """SOAP: the HIS base URL; HL7: HOST:PORT of its MLLP listener; stored procedures: an ODBC connection string
-    (a secret: it goes to secrets/his.env, not into the config)."""
+    """SOAP: the HIS base URL or its full service URL (…/HisService.asmx, ``?wsdl`` or not); HL7: HOST:PORT of
+    its MLLP listener; stored procedures: an ODBC connection string (a secret: it goes to secrets/his.env, not
+    into the config)."""
     out: Path
     listen: str = "0.0.0.0:8443"
     ops_listen: str = "127.0.0.1:9109"
@@ -67,9 +69,8 @@ def profiles_dir() -> Path:
 
 def _write(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
+    with os.fdopen(fd, "wb") as f:  # the mode is set at creation; a umask can only narrow it
         f.write(data)
-    os.chmod(path, mode)  # the umask must not loosen a private file
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -97,12 +98,33 @@ def make_csr(key: ec.EllipticCurvePrivateKey, hospital: str, hosts: list[str]) -
     return builder.sign(key, hashes.SHA256())
 
 
+_SERVICE_PAGE = re.compile(r"\.(asmx|svc|php|jws|ashx|aspx)$", re.IGNORECASE)
+
+
+def soap_overrides(endpoint: str) -> dict[str, str]:
+    """The base URL, or the full service URL a HIS vendor hands out (``http://10.9.9.9:8080/HisService.asmx``,
+    with or without ``?wsdl``): the latter names the service itself, so its path becomes the profile's
+    ``endpoint`` and ``wsdl`` instead of being put in front of the profile's own paths."""
+    parts = urlsplit(endpoint.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InitError(
+            f"--endpoint for soap must be the HIS's http(s) base URL or its service URL "
+            f"(http://10.9.9.9:8080/HisService.asmx), got {endpoint!r}"
+        )
+    base = f"{parts.scheme}://{parts.netloc}"
+    path = parts.path.rstrip("/")
+    asks_wsdl = parts.query.lower() in ("wsdl", "singlewsdl") or parts.query.lower().startswith("wsdl=")
+    if not asks_wsdl and not _SERVICE_PAGE.search(path):
+        return {"soap.base_url": base + path}
+    if not path:
+        raise InitError(f"--endpoint {endpoint!r} asks for a WSDL but names no service path")
+    return {"soap.base_url": base, "soap.endpoint": path, "soap.wsdl": f"{path}?{parts.query or 'wsdl'}"}
+
+
 def _his_overrides(protocol_name: str, endpoint: str) -> tuple[dict[str, str], str | None]:
     """The config's ``[his] overrides`` for the endpoint, and the secrets file's text when it is a secret."""
     if protocol_name == "soap":
-        if not endpoint.startswith(("http://", "https://")):
-            raise InitError(f"--endpoint for soap must be the HIS's http(s) base URL, got {endpoint!r}")
-        return {"soap.base_url": endpoint.rstrip("/")}, None
+        return soap_overrides(endpoint), None
     if protocol_name == "hl7":
         host, sep, port = endpoint.rpartition(":")
         if not sep or not host or not port.isdigit():

@@ -345,9 +345,9 @@ class Journal:
     ) -> tuple[Entry, bool]:
         """Journal a write, or return the entry already journaled under its request id.
 
-        Returns ``(entry, created)``. A request id reused for a different operation or body raises
-        :class:`RequestConflict`. ``nonce`` (key id, nonce, expiry) is remembered in the same commit; a
-        replayed one raises :class:`NonceReplayed` and journals nothing.
+        Returns ``(entry, created)``. A request id reused for a different operation or body, or by another
+        client, raises :class:`RequestConflict`. ``nonce`` (key id, nonce, expiry) is remembered in the same
+        commit; a replayed one raises :class:`NonceReplayed` and journals nothing.
         """
         now = self._clock()
         params_json = json.dumps(params, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
@@ -373,7 +373,7 @@ class Journal:
             if row is not None:
                 return Entry.from_row(row), True
             entry = Entry.from_row(conn.execute("SELECT * FROM entries WHERE request_id = ?", (request_id,)).fetchone())
-            if entry.body_sha256 != body_sha256 or entry.operation != operation:
+            if entry.body_sha256 != body_sha256 or entry.operation != operation or entry.client_id != client_id:
                 raise RequestConflict(entry)
             return entry, False
 

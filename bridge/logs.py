@@ -1,7 +1,8 @@
 """Structured JSON logs with patient data masked.
 
 Logs leave the hospital in support tickets; a patient's name, ID-card number or phone must never be in them.
-Masking is a structlog processor, so it applies to every event whatever the call site logged.
+Masking is a structlog processor, so it applies to every event whatever the call site logged; it runs after
+exceptions and stacks are formatted into text, which is where a patient's number hides in an error message.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def configure(level: str = "info", json: bool = True) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        mask_processor,
+        structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
+        mask_processor,  # after formatting: a traceback's text carries whatever the exception's message held
         structlog.processors.JSONRenderer(ensure_ascii=False) if json else structlog.dev.ConsoleRenderer(),
     ]
     structlog.configure(

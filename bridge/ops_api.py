@@ -1,10 +1,15 @@
 """The operations listener: plain HTTP for probes and Prometheus, kept apart from the signed API.
 
 It carries no patient data and no write path, so it can be scraped without client certificates; bind it to
-loopback or a monitoring network only.
+loopback or a monitoring network only. ``/metrics`` answers only ``server.metrics_allow`` addresses (loopback
+by default) or a scraper presenting ``server.metrics_token_file``'s bearer token.
 """
 
 from __future__ import annotations
+
+import hmac
+import ipaddress
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -14,6 +19,27 @@ from bridge.agent import Agent
 from bridge.version import agent_version
 
 OPS_AGENT = web.AppKey("ops_agent", Agent)
+METRICS_TOKEN = web.AppKey("metrics_token", str)
+
+
+def read_token(path: Path) -> str:
+    token = path.read_text(encoding="utf-8").partition("\n")[0].strip()
+    if len(token) < 16:
+        raise ValueError(f"server.metrics_token_file {path}: the token needs at least 16 characters")
+    return token
+
+
+def _scraper_allowed(request: web.Request) -> bool:
+    try:
+        address = ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        address = None
+    allow = request.app[OPS_AGENT].cfg.server.metrics_allow
+    if address is not None and any(address in ipaddress.ip_network(n, strict=False) for n in allow):
+        return True
+    token = request.app.get(METRICS_TOKEN)
+    scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+    return token is not None and scheme.lower() == "bearer" and hmac.compare_digest(offered.encode(), token.encode())
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -35,12 +61,19 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     agent = request.app[OPS_AGENT]
+    if not _scraper_allowed(request):
+        return web.json_response(
+            {"error": {"code": "forbidden", "message": "metrics: not a server.metrics_allow address, no bearer token"}},
+            status=403,
+        )
     return web.Response(body=generate_latest(agent.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def create_ops_app(agent: Agent) -> web.Application:
     app = web.Application()
     app[OPS_AGENT] = agent
+    if agent.cfg.server.metrics_token_file is not None:
+        app[METRICS_TOKEN] = read_token(agent.cfg.server.metrics_token_file)
     document = openapi.build(agent_version())
 
     async def openapi_json(_request: web.Request) -> web.Response:

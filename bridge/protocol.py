@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import re
 import secrets
 import time
@@ -34,6 +35,8 @@ HEADER_SIGNATURE = "X-HB-Signature"
 
 DEFAULT_WINDOW_S = 300
 NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
+"""ASCII digits only: ``str.isdigit`` also accepts superscripts and other scripts' digits, which ``int`` refuses."""
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 PrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
@@ -133,6 +136,17 @@ def load_verify_key(key_id: str, path: str | Path) -> VerifyKey:
     return VerifyKey(key_id, key)  # type: ignore[arg-type]
 
 
+def write_private(path: str | Path, data: bytes) -> None:
+    """Write a secret (a private key, a token) into a new file created with mode 0600, so that it never exists
+    with wider permissions — not even between a write and a chmod. A file already there is replaced."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 def generate_ed25519(key_id: str) -> SigningKey:
     return SigningKey(key_id, ed25519.Ed25519PrivateKey.generate())
 
@@ -178,7 +192,7 @@ def _header(headers: Mapping[str, str], name: str) -> str:
 
 
 def check_timestamp(raw: str, window_s: int, now: float | None = None) -> int:
-    if not raw.isdigit() or len(raw) > 12:
+    if not TIMESTAMP_RE.fullmatch(raw):
         raise EnvelopeError("bad_timestamp", f"{HEADER_TIMESTAMP} must be integer Unix seconds")
     ts = int(raw)
     now = time.time() if now is None else now

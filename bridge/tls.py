@@ -91,15 +91,39 @@ def _identity_of(der: bytes) -> PeerIdentity:
 
 
 @dataclass(frozen=True)
+class AllowedClient:
+    """One identity the agent accepts, and the signing keys it may use (None: every configured key)."""
+
+    cn: str | None = None
+    spki_sha256: str | None = None
+    key_ids: frozenset[str] | None = None
+
+    def matches(self, identity: PeerIdentity) -> bool:
+        if self.cn is not None:
+            return identity.cn == self.cn
+        return self.spki_sha256 is not None and identity.spki_sha256 == self.spki_sha256
+
+    def may_sign_with(self, key_id: str) -> bool:
+        return self.key_ids is None or key_id in self.key_ids
+
+
+@dataclass(frozen=True)
 class IdentityPolicy:
-    allowed_cns: frozenset[str]
-    allowed_pins: frozenset[str]
+    """The allowed identities. A TLS identity is bound to the keys it may sign with, so that one allowed
+    caller cannot sign requests with another's key id and act as it."""
+
+    clients: tuple[AllowedClient, ...]
 
     @classmethod
-    def build(cls, cns: list[str], pins: list[str]) -> IdentityPolicy:
-        return cls(frozenset(cns), frozenset(normalize_pin(p) for p in pins))
+    def build(cls, clients: list[AllowedClient]) -> IdentityPolicy:
+        return cls(
+            tuple(
+                AllowedClient(c.cn, normalize_pin(c.spki_sha256) if c.spki_sha256 else None, c.key_ids) for c in clients
+            )
+        )
+
+    def match(self, identity: PeerIdentity) -> AllowedClient | None:
+        return next((c for c in self.clients if c.matches(identity)), None)
 
     def allows(self, identity: PeerIdentity) -> bool:
-        return (identity.cn is not None and identity.cn in self.allowed_cns) or (
-            identity.spki_sha256 in self.allowed_pins
-        )
+        return self.match(identity) is not None

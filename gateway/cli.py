@@ -8,6 +8,7 @@ his-gateway orders show BUSINESS_ORDER_NO --hospital H -c …
 his-gateway users add --username U --role clerk -c …   a finance console login (password: file, env or prompt)
 his-gateway statements parse --channel unionpay FILE   a statement's rows, normalized, as JSON lines
 his-gateway recon run --hospital H --date D -c …  reconcile one day (docs/RECONCILIATION.md)
+his-gateway audit verify [--expect POS:HASH] -c …  check the audit log's hash chain
 his-gateway channels check-callback …          (from the channels package)
 his-gateway channels keys [--check] -c …       every merchant key and channel certificate, its expiry and use
 his-gateway hospitals|apps|merchants add|list|show|update|disable|enable …   the tenants (gateway.tenants.cli)
@@ -19,36 +20,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from gateway import audit_cli, logs
 from gateway.config import ConfigError, GatewayConfig, load_config
 
 DEFAULT_CONFIG = Path("config/gateway.toml")
 
 
 def _configure_logging(cfg: GatewayConfig) -> None:
-    level = logging.getLevelNamesMapping().get(cfg.logging.level.upper(), logging.INFO)
-    renderer: Any = (
-        structlog.processors.JSONRenderer(ensure_ascii=False)
-        if cfg.logging.format == "json"
-        else structlog.dev.ConsoleRenderer()
-    )
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    logs.configure(cfg.logging.level, cfg.logging.format == "json")
 
 
 def _with_db(fn: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
@@ -174,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.tenants import cli as tenants_cli
 
     tenants_cli.register(commands)
+    audit_cli.register(commands)
     return parser
 
 

@@ -8,6 +8,7 @@ that every gateway instance on one database sees the same registry.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -42,13 +43,43 @@ def _hostport(value: str) -> str:
     return value
 
 
+def _networks(values: list[str]) -> list[str]:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an address or a network (203.0.113.7, 10.0.0.0/8, ::1)") from None
+    return values
+
+
+Networks = Annotated[list[str], Field(max_length=1000)]
+
+
 class ServerConfig(_Section):
     listen: str = "127.0.0.1:8600"
     public_url: str = "http://127.0.0.1:8600"
     """How the channels reach us: notify URLs are ``{public_url}/notify/{channel}/{merchant}``."""
     max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
+    trusted_proxies: Networks = []
+    """Addresses of the reverse proxies in front of the gateway. Only a request from one of these has its
+    ``forwarded_header`` believed; everything else is taken from the address it came from."""
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
+    """Which header the proxies write the caller's address into (``Forwarded`` is RFC 7239)."""
 
     _check = field_validator("listen")(_hostport)
+    _check_proxies = field_validator("trusted_proxies")(_networks)
+
+
+class MetricsConfig(_Section):
+    """``/metrics`` is off unless an address is allowed or a bearer token is set: the listener faces the
+    internet (behind its proxy), and the figures name hospitals."""
+
+    allow: Networks = []
+    """Addresses (after ``server.trusted_proxies``) that may scrape without a token."""
+    token_file: Path | None = None
+    """A file whose first line is the bearer token scrapers send (``Authorization: Bearer …``)."""
+
+    _check = field_validator("allow")(_networks)
 
 
 class DatabaseConfig(_Section):
@@ -89,6 +120,13 @@ class WorkersConfig(_Section):
 class NotificationsConfig(_Section):
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 10
     schedule_s: Annotated[list[float], Field(min_length=1, max_length=50)] = list(NOTIFY_SCHEDULE_S)
+    allow_addresses: Networks = []
+    """Loopback, private, link-local and other non-public addresses are never sent notifications (a notify URL
+    must not reach into our own network), except those listed here: a business system on the hospital's VPN,
+    or a test receiver on loopback."""
+    max_redirects: Annotated[int, Field(ge=0, le=10)] = 3
+
+    _check = field_validator("allow_addresses")(_networks)
 
 
 class BridgeLink(_Section):
@@ -112,12 +150,16 @@ AppOperation = Literal[
 HIS reads and slot holds the business API passes through to the hospital's agent."""
 DEFAULT_OPERATIONS: tuple[AppOperation, ...] = ("orders", "refunds", "events")
 """An app whose operations are not listed may take payments and refunds and pull its notifications."""
+_HOST = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$"
 
 
 class AppConfig(_Section):
     app_id: KeyId
     public_key: Path
-    notify_url: str | None = None
+    notify_url: Annotated[str, Field(pattern=r"^https?://[^/?#@]+", max_length=500)] | None = None
+    notify_hosts: Annotated[list[Annotated[str, Field(pattern=_HOST)]], Field(max_length=100)] = []
+    """Hosts an order's ``notify_url`` may name (``*.example.cn`` for any subdomain), besides the host of
+    ``notify_url``; an order naming any other host is refused."""
     enabled: bool = True
     operations: Annotated[list[AppOperation], Field(max_length=20)] | None = None
     """What this app may call; ``DEFAULT_OPERATIONS`` when not given."""
@@ -240,6 +282,7 @@ class GatewayConfig(_Section):
     merchants: list[MerchantConfig] = []
     logging: LoggingConfig = LoggingConfig()
     console: ConsoleConfig = ConsoleConfig()
+    metrics: MetricsConfig = MetricsConfig()
     recon: ReconConfig = ReconConfig()
     sms: SmsConfig = SmsConfig()
     tenants: TenantsConfig = TenantsConfig()
@@ -291,6 +334,10 @@ def _resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
         return p if p.is_absolute() else base / p
 
     cfg.signing.key = r(cfg.signing.key)
+    if cfg.metrics.token_file is not None:
+        cfg.metrics.token_file = r(cfg.metrics.token_file)
+        if not cfg.metrics.token_file.is_file():
+            raise ConfigError(f"metrics.token_file {cfg.metrics.token_file}: no such file")
     _resolve_tenant_paths(cfg.hospitals, cfg.merchants, base)
     cfg.sms.resolve(base)
     cfg.retention.directory = r(cfg.retention.directory)

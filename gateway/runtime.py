@@ -23,7 +23,7 @@ from gateway.sagas import registration
 from gateway.sagas.escalation import escalate_forever
 from gateway.services import Services, log
 from gateway.sms.clock import Clock, system_clock
-from gateway.store import registry
+from gateway.store import audit, registry
 from gateway.store.channel_state import SqlChannelState
 from gateway.store.db import Database
 from gateway.store.migrate import upgrade
@@ -90,6 +90,7 @@ class Gateway:
 
             self.sms = SmsService(cfg.sms, db, clock=self.clock, provider=self.sms_provider, his_for=self.svc.his_for)
         self._tasks.append(asyncio.create_task(self.watcher.run(), name="tenants-watcher"))
+        self._tasks.append(asyncio.create_task(audit.seal_forever(db), name="audit-sealer"))
         run = cfg.workers.enabled if self.run_workers is None else self.run_workers
         if run:
             self._tasks += [asyncio.create_task(w.run(), name=f"worker-{w.name}") for w in self.workers]

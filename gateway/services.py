@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
 import random
 import secrets
 from dataclasses import dataclass, field
@@ -42,6 +43,10 @@ class Services:
     wake_outbox: asyncio.Event = field(default_factory=asyncio.Event)
     tenants: Tenants = field(default_factory=Tenants)
     """The hospitals and merchants as this instance last loaded them (``gateway.tenants.watcher``)."""
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.trusted_proxies = tuple(ipaddress.ip_network(n, strict=False) for n in self.cfg.server.trusted_proxies)
 
     def channel(self, merchant_id: str) -> Channel:
         try:

@@ -27,6 +27,7 @@ import aiohttp
 import demo_gateway
 from demo_support import BIN, REPO, Processes, bridge_client, free_port, shown, step, until
 
+from bridge import protocol
 from bridge.certs import DevCerts
 from bridge.client import BridgeResult
 
@@ -62,8 +63,7 @@ def write_config(work: Path, his_url: str) -> tuple[Path, int, int]:
     (work / "profiles").mkdir()
     shutil.copy(REPO / "config" / "profiles" / "sandbox-soap.toml", work / "profiles")
     config = work / "bridge.toml"
-    config.write_text(text, encoding="utf-8")
-    config.chmod(0o600)
+    protocol.write_private(config, text.encode("utf-8"))
     return config, api_port, ops_port
 
 

@@ -47,9 +47,10 @@ CHANNEL_NAMES = {"wechat": "WeChat Pay Native", "alipay": "Alipay precreate", "u
 
 def _write(path: Path, data: bytes, *, private: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
     if private:
-        path.chmod(0o600)
+        protocol.write_private(path, data)  # 0600 from creation, never loosened in between
+    else:
+        path.write_bytes(data)
     return path
 
 
@@ -154,6 +155,10 @@ def write_gateway_config(work: Path, port: int, agent_url: str, notify_url: str,
         ('signing_key = "keys/platform-signing.pem"', 'signing_key = "certs/platform-signing.pem"'),
         ('bridge_public_key = "keys/bridge-H001.pub"', 'bridge_public_key = "certs/bridge-signing.pub"'),
         ('notify_url = "https://his-apps.example-hospital.cn/pay/notify"', f'notify_url = "{notify_url}"'),
+        (
+            '# allow_addresses = ["10.20.0.0/16"]',
+            'allow_addresses = ["127.0.0.0/8"]'.ljust(51) + "# the demo's app listens on loopback",
+        ),
         ('apiv3_key = { env = "WECHAT_APIV3_KEY" }', 'apiv3_key = { file = "keys/wechat/apiv3.key" }'),
         ('public_key_file = "keys/wechat/pub_key.pem"', 'public_key_file = "channels/wechatpay_public_key.pem"'),
         (
@@ -190,8 +195,7 @@ private_key_file = "channels/unionpay_merchant_sign.pfx"
 password = {{ file = "channels/unionpay_merchant_sign.pw" }}
 """
     config = work / "gateway.toml"
-    config.write_text(text, encoding="utf-8")
-    config.chmod(0o600)
+    protocol.write_private(config, text.encode("utf-8"))
     return config
 
 

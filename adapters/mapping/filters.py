@@ -105,11 +105,19 @@ def _as_datetime(value: str | dt.datetime | dt.date, name: str) -> dt.datetime:
     raise FilterError(f"{name}: {value!r} is not an ISO 8601 date or datetime")
 
 
+def _in_zone(moment: dt.datetime, tz: ZoneInfo, name: str) -> dt.datetime:
+    """An aware instant in the HIS zone; one the calendar cannot hold there (year 9999 at UTC-12) is refused."""
+    if moment.tzinfo is None:
+        return moment
+    try:
+        return moment.astimezone(tz)
+    except OverflowError:
+        raise FilterError(f"{name}: {moment.isoformat()} is out of range in the HIS time zone {tz}") from None
+
+
 def format_datetime(value: str | dt.datetime, fmt: str = HIS_DATETIME, *, tz: ZoneInfo = SHANGHAI) -> str:
     """ISO datetime → HIS local time text; an aware value is converted to the HIS zone first."""
-    moment = _as_datetime(value, "datetime")
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(tz)
+    moment = _in_zone(_as_datetime(value, "datetime"), tz, "datetime")
     return moment.strftime(fmt)
 
 
@@ -117,9 +125,7 @@ def format_date(value: str | dt.date, fmt: str = HIS_DATE, *, tz: ZoneInfo = SHA
     """ISO date (or datetime, taken in the HIS zone) → HIS date text."""
     if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
         return value.strftime(fmt)
-    moment = _as_datetime(value, "date")
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(tz)
+    moment = _in_zone(_as_datetime(value, "date"), tz, "date")
     return moment.date().strftime(fmt)
 
 

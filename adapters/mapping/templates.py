@@ -113,4 +113,6 @@ class RequestTemplate:
                 raise MappingError(f"{self.where}.{name}: not allowed in a template: {exc}") from None
             except (FilterError, jinja2.TemplateError, TypeError, ValueError) as exc:
                 raise MappingError(f"{self.where}.{name}: {exc}") from None
+            except Exception as exc:  # an overflow converting a far-off date, say: nothing was sent yet
+                raise MappingError(f"{self.where}.{name}: cannot be rendered: {type(exc).__name__}: {exc}") from None
         return rendered

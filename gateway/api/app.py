@@ -5,14 +5,16 @@ sign response (/v1) → errors → authenticate app (/v1) → handler
 
 from __future__ import annotations
 
-import ipaddress
+import hmac
+import json
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from bridge import protocol
-from gateway.api import callbacks, events, his, orders
+from gateway.api import callbacks, client_address, events, his, openapi, orders
 from gateway.api.auth import SERVICES, SIGNING_KEY, Handler, auth_middleware, sign_middleware
 from gateway.api.errors import ApiError
 from gateway.api.orders import json_response
@@ -45,19 +47,47 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error(ApiError(500, "internal", "internal error"))
 
 
+OPENAPI = web.AppKey("openapi", bytes)
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """The business API's contract, for app developers and generated clients (public, unsigned)."""
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json_response(200, {"ok": True, "instance": request.app[SERVICES].instance})
 
 
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics, for scrapers on this host or a private network only: the listener faces the
-    internet, and the figures name hospitals."""
+METRICS_TOKEN = web.AppKey("metrics_token", str)
+
+
+def read_metrics_token(path: Path) -> str:
     try:
-        inside = ipaddress.ip_address(request.remote or "").is_private
-    except ValueError:
-        inside = False
-    if not inside:
-        return _error(ApiError(403, "forbidden", "metrics are served to private networks only"))
+        token = path.read_text(encoding="utf-8").partition("\n")[0].strip()
+    except OSError as e:
+        raise ValueError(f"metrics.token_file {path}: {e.strerror}") from None
+    if len(token) < 16:
+        raise ValueError(f"metrics.token_file {path}: the token needs at least 16 characters")
+    return token
+
+
+def _metrics_allowed(request: web.Request) -> bool:
+    cfg = request.app[SERVICES].cfg.metrics
+    if client_address.within(client_address.parse_address(request.remote), client_address.networks(cfg.allow)):
+        return True
+    token = request.app.get(METRICS_TOKEN)
+    scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+    return token is not None and scheme.lower() == "bearer" and hmac.compare_digest(offered.encode(), token.encode())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics, to the addresses in ``metrics.allow`` or a scraper with the bearer token only: the
+    listener faces the internet, and the figures name hospitals."""
+    if not _metrics_allowed(request):
+        return _error(
+            ApiError(403, "forbidden", "metrics are served only to metrics.allow addresses or with the bearer token")
+        )
     svc = request.app[SERVICES]
     await svc.metrics.refresh(svc.db, svc.cfg.workers.his_stuck_after_s)
     sms = request.app.get(sms_api.SMS)
@@ -71,18 +101,22 @@ def create_app(
 ) -> web.Application:
     app = web.Application(
         client_max_size=svc.cfg.server.max_body_bytes,
-        middlewares=[sign_middleware, error_middleware, auth_middleware],
+        middlewares=[client_address.client_address_middleware, sign_middleware, error_middleware, auth_middleware],
         **kwargs,
     )
     app[SERVICES] = svc
     app[SIGNING_KEY] = signing_key
     app[CHANNEL_KEYS] = channel_metrics.registry(svc.channels)
+    if svc.cfg.metrics.token_file is not None:
+        app[METRICS_TOKEN] = read_metrics_token(svc.cfg.metrics.token_file)
     orders.add_routes(app)
     events.add_routes(app)
     his.add_routes(app)
     callbacks.add_routes(app)
     if sms is not None:
         sms_api.add_routes(app, sms)
+    app[OPENAPI] = json.dumps(openapi.build(), ensure_ascii=False).encode()
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     if svc.cfg.console.enabled:

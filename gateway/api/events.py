@@ -5,19 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.auth import APP, SERVICES
-from gateway.api.errors import ApiError
-from gateway.api.orders import json_response
+from gateway.api.orders import json_response, query_flag, query_int
 from gateway.store import outbox
+
+MAX_LIMIT = 500
+MAX_ID = 2**63 - 1
 
 
 async def list_events(request: web.Request) -> web.Response:
     svc, app = request.app[SERVICES], request[APP]
-    try:
-        after = int(request.query.get("after", "0"))
-        limit = min(500, max(1, int(request.query.get("limit", "100"))))
-    except ValueError:
-        raise ApiError(400, "bad_query", "after and limit are integers") from None
-    undelivered = request.query.get("undelivered") in ("1", "true")
+    after = query_int(request, "after", 0, 0, MAX_ID)
+    limit = query_int(request, "limit", 100, 1, MAX_LIMIT)
+    undelivered = query_flag(request, "undelivered")
     rows = await outbox.for_app(svc.db, app.id, undelivered=undelivered, after_id=after, limit=limit)
     events = [
         {

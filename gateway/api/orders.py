@@ -12,6 +12,7 @@ from gateway.api.auth import APP, BODY, SERVICES
 from gateway.api.errors import ApiError
 from gateway.api.schemas import CreateOrder, RequestRefund
 from gateway.model import BusinessType, OrderStatus
+from gateway.notify_guard import NotifyUrlRefused, app_hosts, check_url, networks
 from gateway.sagas import compensation, payment, refund
 from gateway.services import UnknownMerchant
 from gateway.store import locks
@@ -20,6 +21,7 @@ from gateway.store import refunds as refund_store
 from gateway.views import order_view, refund_view
 
 MAX_PAGE_SIZE = 200
+MAX_PAGE = 1_000_000
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -29,11 +31,35 @@ def json_response(status: int, body: dict[str, Any]) -> web.Response:
     )
 
 
+def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within its published range; anything else is a 400 that says so."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.lstrip("-").isdigit() or len(raw) > 20 or not low <= int(raw) <= high:
+        raise ApiError(400, "bad_query", f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+FLAGS = {"1": True, "true": True, "0": False, "false": False}
+
+
+def query_flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return False
+    if raw not in FLAGS:
+        raise ApiError(400, "bad_query", f"{name} must be one of {', '.join(FLAGS)}")
+    return FLAGS[raw]
+
+
 def parse(request: web.Request, model: type[M]) -> M:
     try:
         data = json.loads(request[BODY] or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, "malformed_json", f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "body is nested too deeply to be any request's body") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "body must be a JSON object")
     try:
@@ -70,6 +96,12 @@ async def create_order(request: web.Request) -> web.Response:
         his_params = body.his_params()
     except ValueError as e:
         raise ApiError(422, "schema_violation", str(e)) from None
+    if body.notify_url is not None:
+        try:
+            allow = networks(svc.cfg.notifications.allow_addresses)
+            check_url(body.notify_url, app_hosts(app.notify_url, app.notify_hosts), allow)
+        except NotifyUrlRefused as e:
+            raise ApiError(422, "notify_url_refused", f"notify_url: {e}") from None
     await _reserve_slot(svc.db, app.hospital_id, body)
     new = payment.NewOrder(
         business_order_no=body.business_order_no,
@@ -116,15 +148,12 @@ async def close_order(request: web.Request) -> web.Response:
 
 async def list_orders(request: web.Request) -> web.Response:
     svc, app = request.app[SERVICES], request[APP]
-    try:
-        page = max(1, int(request.query.get("page", "1")))
-        page_size = min(MAX_PAGE_SIZE, max(1, int(request.query.get("page_size", "50"))))
-    except ValueError:
-        raise ApiError(400, "bad_query", "page and page_size are integers") from None
+    page = query_int(request, "page", 1, 1, MAX_PAGE)
+    page_size = query_int(request, "page_size", 50, 1, MAX_PAGE_SIZE)
     status = request.query.get("status")
     if status is not None and status not in OrderStatus.__members__:
         raise ApiError(400, "bad_query", f"unknown status {status!r}")
-    exceptions_only = request.query.get("exceptions") in ("1", "true")
+    exceptions_only = query_flag(request, "exceptions")
     rows, total = await order_store.page(
         svc.db, app.hospital_id, page=page, page_size=page_size, status=status, exceptions_only=exceptions_only
     )

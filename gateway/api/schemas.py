@@ -22,6 +22,29 @@ class _Strict(BaseModel):
 
 
 class CreateOrder(_Strict):
+    """A payment to take. Besides the schema: a registration needs ``schedule_id``, a charge ``bill_nos``, a
+    deposit ``inpatient_no`` (checked against the HIS commit's schema now, not after payment); a ``codepay``
+    order needs the payer's ``auth_code``; ``notify_url`` must name one of the app's notify hosts."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "business_order_no": "KIOSK1-20260105-000123",
+                    "business_type": "charge",
+                    "scene": "native",
+                    "channel": "wechat",
+                    "amount_fen": 12550,
+                    "subject": "门诊缴费",
+                    "patient_id": "P0001",
+                    "bill_nos": ["B0001", "B0002"],
+                    "notify_url": "https://his-apps.example-hospital.cn/pay/notify",
+                }
+            ]
+        },
+    )
+
     business_order_no: Code
     business_type: BusinessType
     scene: Scene
@@ -79,6 +102,15 @@ class CreateOrder(_Strict):
 
 
 class RequestRefund(_Strict):
+    """A partial or full refund of a paid order; several per order, never more in all than was paid."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"business_refund_no": "RF-20260105-000045", "amount_fen": 3000, "reason": "医保结算退差额"}]
+        },
+    )
+
     business_refund_no: Code
     amount_fen: PositiveFen
     reason: Annotated[str, Field(max_length=200)] | None = None

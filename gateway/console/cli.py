@@ -80,7 +80,7 @@ def register(commands: Any) -> None:
     add.add_argument(
         "--password-file", type=Path, help=f"first line is the password (else ${PASSWORD_ENV}, else a prompt)"
     )
-    passwd = sub.add_parser("passwd", help="set a login's password (and enable it)")
+    passwd = sub.add_parser("passwd", help="set a login's password and end its sessions (never enables it)")
     passwd.add_argument("--username", required=True)
     passwd.add_argument("--password-file", type=Path)
     for action in ("disable", "enable"):

@@ -26,6 +26,8 @@ class App:
     notify_url: str | None
     enabled: bool
     """False when the app or its hospital is disabled."""
+    notify_hosts: tuple[str, ...] = ()
+    """Hosts an order's notify URL may name, besides the host of ``notify_url``."""
     keys: tuple[tenants.AppKey, ...] = ()
     operations: frozenset[str] = frozenset(DEFAULT_OPERATIONS)
 
@@ -60,6 +62,7 @@ async def load_app(db: Database, app_id: str) -> App | None:
         valid[0].verify_key(row.id),
         row.notify_url,
         row.enabled and hospital_enabled,
+        row.notify_hosts,
         row.keys,
         row.allowed,
     )

@@ -100,11 +100,13 @@ apps = sa.Table(
     sa.Column("notify_url", sa.String(500)),
     sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("notify_hosts", sa.JSON),
     sa.Column("operations", sa.JSON),
     sa.Column("source", sa.String(16), nullable=False, server_default="config"),
 )
-"""``public_key_pem`` is the app's newest key; all its keys, with their validity, are in ``app_keys``.
-``operations``: what the app may call (``gateway.tenants.permissions``; null: the money operations)."""
+"""``notify_hosts``: the hosts an order's ``notify_url`` may name (migration 0008). ``public_key_pem`` is the
+app's newest key; all its keys, with their validity, are in ``app_keys``. ``operations``: what the app may call
+(``gateway.api.permissions``; null: the money operations)."""
 
 api_nonces = sa.Table(
     "api_nonces",
@@ -237,8 +239,13 @@ audit_log = sa.Table(
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("subject", sa.String(128), nullable=False),
     sa.Column("detail", sa.JSON),
+    sa.Column("chain_seq", sa.BigInteger),
+    sa.Column("prev_hash", sa.String(64)),
+    sa.Column("row_hash", sa.String(64)),
     sa.Index(None, "subject"),
+    sa.Index(None, "chain_seq", unique=True),
 )
+"""Tamper-evident: ``gateway.store.audit`` chains each sealed row to the one before it (migration 0008)."""
 
 from gateway.store import channel_tables as _channel_tables  # noqa: E402, F401 - the channels' memory
 from gateway.store import console_tables as _console_tables  # noqa: E402, F401 - the console's tables

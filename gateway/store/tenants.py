@@ -127,6 +127,7 @@ class AppRow:
     keys: tuple[AppKey, ...]
     source: str
     updated_at: dt.datetime
+    notify_hosts: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> frozenset[str]:
@@ -214,8 +215,9 @@ def _app(row: Any, keys: list[AppKey]) -> AppRow:
     if not keys and row.public_key_pem:
         keys = [AppKey("config", row.public_key_pem, row.updated_at)]
     return AppRow(
-        row.id, row.hospital_id, row.notify_url, bool(row.enabled), ops, tuple(keys), row.source, row.updated_at
-    )
+        row.id, row.hospital_id, row.notify_url, bool(row.enabled), ops, tuple(keys), row.source, row.updated_at,
+        tuple(row.notify_hosts or ()),
+    )  # fmt: skip
 
 
 async def load(db: Database) -> Rows:
@@ -389,6 +391,8 @@ class AppSpec:
     notify_url: str | None = None
     enabled: bool = True
     operations: tuple[str, ...] | None = None
+    notify_hosts: tuple[str, ...] = ()
+    """Hosts an order's ``notify_url`` may name besides the host of ``notify_url`` (``gateway.notify_guard``)."""
 
     def values(self) -> dict[str, Any]:
         ops = sorted(set(self.operations)) if self.operations is not None else None
@@ -397,6 +401,7 @@ class AppSpec:
             "notify_url": self.notify_url,
             "enabled": self.enabled,
             "operations": ops,
+            "notify_hosts": sorted(set(self.notify_hosts)),
         }
 
 
@@ -443,6 +448,7 @@ async def _put_app(
         if existing.hospital_id != spec.hospital_id:
             raise TenantError(f"app {spec.id} belongs to hospital {existing.hospital_id}; an app never moves")
         old = {k: existing._mapping[k] for k in values}
+        old["notify_hosts"] = sorted(old["notify_hosts"] or [])
         diff = _diff(old, values)
         key_changed = False
         if pem is not None and (replace_keys or not await _has_key(conn, spec.id, pem)):
@@ -624,7 +630,7 @@ class ImportReport:
 
 def app_spec(app: AppConfig, hospital_id: str) -> AppSpec:
     ops = tuple(app.operations) if app.operations is not None else None
-    return AppSpec(app.app_id, hospital_id, app.notify_url, app.enabled, ops)
+    return AppSpec(app.app_id, hospital_id, app.notify_url, app.enabled, ops, tuple(app.notify_hosts))
 
 
 async def import_blocks(

@@ -58,8 +58,9 @@ class Tenants:
                     else None
                 )
                 apps[a.app_id] = AppRow(
-                    a.app_id, h.id, a.notify_url, a.enabled, spec.operations, (key,) if key else (), "config", _EPOCH
-                )
+                    a.app_id, h.id, a.notify_url, a.enabled, spec.operations, (key,) if key else (), "config", _EPOCH,
+                    spec.notify_hosts,
+                )  # fmt: skip
         return cls(0, {h.id: h for h in cfg.hospitals}, {m.id: m for m in cfg.merchants}, apps)
 
     def hospital(self, hospital_id: str) -> HospitalConfig:

@@ -24,6 +24,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from bridge import protocol
 from sandbox.channels import crypto, pki
 from sandbox.channels.alipay import AlipayCertificates
 from sandbox.channels.server import AlipaySettings, UnionPaySettings, WechatSettings, start_sandbox_channels
@@ -97,10 +98,7 @@ def _platform(state: Path, mchid: str) -> WechatPlatform:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Created 0600, so the secret is never readable by others, not even for a moment."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
+    protocol.write_private(path, data)
 
 
 def _alipay_key(state: Path) -> bytes:

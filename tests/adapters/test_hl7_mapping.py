@@ -10,9 +10,9 @@ import pytest
 from adapters.hl7_codec import CharsetError, UndecodableMessage, codec_for, decode, hl7_name
 from adapters.mapping.errors import MappingError
 from adapters.mapping.hl7 import Hl7Extractor, escape
-from tests.support.rig import SHARED_FIXTURES
+from tests.support.rig import FIXTURES
 
-FIXTURES = sorted((SHARED_FIXTURES / "hl7").glob("*.hl7"))
+FIXTURES = sorted((FIXTURES / "hl7").glob("*.hl7"))
 X = Hl7Extractor()
 
 REPLY = (
@@ -165,7 +165,7 @@ def test_empty_and_non_hl7_replies_are_mapping_errors() -> None:
 @pytest.mark.parametrize("fixture", FIXTURES, ids=[f.stem for f in FIXTURES])
 def test_published_samples_parse_and_reserialise_byte_for_byte(fixture: Path) -> None:
     """The v2.8 samples arrive with LF segment ends (see SOURCES.md); their CR form is what MLLP carries."""
-    assert FIXTURES, f"no HL7 samples under {SHARED_FIXTURES}"
+    assert FIXTURES, f"no HL7 samples under {FIXTURES}"
     raw = fixture.read_bytes()
     wire = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r").rstrip(b"\r") + b"\r"
     text, codec, _ = decode(raw, "ASCII")

@@ -136,6 +136,6 @@ async def test_a_fault_on_a_commit_is_in_doubt_and_a_refusal_is_not(his: Sandbox
     with pytest.raises(PermanentError) as refused:
         await call(adapter, "charge.commit", **{**charge, "trade_no": "T-F2"})
     assert refused.value.code == "2002"
-    with pytest.raises(PermanentError) as unknown:
-        await call(adapter, "trade.check", trade_no="T-F1", operation="patient.query")
+    with pytest.raises(PermanentError) as unknown:  # the catalog refuses it first; the profile does too
+        await adapter.call("trade.check", {"trade_no": "T-F1", "operation": "patient.query", "refund_no": None})
     assert unknown.value.code == "mapping_error" and "business_type" in unknown.value.message

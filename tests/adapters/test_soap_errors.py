@@ -15,12 +15,12 @@ from adapters.profile import ProfileError, load_profile
 from adapters.soap import SoapAdapter
 from bridge import catalog
 from sandbox.cli import start_sandbox_his
-from tests.support.rig import SHARED_FIXTURES, free_port
+from tests.support.rig import FIXTURES, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "config" / "profiles" / "sandbox-soap.toml"
 SANDBOX_WSDL = ROOT / "sandbox" / "his" / "HisService.wsdl"
-QUYI_WSDL = SHARED_FIXTURES / "wsdl" / "quyiServiceNo.wsdl"
+QUYI_WSDL = FIXTURES / "wsdl" / "quyiServiceNo.wsdl"
 
 Behaviour = Callable[[asyncio.StreamWriter, bytes], Awaitable[None]]
 

@@ -215,7 +215,7 @@ async def test_spki_pin_admits_a_client(bridge_factory, dev_certs):
 
     pin = tls.spki_sha256(tls.load_certificate(dev_certs.rogue_client_cert))
     bridge = await bridge_factory()
-    bridge.agent.identity_policy = tls.IdentityPolicy.build([], [pin])
+    bridge.agent.identity_policy = tls.IdentityPolicy.build([tls.AllowedClient(spki_sha256=pin)])
     ctx = client_ssl(dev_certs, cert=dev_certs.rogue_client_cert, key=dev_certs.rogue_client_key)
     status, body, _, _ = await raw_post(bridge, dev_certs, "/v1/ops/patient.query", b'{"card_no":"C0001"}', ssl_ctx=ctx)
     assert status == 200 and body["result"]["patient_id"] == "P0001"

@@ -27,3 +27,19 @@ def test_patient_fields_and_free_text_are_masked(capsys):
     assert line["detail"]["note"] == "callback 139****5678, id 440305********003X"
     assert line["message"] == "HIS said: 患者 110105********0011 not found"
     assert line["amount_fen"] == 1250
+
+
+def test_a_traceback_is_masked_after_it_is_formatted(capsys):
+    logs.configure("info", json=True)
+    try:
+        try:
+            raise ValueError("HIS refused patient 110105198503120011, phone 13800000001")
+        except ValueError:
+            structlog.get_logger("t").exception("adapter_crashed", operation="patient.query")
+    finally:
+        structlog.reset_defaults()
+    err = capsys.readouterr().err
+    line = json.loads(err.strip().splitlines()[-1])
+    assert "Traceback" in line["exception"] and "ValueError" in line["exception"]
+    assert "110105********0011" in line["exception"] and "138****0001" in line["exception"]
+    assert "110105198503120011" not in err and "13800000001" not in err

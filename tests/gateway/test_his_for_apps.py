@@ -20,7 +20,7 @@ ALL = ["orders", "refunds", "events", "patient.query", "bills.unpaid", "registra
 
 @pytest.fixture
 async def gw(gateway_factory, sqlite_url, his_link, channel):
-    return await gateway_factory(sqlite_url, channel=channel, his=his_link, app_operations=ALL)
+    return await gateway_factory(sqlite_url, channel=channel, his=his_link, app={"operations": ALL})
 
 
 def registration_body(no: str, lock: dict, patient_id: str = "P0003") -> dict:

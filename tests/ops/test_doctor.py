@@ -126,7 +126,8 @@ async def test_his_down_fails(setup, platform, his, tmp_path):
     code, out = await doctor(config, platform.url, "--his-timeout", "5")
     assert code == 2, out
     [line] = fail_lines(out)
-    assert line.startswith(f"FAIL  HIS {dead}") and "unreachable" in line, out
+    tried = f"FAIL  HIS soap at WSDL {dead}/his/HisService.asmx?wsdl, service {dead}/his/HisService.asmx: "
+    assert line.startswith(tried) and "unreachable" in line, out
     assert "fix: check the HIS is up" in out
 
 

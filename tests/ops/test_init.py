@@ -167,3 +167,52 @@ async def test_an_initialised_folder_serves_once_the_platform_files_are_in_place
         assert answer.status == "done" and answer.result["found"] is False
     finally:
         await running.stop()
+
+
+# --- issue 15, item 15: the endpoint as a HIS vendor hands it out ------------------------------------------------
+
+
+def test_a_full_service_url_is_taken_apart_not_prefixed(tmp_path):
+    from bridge.init import InitError, soap_overrides
+
+    service = "http://10.9.9.9:8080/HisService.asmx"
+    expected = {
+        "soap.base_url": "http://10.9.9.9:8080",
+        "soap.endpoint": "/HisService.asmx",
+        "soap.wsdl": "/HisService.asmx?wsdl",
+    }
+    assert soap_overrides(service) == expected
+    assert soap_overrides(service + "?wsdl") == expected
+    assert soap_overrides(service + "?WSDL")["soap.wsdl"] == "/HisService.asmx?WSDL"
+    assert soap_overrides("http://10.9.9.9:8080/his/HisService.asmx/")["soap.endpoint"] == "/his/HisService.asmx"
+    assert soap_overrides("http://10.9.9.9:8080/") == {"soap.base_url": "http://10.9.9.9:8080"}
+    assert soap_overrides("http://10.9.9.9:8080/hisapp") == {"soap.base_url": "http://10.9.9.9:8080/hisapp"}
+    for bad in ("10.9.9.9:8080", "ftp://10.9.9.9/HisService.asmx", "http:///x.asmx"):
+        try:
+            soap_overrides(bad)
+        except InitError as e:
+            assert "base URL or its service URL" in str(e)
+        else:
+            raise AssertionError(bad)
+
+
+async def test_init_with_the_service_url_reaches_the_his_and_doctor_names_the_address(tmp_path, his):
+    from bridge import doctor
+    from bridge.config import load_config as load
+
+    out = tmp_path / "etc"
+    result = init(out, endpoint=f"{his.base_url}/his/HisService.asmx?wsdl")
+    assert result.returncode == 0, result.stderr
+    cfg = load(out / "bridge.toml")
+    assert cfg.his.overrides == {
+        "soap.base_url": his.base_url,
+        "soap.endpoint": "/his/HisService.asmx",
+        "soap.wsdl": "/his/HisService.asmx?wsdl",
+    }
+    report = doctor.Report()
+    await doctor.check_his(cfg, report, doctor.Thresholds())
+    text = report.text()
+    assert (
+        f"OK    HIS soap at WSDL {his.base_url}/his/HisService.asmx?wsdl, service {his.base_url}/his/HisService.asmx"
+        in text
+    )

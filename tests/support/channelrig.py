@@ -19,8 +19,8 @@ from sandbox.channels import AlipaySettings, SandboxChannels, UnionPaySettings, 
 from sandbox.channels import crypto as sandbox_crypto
 from sandbox.channels.alipay import AlipayCertificates
 from sandbox.channels.unionpay import UnionPayIdentity, merchant_pfx
+from tests.support.rig import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 WECHAT_FIXTURES = FIXTURES / "wechatpay"
 ALIPAY_FIXTURES = FIXTURES / "alipay"
 UNIONPAY_FIXTURES = FIXTURES / "unionpay"

@@ -5,6 +5,7 @@ booked), and a browser-less client that signs in and submits the console's forms
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import secrets
 from typing import Any
@@ -17,6 +18,7 @@ from gateway.console import auth
 from gateway.model import utcnow
 from gateway.sagas.common import new_trade_no
 from gateway.store import orders as order_store
+from gateway.store.console_tables import console_users
 from gateway.store.db import Database
 from gateway.store.recon_tables import recon_exceptions, recon_runs
 from tests.support.gateway_rig import APP_ID, HOSPITAL, MERCHANT
@@ -26,9 +28,30 @@ STAFF = {"viewer1": "viewer", "clerk1": "clerk", "clerk2": "clerk", "approver1":
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
 
 
+@functools.cache
+def _staff_hash() -> str:
+    """One real scrypt hash of ``PASSWORD`` for every staff login of the run: at N=2**17 a hash is dear, and
+    five per test would add minutes to the suite without proving anything more."""
+    return auth.hash_password(PASSWORD)
+
+
 async def add_staff(db: Database) -> None:
-    for username, role in STAFF.items():
-        await auth.ensure_user(db, username, role, PASSWORD)
+    now = utcnow()
+    async with db.write() as conn:
+        await conn.execute(
+            sa.insert(console_users),
+            [
+                {
+                    "username": username,
+                    "role": role,
+                    "password_hash": _staff_hash(),
+                    "active": True,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for username, role in STAFF.items()
+            ],
+        )
 
 
 async def seed_run(db: Database, day: dt.date, *, version: int = 1, **counts: int) -> None:

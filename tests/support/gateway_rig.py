@@ -53,36 +53,37 @@ def gateway_config(
     port: int = 0,
     merchant_settings: dict[str, Any] | None = None,
     channel_name: str = "wechat",
-    app_operations: list[str] | None = None,
-    hospital: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    app: dict[str, Any] | None = None,
+    console: dict[str, Any] | None = None,
 ) -> GatewayConfig:
-    """A one-hospital config; ``merchant_settings`` are the channel's own keys (built by ``build_channel``)."""
+    """A one-hospital config; ``merchant_settings`` are the channel's own keys (built by ``build_channel``);
+    ``server``, ``metrics`` and ``app`` replace keys of those sections (of the app: its entry)."""
     raw: dict[str, Any] = {
-        "server": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port or 1}"},
+        "server": {"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port or 1}", **(server or {})},
         "database": {"url": db_url},
         "signing": {"key_id": "gateway", "key": str(keys.gateway_key_path)},
         "workers": {"poll_interval_s": 0.05, "pending_query_after_s": 0, **(workers or {})},
-        "notifications": {"timeout_s": 5, **(notifications_cfg or {})},
+        # the test receivers and scrapers are on loopback, which a real gateway refuses unless told
+        "notifications": {"timeout_s": 5, "allow_addresses": ["127.0.0.0/8"], **(notifications_cfg or {})},
+        "metrics": metrics if metrics is not None else {"allow": ["127.0.0.1/32"]},
         "hospitals": [
             {
                 "id": HOSPITAL,
                 "name": "Test hospital",
                 "refund_policy": refund_policy,
                 "apps": [
-                    {
-                        "app_id": APP_ID,
-                        "public_key": str(keys.app_pub_path),
-                        "notify_url": notify_url,
-                        **({"operations": app_operations} if app_operations is not None else {}),
-                    }
+                    {"app_id": APP_ID, "public_key": str(keys.app_pub_path), "notify_url": notify_url, **(app or {})}
                 ],
-                **(hospital or {}),
             }
         ],
         "merchants": [{"id": MERCHANT, "channel": channel_name, "hospital": HOSPITAL, **(merchant_settings or {})}],
         "logging": {"level": "warning"},
         "recon": {"enabled": False},
     }
+    if console is not None:
+        raw["console"] = console
     return parse_config(raw, base=directory)
 
 

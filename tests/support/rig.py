@@ -17,10 +17,12 @@ from bridge.client import BridgeClient
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX_PROFILE = REPO / "config" / "profiles" / "sandbox-soap.toml"
-SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
-"""The published vectors and samples handed to the project; CI lays ``shared/`` beside the clone."""
-QUYI_WSDL = SHARED_FIXTURES / "wsdl" / "quyiServiceNo.wsdl"
-"""A real hospital's ASMX WSDL (no licence, so never copied into the repository); the sandbox serves it."""
+FIXTURES = REPO / "tests" / "fixtures"
+"""Published vectors and samples, and stand-ins, with their origin and licence in ``SOURCES.md``: tests read
+nothing from outside the clone."""
+QUYI_WSDL = FIXTURES / "wsdl" / "quyiServiceNo.wsdl"
+"""A stand-in of the same shape as a real hospital's ASMX WSDL (whose licence forbids copying it); the
+sandbox serves it."""
 
 
 def bridge_config_toml(

@@ -60,6 +60,9 @@ async def test_users_add_list_passwd_disable(tmp_path):
             ).returncode
             == 0
         )
+        # a new password never re-enables a disabled login (issue 15): that takes `enable`, audited as such
+        assert await auth.login(db, "wang", "a new one, long", "127.0.0.1", max_failures=5, window_s=60) is None
+        assert _his_gateway(config, "enable", "--username", "wang").returncode == 0
         assert await auth.login(db, "wang", "a new one, long", "127.0.0.1", max_failures=5, window_s=60) is not None
     finally:
         await db.close()
