@@ -31,15 +31,26 @@ READ_CACHE = web.AppKey("his_read_cache", ReadCache)
 class PatientQuery(catalog.PatientQueryIn):
     """Find a patient by any one of card number, ID card number or phone (``patient.query``)."""
 
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"card_no": "C0003"}, {"phone": "13800000003"}]}
+    )
+
 
 class BillsQuery(catalog.BillsUnpaidIn):
     """A patient's unpaid outpatient bills (``bills.unpaid``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"patient_id": "P0001"}]})
 
 
 class LockRequest(BaseModel):
     """Hold one slot of a schedule for a patient while they pay (``registration.lock``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"lock_no": "APP-L-20261205-0001", "patient_id": "P0003", "schedule_id": "S001"}]
+        },
+    )
 
     lock_no: Annotated[catalog.Code, Field(description="the app's own number for this hold; a repeat returns it")]
     patient_id: catalog.Code

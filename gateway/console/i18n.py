@@ -242,6 +242,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "tenants.enable": ("启用", "Enable"),
     "tenants.notify_url": ("通知地址", "Notify URL"),
     "tenants.operations": ("允许的操作", "Allowed operations"),
+    "tenants.notify_hosts": (
+        "通知地址还可使用的主机（逗号分隔）",
+        "Other hosts notify URLs may name (comma-separated)",
+    ),
     "tenants.public_key": ("公钥（PEM）", "Public key (PEM)"),
     "tenants.new_public_key": ("新公钥（PEM）", "New public key (PEM)"),
     "tenants.keys": ("密钥", "Keys"),

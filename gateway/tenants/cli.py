@@ -56,6 +56,7 @@ from gateway.store import tenants as store
 from gateway.store.db import Database
 
 OPERATIONS = get_args(AppOperation)
+HOST_PATTERN = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$"
 READ_CACHE_OPS = ("patient.query", "bills.unpaid")
 _DURATION = re.compile(r"^([0-9]{1,5})([smhd])$")
 
@@ -96,6 +97,12 @@ def parse_operations(text: str) -> tuple[str, ...]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown operation(s) {', '.join(unknown)}; known: {', '.join(OPERATIONS)}")
     return ops
+
+
+def parse_host(text: str) -> str:
+    if not re.match(HOST_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a host name (pay.example.cn, *.example.cn) or address")
+    return text
 
 
 def parse_cache(text: str) -> tuple[str, int]:
@@ -214,6 +221,7 @@ def _app_json(row: store.AppRow) -> dict[str, Any]:
         "hospital": row.hospital_id,
         "enabled": row.enabled,
         "notify_url": row.notify_url,
+        "notify_hosts": list(row.notify_hosts),
         "operations": sorted(row.allowed),
         "keys": [
             {
@@ -257,7 +265,7 @@ async def _apps(db: Database, args: argparse.Namespace) -> int:
         print(f"app {args.id}: key {args.key} retires at {args.at.isoformat()}")
         return 0
     if cmd == "add":
-        spec = store.AppSpec(args.id, args.hospital, args.notify_url, True, args.allow)
+        spec = store.AppSpec(args.id, args.hospital, args.notify_url, True, args.allow, tuple(args.notify_host or ()))
         outcome = await store.put_app(
             db, spec, actor=actor(), source="cli", public_key_pem=_read_key(args.public_key), must_exist=False
         )
@@ -268,7 +276,8 @@ async def _apps(db: Database, args: argparse.Namespace) -> int:
         raise CliError(f"no app {args.id!r}")
     notify_url = None if args.no_notify_url else (args.notify_url or current.notify_url)
     operations = args.allow if args.allow is not None else current.operations
-    spec = store.AppSpec(current.id, current.hospital_id, notify_url, current.enabled, operations)
+    hosts = tuple(args.notify_host) if args.notify_host is not None else current.notify_hosts
+    spec = store.AppSpec(current.id, current.hospital_id, notify_url, current.enabled, operations, hosts)
     pem = _read_key(args.public_key) if args.public_key is not None else None
     if pem is not None and store.fingerprint(store.normalize_public_key(pem)) in {k.fingerprint for k in current.keys}:
         print(f"app {args.id} already has that key")
@@ -473,11 +482,13 @@ def register(commands: Any) -> None:
     add.add_argument("--hospital", required=True)
     add.add_argument("--public-key", required=True, help="the app's public key (PEM, Ed25519 or RSA ≥ 2048)")
     add.add_argument("--notify-url")
+    add.add_argument("--notify-host", action="append", type=parse_host, help="another host notify URLs may name")
     add.add_argument("--allow", type=parse_operations, help=f"comma-separated, of: {', '.join(OPERATIONS)}")
     upd = asub.add_parser("update", help="change an app; --public-key rotates its key with an overlap")
     upd.add_argument("id")
     upd.add_argument("--notify-url")
     upd.add_argument("--no-notify-url", action="store_true")
+    upd.add_argument("--notify-host", action="append", type=parse_host, help="replaces the app's other hosts")
     upd.add_argument("--allow", type=parse_operations)
     upd.add_argument("--public-key", help="a new key: both work until the old one retires")
     upd.add_argument("--overlap", type=parse_duration, help="how long the old key keeps working (7d)")

@@ -169,7 +169,16 @@ class ApprovingHis:
         self.writes.append((operation, params))
         if operation == "refund.apply":
             return HisAnswer("done", {"refundable_fen": 10**9, "his_refund_id": f"HR-{len(self.writes)}"})
+        if operation == "registration.lock":
+            return HisAnswer("done", {"lock_id": f"LK-{len(self.writes)}", "amount_fen": 1000})
+        if operation == "registration.unlock":
+            return HisAnswer("done", {"unlocked": True})
         return HisAnswer("done", {"receipt_no": f"RC-{len(self.writes)}"})
+
+    async def read(self, operation: str, params: dict[str, Any]) -> Any:
+        from gateway.his import HisAnswer
+
+        return HisAnswer("done", {"found": False} if operation == "patient.query" else {"bills": []})
 
     async def status(self, request_id: str) -> Any:
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import tomllib
 from typing import Any, get_args
 
@@ -23,6 +24,7 @@ from gateway.model import RefundPolicy, utcnow
 from gateway.store import tenants as store
 
 OPERATIONS = get_args(AppOperation)
+HOST_PATTERN = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$"
 READ_CACHE_OPS = ("patient.query", "bills.unpaid")
 BRIDGE_FIELDS = ("url", "ca", "client_cert", "client_key", "signing_key_id", "signing_key", "bridge_key_id",
                  "bridge_public_key")  # fmt: skip
@@ -301,6 +303,14 @@ def _switch(kind: str, page: str) -> Any:
     return handler
 
 
+def _hosts(form: Any) -> tuple[str, ...]:
+    hosts = tuple(h.strip() for h in _text(form, "notify_hosts", 5000).replace("\n", ",").split(",") if h.strip())
+    bad = [h for h in hosts if not re.match(HOST_PATTERN, h)]
+    if bad:
+        raise FormError(f"not host names: {', '.join(bad)}")
+    return hosts
+
+
 def _operations(form: Any) -> tuple[str, ...]:
     return tuple(op for op in OPERATIONS if form.get(f"op_{op}"))
 
@@ -313,7 +323,11 @@ async def add_app(request: web.Request) -> web.StreamResponse:
     hospital_id = request.match_info["id"]
     form = await request.post()
     app_id = _text(form, "app_id", 64)
-    spec = store.AppSpec(app_id, hospital_id, _text(form, "notify_url") or None, True, _operations(form))
+    try:
+        hosts = _hosts(form)
+    except FormError as e:
+        return await _hospital(request, status=400, error=str(e))
+    spec = store.AppSpec(app_id, hospital_id, _text(form, "notify_url") or None, True, _operations(form), hosts)
     try:
         await store.put_app(
             request.app[SERVICES].db, spec, actor=who, source="console",
@@ -335,7 +349,11 @@ async def update_app(request: web.Request) -> web.StreamResponse:
         return render(request, "error.html", status=404, message="error.not_found")
     form = await request.post()
     notify_url = _text(form, "notify_url") or None
-    spec = store.AppSpec(current.id, current.hospital_id, notify_url, current.enabled, _operations(form))
+    try:
+        hosts = _hosts(form)
+    except FormError as e:
+        return await _app(request, status=400, error=str(e))
+    spec = store.AppSpec(current.id, current.hospital_id, notify_url, current.enabled, _operations(form), hosts)
     try:
         outcome = await store.put_app(db, spec, actor=who, source="console", must_exist=True)
     except store.TenantError as e:
