@@ -23,6 +23,8 @@ from adapters.profile import load_profile
 from bridge import catalog, protocol, tls
 from bridge.config import BridgeConfig, HisConfig
 from bridge.dispatcher import Dispatcher
+from bridge.intranet.api import create_intranet_app, server_context
+from bridge.intranet.service import Intranet
 from bridge.journal import Journal, JournalUnavailable
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
@@ -70,6 +72,12 @@ class Agent:
             on_error=self.metrics.on_journal_error,
         )
         self.dispatcher = Dispatcher(self.journal, self.adapter, cfg.dispatch, self.metrics)
+        self.intranet = (
+            Intranet(cfg.intranet, cfg.egress, self.metrics.egress)
+            if cfg.intranet is not None and cfg.egress is not None
+            else None
+        )
+        """The terminals' side (kiosks, cashier windows) and their forwarder to the gateway, when configured."""
         self.ready = False
         self.journal_probe_s = 1.0
         """While the journal cannot commit, how often a harmless write checks whether it can again."""
@@ -89,8 +97,10 @@ class Agent:
 
     @property
     def serving(self) -> bool:
-        """Recovered and able to journal new writes: what ``/readyz`` reports."""
-        return self.ready and self.journal.failing is None
+        """Recovered, able to journal new writes, and — with terminals — their listener up: what ``/readyz``
+        reports."""
+        intranet_up = self.intranet is None or self.intranet.listening
+        return self.ready and self.journal.failing is None and intranet_up
 
     def healthy(self) -> bool:
         """What the systemd watchdog vouches for: the journal writer thread is alive."""
@@ -104,6 +114,8 @@ class Agent:
             # A HIS that is down must not keep the agent from journaling writes; the adapter starts on first use.
             log.warning("his_unreachable_at_start", endpoint=self.adapter.endpoint, error=e.message)
         await self.dispatcher.start()
+        if self.intranet is not None:
+            await self.intranet.start()
         self._housekeeping = [
             asyncio.create_task(self._refresh_gauges(), name="gauges"),
             asyncio.create_task(self._prune(), name="prune"),
@@ -119,6 +131,8 @@ class Agent:
         for task in self._housekeeping:
             task.cancel()
         await asyncio.gather(*self._housekeeping, return_exceptions=True)
+        if self.intranet is not None:
+            await self.intranet.stop()
         await self.dispatcher.stop()
         await self.adapter.close()
         await self.journal.close()
@@ -179,6 +193,7 @@ class RunningAgent:
     api_url: str
     ops_url: str
     _runners: list[web.AppRunner]
+    intranet_url: str | None = None
 
     async def stop(self) -> None:
         while self._runners:
@@ -222,8 +237,40 @@ async def start_agent(cfg: BridgeConfig, *, adapter: Adapter | None = None) -> R
     await site.start()
     url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     api_url = f"https://{url_host}:{_bound_port(site)}"
-    log.info("serving", api=api_url, ops=ops_url, hospital=cfg.hospital, endpoint=agent.adapter.endpoint)
-    return RunningAgent(agent, api_url, ops_url, [ops_runner, api_runner])
+    runners = [ops_runner, api_runner]
+    intranet_url = None
+    if agent.intranet is not None and cfg.intranet is not None:
+        intranet_url = await _start_intranet(agent.intranet, cfg.intranet.listen, runners)
+    log.info(
+        "serving",
+        api=api_url,
+        ops=ops_url,
+        intranet=intranet_url,
+        hospital=cfg.hospital,
+        endpoint=agent.adapter.endpoint,
+    )
+    return RunningAgent(agent, api_url, ops_url, runners, intranet_url)
+
+
+async def _start_intranet(intranet: Intranet, listen: str, runners: list[web.AppRunner]) -> str:
+    """The second listener, on its own address so that a firewall can keep it on the hospital LAN. It starts
+    last: by then the agent (and the outbound journal's recovery) is ready."""
+    runner = web.AppRunner(create_intranet_app(intranet), access_log=None, shutdown_timeout=5)
+    try:
+        await runner.setup()
+        host, port = _split(listen)
+        tls_cfg = intranet.cfg.tls
+        site = web.TCPSite(runner, host, port, ssl_context=server_context(tls_cfg) if tls_cfg else None, backlog=512)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        for started in reversed(runners):
+            await started.cleanup()
+        raise
+    runners.append(runner)
+    intranet.listening = True
+    url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return f"{'https' if tls_cfg else 'http'}://{url_host}:{_bound_port(site)}"
 
 
 async def serve(cfg: BridgeConfig) -> None:

@@ -3,7 +3,9 @@
 Real deployments get their server certificate from the platform's CA through a CSR; this makes a complete,
 self-consistent set for a laptop, the demo and the tests: a platform CA, the bridge's server certificate, the
 platform's client certificate, a second unrelated CA with its own client (to prove it is refused), and the two
-Ed25519 signing key pairs of the envelope.
+Ed25519 signing key pairs of the envelope. For the outbound path (kiosks and windows paying through the agent):
+the gateway's mutual-TLS server certificate and the agent's egress client certificate (both from the platform
+CA), a hospital-local CA with the agent's intranet server certificate and one terminal's client certificate.
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ class DevCerts:
             "bridge_signing_pub": "bridge-signing.pub",
             "platform_signing_key": "platform-signing.pem",
             "platform_signing_pub": "platform-signing.pub",
+            "gateway_server_cert": "gateway-server.crt",
+            "gateway_server_key": "gateway-server.key",
+            "egress_client_cert": "egress-client.crt",
+            "egress_client_key": "egress-client.key",
+            "hospital_ca_cert": "hospital-ca.crt",
+            "intranet_server_cert": "intranet-server.crt",
+            "intranet_server_key": "intranet-server.key",
+            "terminal_cert": "terminal.crt",
+            "terminal_key": "terminal.key",
         }
         if name not in files:
             raise AttributeError(name)
@@ -148,6 +159,17 @@ def make_dev_certs(
     other_ca = _cert("Unrelated CA", other_ca_key, None, days=days, ca=True)
     other_client = _cert(client_cn, other_client_key, (other_ca.subject, other_ca_key), days=days, client=True)
 
+    gateway_key, egress_key = _key(), _key()
+    gateway_server = _cert("platform-gateway-api", gateway_key, (ca.subject, ca_key), days=days, server_hosts=hosts)
+    egress = _cert(f"his-bridge-{hospital}-egress", egress_key, (ca.subject, ca_key), days=days, client=True)
+    hospital_ca_key, intranet_key, terminal_key = _key(), _key(), _key()
+    hospital_ca = _cert(f"{hospital} Hospital Dev CA", hospital_ca_key, None, days=days * 2, ca=True)
+    intranet = _cert(
+        f"his-bridge-{hospital}-intranet", intranet_key, (hospital_ca.subject, hospital_ca_key), days=days,
+        server_hosts=hosts,
+    )  # fmt: skip
+    terminal = _cert("KIOSK-CERT", terminal_key, (hospital_ca.subject, hospital_ca_key), days=days, client=True)
+
     bridge_sign = protocol.generate_ed25519(f"bridge-{hospital}")
     platform_sign = protocol.generate_ed25519("platform")
 
@@ -165,4 +187,13 @@ def make_dev_certs(
     _write(certs.bridge_signing_pub, bridge_sign.public().public_pem(), False)
     _write(certs.platform_signing_key, protocol.private_pem(platform_sign), True)
     _write(certs.platform_signing_pub, platform_sign.public().public_pem(), False)
+    _write(certs.gateway_server_cert, gateway_server.public_bytes(pem) + ca.public_bytes(pem), False)
+    _write(certs.gateway_server_key, _key_pem(gateway_key), True)
+    _write(certs.egress_client_cert, egress.public_bytes(pem), False)
+    _write(certs.egress_client_key, _key_pem(egress_key), True)
+    _write(certs.hospital_ca_cert, hospital_ca.public_bytes(pem), False)
+    _write(certs.intranet_server_cert, intranet.public_bytes(pem) + hospital_ca.public_bytes(pem), False)
+    _write(certs.intranet_server_key, _key_pem(intranet_key), True)
+    _write(certs.terminal_cert, terminal.public_bytes(pem), False)
+    _write(certs.terminal_key, _key_pem(terminal_key), True)
     return certs

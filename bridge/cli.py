@@ -134,6 +134,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             problems.append(f"{name} {path}: {e}")
     _check_profile(cfg.his.profile, {**cfg.his.overrides, **overrides}, problems, notes)
+    from bridge.egress.check import check_outbound
+
+    check_outbound(cfg, problems, notes)
     return _report(problems, notes, "config")
 
 
@@ -147,6 +150,44 @@ def cmd_certs_dev(args: argparse.Namespace) -> int:
         print(f"refusing to overwrite {e.filename}", file=sys.stderr)
         return 2
     print(f"development CA, certificates and signing keys written to {certs.dir}")
+    return 0
+
+
+def cmd_egress(args: argparse.Namespace) -> int:
+    from bridge.egress import admin
+    from bridge.egress.journal import EgressState
+
+    cfg = _load_config(args.config)
+    if cfg.egress is None:
+        print("this agent has no [egress]: no terminals pay through it", file=sys.stderr)
+        return 2
+    try:
+        if args.egress_command == "show":
+            print(admin.detail(admin.one(cfg.egress.journal, args.terminal, args.request_id)))
+            return 0
+        state = EgressState(args.state) if args.state else None
+        for request in admin.listing(cfg.egress.journal, state=state, terminal=args.terminal, limit=args.limit):
+            print(admin.line(request))
+    except admin.EgressAdminError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_terminal_key(args: argparse.Namespace) -> int:
+    import os
+
+    from bridge import terminal_protocol
+
+    out = Path(args.out)
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"refusing to overwrite {out}", file=sys.stderr)
+        return 2
+    with os.fdopen(fd, "w") as f:
+        f.write(terminal_protocol.new_key() + "\n")
+    print(f"terminal key written to {out} (0600): name it in the terminal's key_file, and install it on the terminal")
     return 0
 
 
@@ -349,6 +390,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--hospital", default="H001")
     d.add_argument("--host", action="append", help="server certificate host names / IPs (repeatable)")
     d.set_defaults(func=cmd_certs_dev)
+
+    p = sub.add_parser("egress", help="read the outbound journal: terminal payments and refunds (read-only)")
+    p.add_argument("--config", required=True)
+    esub = p.add_subparsers(dest="egress_command", required=True)
+    e = esub.add_parser("list", help="newest first")
+    e.add_argument("--state", choices=["forwarding", "in_doubt", "queued", "done", "failed"])
+    e.add_argument("--terminal", help="one terminal's requests")
+    e.add_argument("--limit", type=int, default=50)
+    e = esub.add_parser("show", help="one request, with what was forwarded and what the terminal was told")
+    e.add_argument("terminal")
+    e.add_argument("request_id")
+    p.set_defaults(func=cmd_egress)
+
+    p = sub.add_parser("terminal-key", help="a fresh HMAC key for one intranet terminal (file 0600, never overwritten)")
+    p.add_argument("--out", required=True, help="the key file to write (give the same key to the terminal)")
+    p.set_defaults(func=cmd_terminal_key)
 
     p = sub.add_parser("init", help="set up a hospital: config, signing key, TLS key and CSR (never overwrites)")
     p.add_argument("--hospital", help="hospital code, as the platform knows it")

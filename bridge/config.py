@@ -16,6 +16,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bridge.egress.config import EgressConfig
+from bridge.intranet.config import IntranetConfig
+
 _ENV_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -135,6 +138,9 @@ class BridgeConfig(_Section):
     dispatch: DispatchConfig = DispatchConfig()
     his: HisConfig
     logging: LoggingConfig = LoggingConfig()
+    intranet: IntranetConfig | None = None
+    """The second listener, for kiosks and cashier windows on the hospital LAN (needs ``[egress]``)."""
+    egress: EgressConfig | None = None
     source: Path | None = None
 
     @model_validator(mode="after")
@@ -156,6 +162,18 @@ class BridgeConfig(_Section):
                     f"tls.allowed_clients: {who}: key_ids {unknown or '[]'} must name keys of signing.clients "
                     f"({', '.join(sorted(known))})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _egress_for_terminals(self) -> BridgeConfig:
+        if self.intranet is None:
+            return self
+        if self.egress is None:
+            raise ValueError("[intranet] terminals pay through the gateway: configure [egress] too")
+        apps = {a.app_id for a in self.egress.apps}
+        for t in self.intranet.terminals:
+            if t.app is not None and t.app not in apps:
+                raise ValueError(f"terminal {t.id}: app {t.app!r} is not one of [[egress.apps]]")
         return self
 
 
@@ -190,6 +208,10 @@ def _resolve_paths(cfg: BridgeConfig, base: Path) -> BridgeConfig:
         if not cfg.server.metrics_token_file.is_file():
             raise ConfigError(f"server.metrics_token_file {cfg.server.metrics_token_file}: no such file")
     cfg.his.profile = r(cfg.his.profile)
+    if cfg.intranet is not None:
+        cfg.intranet.resolve(base)
+    if cfg.egress is not None:
+        cfg.egress.resolve(base)
     return cfg
 
 

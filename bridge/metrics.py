@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from bridge.egress.metrics import EgressMetrics
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 FSYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
@@ -98,6 +100,7 @@ class Metrics:
         self.cert_expiry_days = Gauge(
             "hisbridge_certificate_expiry_days", "Days until a certificate expires.", ["cert"], registry=r
         )
+        self.egress = EgressMetrics(r)
 
     def on_commit(self, seconds: float, batch: int) -> None:
         self.journal_commit_seconds.observe(seconds)

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from bridge import catalog
+from bridge.intranet import openapi as terminal_openapi
 from bridge.journal import State
 
 REF = "#/components/schemas/{model}"
@@ -221,14 +222,17 @@ def build(version: str) -> dict[str, Any]:
             "responses": status_responses,
         }
     }
+    terminal_paths, terminal_schemas = terminal_openapi.paths_and_schemas()
+    paths.update(terminal_paths)
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "HIS Bridge agent",
             "version": version,
-            "description": "Canonical HIS operations over mutual TLS with signed requests and responses. "
-            "Money is integer fen. Instants are RFC 3339 strings with their offset.",
+            "description": "Canonical HIS operations over mutual TLS with signed requests and responses; and, "
+            "under /v1/terminal (the intranet listener), what kiosks and cashier windows call. Money is integer fen. "
+            "Instants are RFC 3339 strings with their offset.",
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": {**schemas, **terminal_schemas}},
     }

@@ -56,6 +56,9 @@ async def readyz(request: web.Request) -> web.Response:
         "journal_error": agent.journal.failing,
         "breaker_open": agent.dispatcher.breaker_open,
     }
+    if agent.intranet is not None:
+        body["intranet_listening"] = agent.intranet.listening
+        body["egress_link_up"] = not agent.intranet.forwarder.link_down
     return web.json_response(body, status=200 if agent.serving else 503)
 
 

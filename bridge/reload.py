@@ -5,7 +5,8 @@ config's ``[his]`` section) and runs ``systemctl reload his-bridge``. The new ad
 calls already sent finish on the old one, which is closed only after they are back. Certificates and keys are
 reloaded too, so that a renewed certificate or a new signing key takes effect without downtime: new TLS
 handshakes use the new certificate, connections already open keep theirs. Anything that does not load leaves
-everything running as it was. Listeners, the journal and dispatch settings need a restart.
+everything running as it was. Listeners, the journal and dispatch settings, the terminals and the egress need a
+restart.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Reloader:
             agent.metrics.reloads.labels("failed").inc()
             log.error("reload_failed", error=str(e), kept_profile=str(agent.cfg.his.profile))
             return False
-        sections = ("server", "journal", "dispatch")
+        sections = ("server", "journal", "dispatch", "intranet", "egress")
         changed = [name for name in sections if getattr(cfg, name) != getattr(agent.cfg, name)]
         if changed:
             log.warning("reload_needs_restart", sections=changed, note="only [his] and the profile are reloaded")

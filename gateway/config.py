@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.model import RefundPolicy
+from gateway.model import HisCommit, RefundPolicy
 from gateway.sms.config import SmsConfig
 
 _ENV_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -55,6 +55,19 @@ def _networks(values: list[str]) -> list[str]:
 Networks = Annotated[list[str], Field(max_length=1000)]
 
 
+class MtlsListener(_Section):
+    """A second listener for callers that present a client certificate: the hospitals' agents, forwarding their
+    kiosks' and windows' payments over mutual TLS. It serves the same business API."""
+
+    listen: str
+    cert: Path
+    key: Path
+    client_ca: Path
+    """Only clients with a certificate from this CA complete the handshake."""
+
+    _check = field_validator("listen")(_hostport)
+
+
 class ServerConfig(_Section):
     listen: str = "127.0.0.1:8600"
     public_url: str = "http://127.0.0.1:8600"
@@ -65,6 +78,7 @@ class ServerConfig(_Section):
     ``forwarded_header`` believed; everything else is taken from the address it came from."""
     forwarded_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
     """Which header the proxies write the caller's address into (``Forwarded`` is RFC 7239)."""
+    mtls: MtlsListener | None = None
 
     _check = field_validator("listen")(_hostport)
     _check_proxies = field_validator("trusted_proxies")(_networks)
@@ -163,6 +177,14 @@ class AppConfig(_Section):
     enabled: bool = True
     operations: Annotated[list[AppOperation], Field(max_length=20)] | None = None
     """What this app may call; ``DEFAULT_OPERATIONS`` when not given."""
+    kind: Literal["app", "agent"] = "app"
+    """``agent``: a hospital's bridge agent forwarding its kiosks and windows — it may name the terminal and
+    start HIS-approved window refunds (which skip ``refund.apply``). Give it ``client_cert_cn`` too."""
+    his_commit: HisCommit | None = None
+    """Who tells the HIS after this app's payments; the hospital's ``his_commit`` when not set."""
+    client_cert_cn: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    """Requests signed by this app are accepted only over the mutual-TLS listener from a client certificate
+    with this subject CN."""
 
 
 _HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
@@ -211,6 +233,9 @@ class HospitalConfig(_Section):
     read_cache: dict[Literal["patient.query", "bills.unpaid"], Annotated[int, Field(ge=0, le=3600)]] = {}
     """Seconds an app's HIS read may be answered from memory, per operation, where this HIS allows it
     (``gateway.his_reads.DEFAULT_CACHE_S`` when not given; 0: always ask the HIS)."""
+    his_commit: HisCommit = HisCommit.gateway
+    """Who tells the HIS after a payment: the gateway (``registration/charge/prepay.commit`` through the bridge)
+    or the caller (a kiosk or window that records it in the HIS itself); an app may say otherwise."""
 
 
 class MerchantConfig(BaseModel):
@@ -306,6 +331,10 @@ class GatewayConfig(_Section):
         for h in self.sms.hospitals:
             if h not in ids:
                 raise ValueError(f"sms.hospitals: unknown hospital {h!r}")
+        for h in self.hospitals:
+            for a in h.apps:
+                if a.client_cert_cn and self.server.mtls is None:
+                    raise ValueError(f"app {a.app_id}: client_cert_cn needs the [server.mtls] listener")
         return self
 
     def hospital(self, hospital_id: str) -> HospitalConfig:
@@ -338,6 +367,9 @@ def _resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
         cfg.metrics.token_file = r(cfg.metrics.token_file)
         if not cfg.metrics.token_file.is_file():
             raise ConfigError(f"metrics.token_file {cfg.metrics.token_file}: no such file")
+    if cfg.server.mtls is not None:
+        m = cfg.server.mtls
+        m.cert, m.key, m.client_ca = r(m.cert), r(m.key), r(m.client_ca)
     _resolve_tenant_paths(cfg.hospitals, cfg.merchants, base)
     cfg.sms.resolve(base)
     cfg.retention.directory = r(cfg.retention.directory)

@@ -42,6 +42,28 @@ class HisState(StrEnum):
     rejected = "rejected"
     held = "held"
     """Paid money the HIS must not be told about (a payment after a close): finance decides."""
+    caller = "caller"
+    """The caller tells the HIS itself (a kiosk that talks to the HIS, the HIS's own window): no commit is sent."""
+
+
+class HisCommit(StrEnum):
+    """Who tells the HIS after a payment, per hospital and per app."""
+
+    gateway = "gateway"
+    """The gateway sends the commit (registration/charge/prepay) through the hospital's bridge."""
+    caller = "caller"
+    """The calling system records the payment in the HIS itself, under the order's ``out_trade_no``."""
+
+
+class OrderOrigin(StrEnum):
+    """Who started a payment."""
+
+    app = "app"
+    """A hospital app on the internet (mini program, app, internet hospital) through the business API."""
+    terminal = "terminal"
+    """A kiosk or another intranet system, through the hospital's agent."""
+    window = "window"
+    """A cashier window, through the hospital's agent."""
 
 
 class BusinessType(StrEnum):
@@ -89,6 +111,9 @@ class RefundOrigin(StrEnum):
     finance = "finance"
     """An over-collection found by reconciliation, refunded from the finance console after a second person's
     approval; the HIS never recorded the money, so neither HIS step runs."""
+    window = "window"
+    """Started by the HIS at its cashier window (窗口退费), through the hospital's agent: the HIS has refunded
+    already, so ``refund.apply`` and ``refund.writeback`` are not sent; still capped by paid − refunded."""
 
 
 class RefundPolicy(StrEnum):

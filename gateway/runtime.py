@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ from bridge import protocol
 from gateway import channel_trust
 from gateway.channels import factory
 from gateway.channels.base import Channel
-from gateway.config import GatewayConfig, MerchantConfig
+from gateway.config import GatewayConfig, MerchantConfig, MtlsListener
 from gateway.his import BridgeHis, HisLink
 from gateway.outbox import Deliverer
 from gateway.sagas import registration
@@ -134,6 +135,8 @@ class RunningGateway:
     gateway: Gateway
     url: str
     runner: web.AppRunner
+    mtls_url: str | None = None
+    """The mutual-TLS listener (``[server.mtls]``), where the hospitals' agents call."""
 
     @property
     def svc(self) -> Services:
@@ -149,6 +152,14 @@ def _split(hostport: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def mtls_context(cfg: MtlsListener) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(cfg.client_ca))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
+    return ctx
+
+
 async def start_gateway(cfg: GatewayConfig, **kwargs: Any) -> RunningGateway:
     """Start one instance and its listener; port 0 in ``server.listen`` picks a free port (tests, benchmarks)."""
     gateway = Gateway(cfg, **kwargs)
@@ -159,6 +170,13 @@ async def start_gateway(cfg: GatewayConfig, **kwargs: Any) -> RunningGateway:
         host, port = _split(cfg.server.listen)
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
+        mtls_url = None
+        if cfg.server.mtls is not None:
+            mhost, mport = _split(cfg.server.mtls.listen)
+            msite = web.TCPSite(runner, mhost, mport, ssl_context=mtls_context(cfg.server.mtls), backlog=1024)
+            await msite.start()
+            mbound = int(runner.addresses[1][1])
+            mtls_url = f"https://{'127.0.0.1' if mhost in ('0.0.0.0', '') else mhost}:{mbound}"
     except BaseException:
         await runner.cleanup()
         await gateway.stop()
@@ -166,8 +184,8 @@ async def start_gateway(cfg: GatewayConfig, **kwargs: Any) -> RunningGateway:
     bound = int(runner.addresses[0][1])
     url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     url = f"http://{url_host}:{bound}"
-    log.info("serving", url=url, instance=gateway.svc.instance)
-    return RunningGateway(gateway, url, runner)
+    log.info("serving", url=url, mtls=mtls_url, instance=gateway.svc.instance)
+    return RunningGateway(gateway, url, runner, mtls_url)
 
 
 async def serve(cfg: GatewayConfig) -> None:

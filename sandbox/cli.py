@@ -1,6 +1,7 @@
 """``his-sandbox``: run the stand-ins a lab lacks. ``his-sandbox his`` serves the sandbox HIS (SOAP, and HL7 over
 MLLP with ``--mllp-listen``); ``his-sandbox sql install`` puts it into PostgreSQL or MariaDB as stored procedures;
-``his-sandbox channels`` serves sandbox WeChat Pay v3 and Alipay channels."""
+``his-sandbox channels`` serves sandbox WeChat Pay v3 and Alipay channels; ``his-sandbox kiosk`` plays a kiosk and
+a cashier window paying and refunding through the agent's intranet listener."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from types import TracebackType
 
 from aiohttp import web
 
+from sandbox import kiosk
 from sandbox.channels import cli as channels_cli
 from sandbox.his.faults import FaultBook
 from sandbox.his.mllp import MllpListener
@@ -217,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     his.add_argument("--no-seed", action="store_true", help="do not insert the demo patients, schedules and bills")
     his.add_argument("-v", "--verbose", action="store_true", help="log requests and fault injections to stderr")
     channels_cli.add_parser(commands, _listen)
+    kiosk.add_parser(commands)
     sql = commands.add_parser("sql", help="the sandbox HIS as stored procedures in PostgreSQL or MariaDB")
     sql_commands = sql.add_subparsers(dest="sql_command", required=True, metavar="SQL_COMMAND")
     install = sql_commands.add_parser(
@@ -254,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_serve_his(args))
     if args.command == "channels":
         return asyncio.run(channels_cli.serve(args))
+    if args.command == "kiosk":
+        return asyncio.run(kiosk.serve(args))
     if args.command == "sql":
         return _install_sql(args)
     return 2

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import demo_gateway
+import demo_kiosk
 from demo_support import BIN, REPO, Processes, bridge_client, free_port, shown, step, until
 
 from bridge import protocol
@@ -51,8 +52,8 @@ def start_sandbox(procs: Processes, work: Path) -> str:
     return procs.announcements("sandbox", proc, r"(http://[\d.]+:\d+)")[0]
 
 
-def write_config(work: Path, his_url: str) -> tuple[Path, int, int]:
-    """The shipped example config, pointed at this run's ports and sandbox."""
+def write_config(work: Path, his_url: str, extra: str = "") -> tuple[Path, int, int]:
+    """The shipped example config, pointed at this run's ports and sandbox (and ``extra`` sections appended)."""
     api_port, ops_port = free_port(), free_port()
     text = (REPO / "config" / "bridge.example.toml").read_text(encoding="utf-8")
     text = text.replace('listen = "0.0.0.0:8443"', f'listen = "127.0.0.1:{api_port}"')
@@ -63,7 +64,7 @@ def write_config(work: Path, his_url: str) -> tuple[Path, int, int]:
     (work / "profiles").mkdir()
     shutil.copy(REPO / "config" / "profiles" / "sandbox-soap.toml", work / "profiles")
     config = work / "bridge.toml"
-    protocol.write_private(config, text.encode("utf-8"))
+    protocol.write_private(config, (text + extra).encode("utf-8"))
     return config, api_port, ops_port
 
 
@@ -205,7 +206,9 @@ def main() -> int:
         print(run_cli("certs", "dev", "--out", str(work / "certs")))
         his_url = start_sandbox(procs, work)
         print(f"   sandbox HIS: {his_url}/his/HisService.asmx?wsdl")
-        config, api_port, ops_port = write_config(work, his_url)
+        certs = DevCerts(work / "certs")
+        kiosk, kiosk_toml = demo_kiosk.prepare(work, certs, his_url)
+        config, api_port, ops_port = write_config(work, his_url, kiosk_toml)
         step(f"his-bridge check --config {shown(config)}")
         print(run_cli("check", "--config", str(config)))
         agent = procs.start("agent", [str(BIN / "his-bridge"), "serve", "--config", str(config)])
@@ -213,11 +216,10 @@ def main() -> int:
         asyncio.run(wait_ready(ops_url, procs, agent))
         api_url = f"https://127.0.0.1:{api_port}"
         print(f"   agent: {api_url} (mTLS), metrics {ops_url}/metrics")
-        certs = DevCerts(work / "certs")
         asyncio.run(drive(certs, api_url))
         step("his-bridge journal list — what the agent journaled")
         print(run_cli("journal", "--config", str(config), "list"))
-        asyncio.run(demo_gateway.run(work, certs, api_url, procs, args.channel))
+        asyncio.run(demo_gateway.run(work, certs, api_url, procs, args.channel, kiosk))
         print(f"\nDone. Certificates, keys, configs, journal and databases are in {shown(work)}.")
         if sys.stdin.isatty() and not args.no_wait:
             input("Everything is still running: open the finance console above. Press Enter to stop. ")

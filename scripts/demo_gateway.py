@@ -23,6 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
+import demo_kiosk
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -72,9 +73,13 @@ class DemoKeys:
 
 def make_keys(work: Path) -> DemoKeys:
     keys = work / "keys"
-    gateway = protocol.generate_ed25519("gateway")
+    existing = keys / "gateway-signing.pem"  # made with the agent's egress config when the kiosk step runs
+    if existing.exists():
+        gateway = protocol.load_signing_key("gateway", existing)
+    else:
+        gateway = protocol.generate_ed25519("gateway")
+        _write(existing, protocol.private_pem(gateway), private=True)
     app = protocol.generate_ed25519(APP_ID)
-    _write(keys / "gateway-signing.pem", protocol.private_pem(gateway), private=True)
     _write(keys / f"{APP_ID}.pem", protocol.private_pem(app), private=True)
     _write(keys / f"{APP_ID}.pub", app.public().public_pem())
     _rsa_pair(keys / "wechat" / "apiclient_key.pem", keys / "wechat" / "apiclient_pub.pem")
@@ -137,7 +142,9 @@ def start_channels(procs: Processes, work: Path) -> SandboxChannels:
     return SandboxChannels(*urls, state=state)
 
 
-def write_gateway_config(work: Path, port: int, agent_url: str, notify_url: str, channels: SandboxChannels) -> Path:
+def write_gateway_config(
+    work: Path, port: int, agent_url: str, notify_url: str, channels: SandboxChannels, extra: str = ""
+) -> Path:
     """The shipped example, pointed at this run: its port, a SQLite file beside it, the demo's agent (mTLS client
     certificate and platform signing key from the dev certs), the demo as the app, the sandbox channels."""
     text, _ = _example()
@@ -168,7 +175,8 @@ def write_gateway_config(work: Path, port: int, agent_url: str, notify_url: str,
     ]
     for old, new in edits:
         text = _replace(text, old, new)
-    text += f"""
+    text += (
+        f"""
 [[merchants]]                                      # added by the demo: an Alipay app on the sandbox channels
 id = "ali-h001"
 channel = "alipay"
@@ -194,6 +202,8 @@ id = "sign-2026"
 private_key_file = "channels/unionpay_merchant_sign.pfx"
 password = {{ file = "channels/unionpay_merchant_sign.pw" }}
 """
+        + extra
+    )
     config = work / "gateway.toml"
     protocol.write_private(config, text.encode("utf-8"))
     return config
@@ -346,8 +356,16 @@ async def refund(app: HospitalApp, order_no: str, refund_no: str, amount_fen: in
     return row
 
 
-async def run(work: Path, certs: DevCerts, agent_url: str, procs: Processes, channel: str = "wechat") -> None:
-    """The gateway half: a payment, a partial and a full refund, gateway → channel → bridge → sandbox HIS."""
+async def run(
+    work: Path,
+    certs: DevCerts,
+    agent_url: str,
+    procs: Processes,
+    channel: str = "wechat",
+    kiosk: demo_kiosk.KioskSetup | None = None,
+) -> None:
+    """The gateway half: a payment, a partial and a full refund, gateway → channel → bridge → sandbox HIS; then,
+    with ``kiosk``, a kiosk payment and a window refund through the agent, intranet → cloud."""
     keys = make_keys(work)
     step("his-sandbox channels — WeChat Pay v3, Alipay and UnionPay sandboxes trusting this run's merchant keys")
     channels = await asyncio.to_thread(start_channels, procs, work)
@@ -359,7 +377,8 @@ async def run(work: Path, certs: DevCerts, agent_url: str, procs: Processes, cha
     async with NotifyReceiver(keys.gateway.public()) as receiver:
         port = free_port()
         gateway_url = f"http://127.0.0.1:{port}"
-        config = write_gateway_config(work, port, agent_url, receiver.url, channels)
+        extra = demo_kiosk.gateway_toml(kiosk) if kiosk is not None else ""
+        config = write_gateway_config(work, port, agent_url, receiver.url, channels, extra)
         step(f"his-gateway -c {shown(config)} serve — the cloud gateway, configured from gateway.example.toml")
         await start_gateway(procs, config, gateway_url)
         say(f"gateway: {gateway_url}; hospital H001's bridge: {agent_url}; app {APP_ID} notified at {receiver.url}")
@@ -368,6 +387,8 @@ async def run(work: Path, certs: DevCerts, agent_url: str, procs: Processes, cha
         try:
             async with bridge_client(certs, agent_url) as his:
                 await _pay_and_refund(app, ChannelAdmin(channels.admin_url, app.session), his, receiver, channel)
+            if kiosk is not None:
+                await demo_kiosk.run(kiosk, procs, channels.admin_url, channel)
         finally:
             await app.close()
         await reconcile_today(config)

@@ -15,6 +15,19 @@ from tests.support.db_fixtures import (  # noqa: F401 - fixtures for the stored-
 )
 from tests.support.rig import bridge_config_toml, make_client
 
+SERVER_FIXTURES = frozenset({"postgres_server", "mariadb_server", "redis_server"})
+"""Fixtures that start a database server: every test using one is a ``system`` test."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need a database server as ``system`` (the fast tier, ``-m "not system"``, leaves them
+    out); tests that start processes or a browser carry the mark in their module."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and "postgresql" in callspec.params.values()
+        if on_postgres or SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.system)
+
 
 @pytest.fixture(scope="session")
 def dev_certs(tmp_path_factory) -> DevCerts:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.system
+
 REPO = Path(__file__).resolve().parents[1]
 
 BENCHMARKS = {
@@ -35,6 +37,10 @@ BENCHMARKS = {
     "bench_his_recon.py": (
         ["--records", "1500", "--rounds", "1"],
         {"his_recon_fetch_records_per_s", "recon_validate_us_per_record", "recon_validate_vs_before_ratio"},
+    ),
+    "bench_egress.py": (
+        ["--quick"],
+        {"egress_vs_direct_throughput", "egress_added_p50_ms", "agent_peak_rss_mb", "lost", "doubled"},
     ),
     "bench_recon.py": (
         ["--rows", "20000"],
@@ -62,3 +68,5 @@ def test_benchmark_prints_its_figures(script: str) -> None:
     assert keys <= set(figures), f"missing: {sorted(keys - set(figures))}"
     if "lost_writes" in figures:
         assert figures["lost_writes"] == 0
+    if "doubled" in figures:
+        assert figures["lost"] == figures["doubled"] == figures["unanswered"] == 0, figures

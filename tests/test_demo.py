@@ -1,7 +1,7 @@
 """The README's main-job command stays true: ``scripts/demo.py`` runs the bridge steps and then a payment, a partial
-and a full refund through gateway → sandbox channel → bridge → sandbox HIS, as real processes, and ends with the
-three ledgers agreeing and the day reconciled — by WeChat Pay (the default) and by UnionPay (``--channel
-unionpay``)."""
+and a full refund through gateway → sandbox channel → bridge → sandbox HIS, as real processes, the three ledgers
+agreeing; then a kiosk pays and a window refunds through the agent's intranet listener, and the day reconciles —
+by WeChat Pay (the default) and by UnionPay (``--channel unionpay``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.system
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +39,9 @@ def test_the_demo_runs_the_main_job_end_to_end(tmp_path: Path, channel: str) -> 
         "full refund done:",
         "order.completed",
         "the three ledgers agree:",
-        "run v1 done: records his 6, platform 3, channel 3; matched 3, over_collection 1, under_collection 2",
+        "OK   codepay  paid",
+        "OK   refund   succeeded",
+        "run v1 done: records his 8, platform 5, channel 5; matched 5, over_collection 1, under_collection 2",
         "keys: 0 FAIL, 0 WARN",
         "finance console: http://127.0.0.1:",
         "Stopped every process the demo started.",

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.channels.base import Scene
-from gateway.model import BusinessType, HisState, OrderStatus, RefundOrigin, RefundState
+from gateway.model import BusinessType, HisState, OrderOrigin, OrderStatus, RefundOrigin, RefundState
 
 Fen = Annotated[int, Field(ge=0, description="amount in fen (1/100 yuan)")]
 
@@ -57,6 +57,10 @@ class Order(_Answer):
     exception: str | None = Field(description="what finance must look at: his_rejected, paid_after_close, …")
     exception_detail: str | None
     close_requested: bool
+    last_error: str | None = Field(description="the last failure on the way (a channel or bridge error)")
+    origin: OrderOrigin = Field(description="who started it: an app, a kiosk (terminal) or a cashier window")
+    terminal_id: str | None = Field(description="the kiosk or window, for payments that came through the agent")
+    request_id: str | None = Field(description="the caller's own request id, when it gave one")
     expires_at: dt.datetime | None
     created_at: dt.datetime | None
     updated_at: dt.datetime | None
@@ -82,6 +86,8 @@ class Refund(_Answer):
     amount_fen: Fen
     reason: str | None
     origin: RefundOrigin
+    terminal_id: str | None = Field(description="the window that started it, for window refunds")
+    request_id: str | None = Field(description="the caller's own request id, when it gave one")
     state: RefundState
     channel_refund_no: str | None
     refunded_at: dt.datetime | None
@@ -100,6 +106,41 @@ class OrderAnswer(_Answer):
 class OrderWithRefunds(_Answer):
     order: Order
     refunds: list[Refund]
+
+
+class ByRequestId(_Answer):
+    """What the caller created under its own request id: an order with its refunds, or a refund."""
+
+    order: Order | None = None
+    refunds: list[Refund] | None = None
+    refund: Refund | None = None
+
+
+class ChannelTotals(_Answer):
+    paid_count: int
+    paid_fen: Fen
+    refund_count: int
+    refund_fen: Fen
+
+
+class DayTotals(_Answer):
+    paid_count: int
+    paid_fen: Fen
+    refund_count: int
+    refund_fen: Fen
+    net_fen: int
+    by_channel: dict[str, ChannelTotals]
+
+
+class Transactions(_Answer):
+    """A terminal's (or the calling app's) payments and refunds of one day, for the end-of-shift count (日结)."""
+
+    date: dt.date
+    terminal_id: str | None
+    orders: list[Order]
+    refunds: list[Refund]
+    totals: DayTotals
+    truncated: bool = Field(description="more than 5000 orders or refunds: the lists stop there, the totals too")
 
 
 class OrderPage(_Answer):

@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from bridge import protocol
-from gateway.api import callbacks, client_address, events, his, openapi, orders
+from gateway.api import callbacks, client_address, events, his, openapi, orders, terminals
 from gateway.api.auth import SERVICES, SIGNING_KEY, Handler, auth_middleware, sign_middleware
 from gateway.api.errors import ApiError
 from gateway.api.orders import json_response
@@ -110,6 +110,7 @@ def create_app(
     if svc.cfg.metrics.token_file is not None:
         app[METRICS_TOKEN] = read_metrics_token(svc.cfg.metrics.token_file)
     orders.add_routes(app)
+    terminals.add_routes(app)
     events.add_routes(app)
     his.add_routes(app)
     callbacks.add_routes(app)

@@ -8,9 +8,12 @@ replay fail on any instance and after a restart. Answers are signed by the gatew
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from bridge import protocol
 from gateway.api import permissions
@@ -36,6 +39,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     svc = request.app[SERVICES]
     window = svc.cfg.signing.timestamp_window_s
+    client_cn = peer_cn(request)  # before the body is read: a caller that hangs up takes its transport with it
     body = await request.read()
     key_id = request.headers.get(protocol.HEADER_KEY_ID, "")
     app = await registry.load_app(svc.db, key_id) if protocol.KEY_ID_RE.match(key_id) else None
@@ -45,6 +49,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         log.info("api_auth_refused", code=e.code, key_id=key_id[:64])
         raise _refuse(e.code, e.message) from None
     assert app is not None
+    if app.client_cert_cn is not None and client_cn != app.client_cert_cn:
+        log.info("api_client_cert_refused", app=app.id, cn=client_cn)
+        raise ApiError(
+            403, "client_not_allowed", f"app {app.id} calls over mutual TLS with its own client certificate only"
+        )
     operation = permissions.required(request)
     if operation is not None and operation not in app.operations:
         log.info("api_operation_refused", app=app.id, operation=operation)
@@ -98,6 +107,19 @@ def _verify(app: registry.App | None, request: web.Request, body: bytes, window:
             "key_not_valid", f"signed with app {app.id}'s key {other.name}, {when}: sign with its current key"
         )
     raise error or protocol.EnvelopeError("bad_signature", "signature does not match the request")
+
+
+def peer_cn(request: web.Request) -> str | None:
+    """The subject CN of the client certificate this request came with (the mutual-TLS listener), if any."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return _cn_of(der) if der else None
+
+
+@functools.lru_cache(maxsize=64)
+def _cn_of(der: bytes) -> str | None:
+    names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
 
 
 @web.middleware

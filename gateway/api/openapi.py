@@ -70,8 +70,9 @@ ERRORS = {
     "400": "Malformed JSON or a bad query parameter (bad_query).",
     "401": "Unsigned, badly signed, stale, or an unknown app (unsigned, bad_signature, bad_timestamp, ...); "
     "signed with one of the app's keys that is retired or not valid yet (key_not_valid).",
-    "403": "The app may not call this operation (operation_not_allowed), or it or its hospital is disabled "
-    "(app_disabled).",
+    "403": "This app may not do this: the operation is not allowed to it (operation_not_allowed), it or its "
+    "hospital is disabled (app_disabled), agent apps only (not_an_agent), or not over its own client "
+    "certificate (client_not_allowed).",
     "404": "No such order or refund for this hospital (order_not_found, refund_not_found, not_found).",
     "405": "Method not allowed.",
     "409": "A replayed nonce; or the conflict the operation names.",
@@ -218,6 +219,7 @@ def build(version: str = "1") -> dict[str, Any]:
     models: list[tuple[type[BaseModel], Any]] = [
         (schemas.CreateOrder, "validation"),
         (schemas.RequestRefund, "validation"),
+        (schemas.WindowRefund, "validation"),
         *(
             (m, "serialization")
             for m in (
@@ -226,6 +228,8 @@ def build(version: str = "1") -> dict[str, Any]:
                 answers.OrderPage,
                 answers.RefundAnswer,
                 answers.EventPage,
+                answers.ByRequestId,
+                answers.Transactions,
                 answers.Error,
                 his_answers.PatientAnswer,
                 his_answers.BillsAnswer,
@@ -247,7 +251,7 @@ def build(version: str = "1") -> dict[str, Any]:
                     "201": (answers.OrderAnswer, "Created."),
                     "200": (answers.OrderAnswer, "The same request again: the order as it stands."),
                 },
-                ["409", "422", "503"],
+                ["403", "409", "422", "503"],
                 body=schemas.CreateOrder,
                 conflicts="business_order_no used with other content (order_conflict)",
             ),
@@ -305,6 +309,52 @@ def build(version: str = "1") -> dict[str, Any]:
                 {"200": (answers.RefundAnswer, "The refund.")},
                 ["404", "409"],
                 parameters=[_path_param("business_refund_no")],
+            )
+        },
+        "/v1/requests/{request_id}": {
+            "get": _operation(
+                "by_request_id",
+                "What this app created under its own request id: how a caller settles a request whose answer it lost.",
+                {"200": (answers.ByRequestId, "The order with its refunds, or the refund.")},
+                ["404", "409"],
+                parameters=[_path_param("request_id")],
+            )
+        },
+        "/v1/window-refunds": {
+            "post": _operation(
+                "create_window_refund",
+                "A refund the HIS already made at its cashier window (the hospital's agent app only): no HIS step "
+                "is sent, and it is capped by what the payment still covers.",
+                {
+                    "201": (answers.RefundAnswer, "Requested."),
+                    "200": (answers.RefundAnswer, "The same request again: the refund as it stands."),
+                },
+                ["403", "404", "409", "422"],
+                body=schemas.WindowRefund,
+                conflicts="more than the payment still covers (not_refundable), or business_refund_no reused "
+                "(refund_conflict)",
+            )
+        },
+        "/v1/transactions": {
+            "get": _operation(
+                "transactions",
+                "A terminal's (agent apps) or the calling app's payments and refunds of one day, with totals.",
+                {"200": (answers.Transactions, "The day.")},
+                ["403", "409"],
+                parameters=[
+                    {
+                        "name": "date",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "format": "date"},
+                        "description": "the day, YYYY-MM-DD (Asia/Shanghai)",
+                    },
+                    _query(
+                        "terminal_id",
+                        {"type": "string", "minLength": 1, "maxLength": 64, "pattern": CODE},
+                        "one terminal's (agent apps only)",
+                    ),
+                ],
             )
         },
         "/v1/events": {

@@ -7,11 +7,12 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import IntegrityError
 
 from gateway.api.auth import APP, BODY, SERVICES
 from gateway.api.errors import ApiError
 from gateway.api.schemas import CreateOrder, RequestRefund
-from gateway.model import BusinessType, OrderStatus
+from gateway.model import BusinessType, OrderOrigin, OrderStatus
 from gateway.notify_guard import NotifyUrlRefused, app_hosts, check_url, networks
 from gateway.sagas import compensation, payment, refund
 from gateway.services import UnknownMerchant
@@ -92,6 +93,8 @@ async def _reserve_slot(db: Any, hospital_id: str, body: CreateOrder) -> None:
 async def create_order(request: web.Request) -> web.Response:
     svc, app = request.app[SERVICES], request[APP]
     body = parse(request, CreateOrder)
+    if (body.terminal_id is not None or body.origin != OrderOrigin.app) and not app.is_agent:
+        raise ApiError(403, "not_an_agent", "only a hospital's agent app may name a terminal or an origin")
     try:
         his_params = body.his_params()
     except ValueError as e:
@@ -116,9 +119,15 @@ async def create_order(request: web.Request) -> web.Response:
         auth_code=body.auth_code,
         client_ip=body.client_ip or request.remote,
         expire_s=body.expire_s,
+        request_id=body.request_id,
+        terminal_id=body.terminal_id,
+        origin=body.origin,
+        his_commit=app.his_commit,
     )
     try:
         order, created = await payment.create(svc, app, new)
+    except IntegrityError:
+        raise ApiError(409, "request_conflict", f"request_id {body.request_id} was used for another order") from None
     except payment.NoMerchant as e:
         raise ApiError(422, "no_merchant", str(e)) from None
     except payment.OrderConflict as e:
@@ -179,8 +188,12 @@ async def request_refund(request: web.Request) -> web.Response:
     body = parse(request, RequestRefund)
     try:
         row, created = await refund.request(
-            svc, order, refund.NewRefund(body.business_refund_no, body.amount_fen, body.reason)
+            svc,
+            order,
+            refund.NewRefund(body.business_refund_no, body.amount_fen, body.reason, body.request_id, request[APP].id),
         )
+    except IntegrityError:
+        raise ApiError(409, "request_conflict", f"request_id {body.request_id} was used for another refund") from None
     except refund.NotRefundable as e:
         raise ApiError(409, "not_refundable", str(e)) from None
     except refund.RefundConflict as e:

@@ -11,10 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bridge import catalog
 from gateway.channels.base import Scene
-from gateway.model import COMMIT_OPERATION, BusinessType
+from gateway.model import COMMIT_OPERATION, BusinessType, OrderOrigin
 
 Code = catalog.Code
 PositiveFen = catalog.PositiveFen
+TerminalId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 
 
 class _Strict(BaseModel):
@@ -61,6 +62,11 @@ class CreateOrder(_Strict):
     client_ip: Annotated[str, Field(max_length=64)] | None = None
     notify_url: Annotated[str, Field(pattern=r"^https?://", max_length=500)] | None = None
     expire_s: Annotated[int, Field(ge=60, le=7 * 86400)] | None = None
+    request_id: Code | None = None
+    """The caller's own request id: ``GET /v1/requests/{request_id}`` finds the order by it."""
+    terminal_id: TerminalId | None = None
+    """The kiosk or window that took the payment (agent apps only)."""
+    origin: OrderOrigin = OrderOrigin.app
 
     @model_validator(mode="after")
     def _his_references(self) -> CreateOrder:
@@ -113,4 +119,19 @@ class RequestRefund(_Strict):
 
     business_refund_no: Code
     amount_fen: PositiveFen
+    reason: Annotated[str, Field(max_length=200)] | None = None
+    request_id: Code | None = None
+
+
+class WindowRefund(_Strict):
+    """A refund the HIS has already made at its cashier window (窗口退费), forwarded by the hospital's agent."""
+
+    business_refund_no: Code
+    out_trade_no: Code
+    """The payment, by the trade number the HIS recorded it under."""
+    amount_fen: PositiveFen
+    his_refund_no: Code
+    """The HIS's own number for the refund: reconciliation matches the HIS's record by it."""
+    terminal_id: TerminalId
+    request_id: Code | None = None
     reason: Annotated[str, Field(max_length=200)] | None = None

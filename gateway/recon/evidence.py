@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.recon import his_detail
+from gateway.recon import his_detail, platform_side
 from gateway.recon.engine import APPLIED, SETTLED, UNSETTLED
 from gateway.recon.his_side import entry_key, record_time
 from gateway.recon.normalize import StatementRow
@@ -145,9 +145,10 @@ async def backfill(db: Database, hospital: str, keys: set[str], days: Iterable[d
     out: Observations = defaultdict(list)
     if not keys:
         return out
+    aliases = await platform_side.his_keys_of(db, hospital, keys)
     for day in sorted(days):
-        for record in await his_detail.find(db, hospital, day, keys):
-            key, ob = of_his(record, day)
+        for key, record in await his_detail.find(db, hospital, day, keys, aliases):
+            _, ob = of_his(record, day)
             out[key].append(ob)
         for merchant_id, channel, raw in await _statements(db, hospital, day):
             for row in parse(channel, raw).rows:

@@ -14,7 +14,7 @@ import hashlib
 import io
 import json
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -96,10 +96,19 @@ async def latest(db: Database, hospital: str, day: dt.date) -> dict[str, Any] | 
     return None if row is None else dict(row._mapping)
 
 
-async def find(db: Database, hospital: str, day: dt.date, keys: Iterable[str]) -> list[dict[str, Any]]:
-    """The day's stored records whose entry key is one of ``keys``."""
-    wanted = set(keys)
+async def find(
+    db: Database, hospital: str, day: dt.date, keys: Iterable[str], aliases: Mapping[str, str] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """The day's stored records whose entry key is one of ``keys``, with that key; ``aliases`` maps a key the HIS
+    lists a record under (a window refund's own number) to ours."""
+    aliases = aliases or {}
+    wanted = set(keys) | set(aliases)
     detail = await latest(db, hospital, day)
     if detail is None or not wanted:
         return []
-    return [r for r in records(detail["raw"]) if entry_key(r) in wanted]
+    found = []
+    for record in records(detail["raw"]):
+        key = entry_key(record)
+        if key in wanted:
+            found.append((aliases.get(key, key), record))
+    return found

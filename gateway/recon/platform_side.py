@@ -2,9 +2,12 @@
 
 An order counts on the day it was paid (``paid_at``), a refund on the day the money went back
 (``refunded_at``). A payment the gateway holds back from the HIS (``his_state`` rejected or held) and a refund
-of one are marked ``NO_HIS``: the HIS is not expected to know them. A refund whose HIS application was undone
-(``cancelled``) is ``CANCELLED``. ``lookup`` fetches the current records of keys the other sides have but the
-day's platform set lacks (an order still paying, one paid on another day), for their state and display.
+of one are marked ``NO_HIS``: the HIS is not expected to know them. A payment the caller recorded in the HIS
+itself (``his_state`` caller) is expected there all the same, and so is a refund the HIS made at its window —
+under the HIS's own refund number, which ``window_refund_keys`` translates to ours. A refund whose HIS
+application was undone (``cancelled``) is ``CANCELLED``. ``lookup`` fetches the current records of keys the
+other sides have but the day's platform set lacks (an order still paying, one paid on another day), for their
+state and display.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from gateway.model import HIS_CLEAR, PAID_ORDER, HisState, RefundState
+from gateway.model import HIS_CLEAR, PAID_ORDER, HisState, RefundOrigin, RefundState
 from gateway.recon.engine import CANCELLED, NO_HIS, SETTLED, UNSETTLED
 from gateway.store.db import Database
 from gateway.store.tables import orders, refunds
@@ -41,6 +44,8 @@ ORDER_COLUMNS = (
     orders.c.his_state,
     orders.c.his_receipt_no,
     orders.c.paid_at,
+    orders.c.origin,
+    orders.c.terminal_id,
 )
 REFUND_COLUMNS = (
     refunds.c.id,
@@ -54,6 +59,8 @@ REFUND_COLUMNS = (
     refunds.c.state,
     refunds.c.his_receipt_no,
     refunds.c.refunded_at,
+    refunds.c.terminal_id,
+    refunds.c.his_refund_id,
     orders.c.out_trade_no,
     orders.c.merchant_id,
     orders.c.channel_trade_no,
@@ -74,12 +81,14 @@ def order_entry(row: Any) -> tuple[str, int, dt.datetime | None, int, dict[str, 
 
 
 def refund_entry(row: Any) -> tuple[str, int, dt.datetime | None, int, dict[str, Any]]:
+    window = row.origin == RefundOrigin.window.value
     if row.state == RefundState.cancelled.value:
         flag = CANCELLED
     elif row.state not in SETTLED_REFUND:
         flag = UNSETTLED
     else:
-        flag = SETTLED if row.order_his_state == HisState.done.value else NO_HIS
+        his_knows = window or row.order_his_state in (HisState.done.value, HisState.caller.value)
+        flag = SETTLED if his_knows else NO_HIS
     return f"refund:{row.out_refund_no}", int(row.amount_fen), row.refunded_at, flag, {"kind": "refund", **_json(row)}
 
 
@@ -142,6 +151,41 @@ async def lookup(
                 .where(refunds.c.hospital_id == hospital, refunds.c.out_refund_no.in_(chunk))
             )
             out += [refund_entry(r) for r in await conn.execute(stmt)]
+    return out
+
+
+async def window_refund_keys(db: Database, hospital: str, his_refund_nos: Iterable[str]) -> dict[str, str]:
+    """The HIS records a window refund (窗口退费) under its own refund number, made before ours existed: the
+    entry keys those numbers stand for."""
+    nos = list(dict.fromkeys(his_refund_nos))
+    out: dict[str, str] = {}
+    r = refunds.c
+    async with db.read() as conn:
+        for i in range(0, len(nos), 500):
+            stmt = sa.select(r.his_refund_id, r.out_refund_no).where(
+                r.hospital_id == hospital, r.origin == RefundOrigin.window.value, r.his_refund_id.in_(nos[i : i + 500])
+            )
+            for row in await conn.execute(stmt):
+                out[f"refund:{row.his_refund_id}"] = f"refund:{row.out_refund_no}"
+    return out
+
+
+async def his_keys_of(db: Database, hospital: str, keys: Iterable[str]) -> dict[str, str]:
+    """The other way round: for the window refunds among ``keys`` (ours), the key the HIS lists them under →
+    ours."""
+    nos = [k[7:] for k in keys if k.startswith("refund:")]
+    out: dict[str, str] = {}
+    r = refunds.c
+    async with db.read() as conn:
+        for i in range(0, len(nos), 500):
+            stmt = sa.select(r.his_refund_id, r.out_refund_no).where(
+                r.hospital_id == hospital,
+                r.origin == RefundOrigin.window.value,
+                r.out_refund_no.in_(nos[i : i + 500]),
+                r.his_refund_id.is_not(None),
+            )
+            for row in await conn.execute(stmt):
+                out[f"refund:{row.his_refund_id}"] = f"refund:{row.out_refund_no}"
     return out
 
 

@@ -106,6 +106,8 @@ class Loaded:
     """The day's HIS detail as stored (gzip of JSON lines), to read records back from."""
     statements: list[tuple[str, CheckedStatement]]
     """(merchant id, statement) of the day, whose rows stream again from the stored bytes."""
+    window_keys: dict[str, str]
+    """The HIS's keys of window refunds (its own refund numbers) → ours."""
 
     async def records(self, db: Database, hospital: str, keys: set[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
         """The records behind ``keys`` on each side, in the order the side gave them (one per copy)."""
@@ -114,6 +116,7 @@ class Loaded:
             return out
         for record in his_detail.records(self.his_detail):
             key = entry_key(record)
+            key = self.window_keys.get(key, key)
             if key in keys:
                 out["his"][key].append({**record, "time": record_time(record).isoformat()})
         for merchant_id, statement in self.statements:
@@ -224,14 +227,19 @@ async def _load(
 
     side = sides["his"]
     detail = his_detail.DetailWriter()
+    window_keys: dict[str, str] = {}
 
     def his_progress(done: int, total: int) -> None:
         progress("his", done, total)
 
     async for page in pages(source, day, page_size=cfg.recon.page_size, progress=his_progress):
+        refund_nos = [str(r.get("refund_no")) for r in page if r.get("kind") == "refund" and r.get("refund_no")]
+        page_keys = await platform_side.window_refund_keys(db, hospital, refund_nos) if refund_nos else {}
+        window_keys.update(page_keys)
         for record in page:
             detail.add(record)
             key = entry_key(record)
+            key = page_keys.get(key, key)
             t = record_time(record)
             amount = int(record["amount_fen"])
             side.add(key, amount, _seconds(t, start), evidence.his_flag(record))
@@ -246,7 +254,7 @@ async def _load(
             totals["platform_fen"] += amount if key.startswith("pay:") else -amount
         counts["platform_count"] += 1
     progress("platform", counts["platform_count"], counts["platform_count"])
-    return Loaded(sides, totals, counts, start, by_channel, detail_raw, statements)
+    return Loaded(sides, totals, counts, start, by_channel, detail_raw, statements, window_keys)
 
 
 def _statement_row_json(row: StatementRow, merchant_id: str) -> dict[str, Any]:

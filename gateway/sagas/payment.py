@@ -26,7 +26,9 @@ from gateway.model import (
     OPEN_ORDER,
     BusinessType,
     ExceptionKind,
+    HisCommit,
     HisState,
+    OrderOrigin,
     OrderStatus,
     utcnow,
 )
@@ -40,6 +42,9 @@ from gateway.views import order_view
 
 SUCCESS_STATES = (TradeState.success, TradeState.refund)
 CLOSED_STATES = (TradeState.closed, TradeState.revoked)
+
+
+WHO_ASKED = ("request_id", "terminal_id", "origin", "his_commit")
 
 
 class OrderConflict(Exception):
@@ -64,13 +69,17 @@ class NewOrder:
     auth_code: str | None = None
     client_ip: str | None = None
     expire_s: int | None = None
+    request_id: str | None = None
+    terminal_id: str | None = None
+    origin: OrderOrigin = OrderOrigin.app
+    his_commit: HisCommit = HisCommit.gateway
 
     def digest(self) -> str:
-        """What makes two requests "the same order": everything but the one-time payer details."""
+        """What makes two requests "the same order": everything but the one-time payer details and who asked."""
         fields = {
             k: v
             for k, v in self.__dict__.items()
-            if k not in ("auth_code", "client_ip", "payer_id", "notify_url", "expire_s")
+            if k not in ("auth_code", "client_ip", "payer_id", "notify_url", "expire_s", *WHO_ASKED)
         }
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -117,6 +126,10 @@ async def create(svc: Services, app: registry.App, new: NewOrder) -> tuple[Order
             "expires_at": now + dt.timedelta(seconds=ttl),
             "due_at": lease,
             "leased_until": lease,
+            "request_id": new.request_id,
+            "terminal_id": new.terminal_id,
+            "origin": new.origin.value,
+            "his_commit": new.his_commit.value,
         },
     )
     if not created:
@@ -258,7 +271,7 @@ async def _paid(svc: Services, order: Order, status: TradeStatus, source: str) -
             **money,
         )
         if row is None:
-            return await order_store.get(svc.db, order.id) or order
+            return await order_store.get_in(conn, order.id) or order
         await audit.record(conn, source, "exception.paid_after_close", order.out_trade_no, {"fen": paid_fen})
         await notify(conn, row, "order.exception")
         await hold_unrecorded(svc, conn, row, cls=ExceptionKind.paid_after_close, detail=detail, actor=source)
@@ -283,9 +296,11 @@ def commit_params(order: Order) -> tuple[str, dict[str, Any]]:
 async def commit_his(svc: Services, order: Order) -> Order:
     """Tell the HIS about a paid order, once. Only while its HIS state is ``none`` or ``pending``: a payment held
     back from the HIS (refused, held, returned by finance) is never sent, and a receipt that arrives for one
-    anyway becomes an exception saying so."""
+    anyway becomes an exception saying so. A payment whose caller tells the HIS itself is not sent at all."""
     if order.his_state not in HIS_SENDABLE:
         return order
+    if order.his_commit == HisCommit.caller:
+        return await _caller_tells_his(svc, order)
     operation, params = commit_params(order)
     try:
         answer = await write_once(
@@ -382,3 +397,22 @@ async def _his_booked(svc: Services, conn: AsyncConnection, order: Order, answer
     await audit.record(conn, "his", "exception.his_receipt_on_held", order.out_trade_no, {"receipt_no": receipt})
     log.error("his_receipt_on_held", out_trade_no=order.out_trade_no, receipt_no=receipt)
     return current
+
+
+async def _caller_tells_his(svc: Services, order: Order) -> Order:
+    """The caller records the payment in the HIS itself (under ``out_trade_no``): nothing is sent to the HIS,
+    and reconciliation still expects the HIS's record."""
+    async with svc.db.write() as conn:
+        row = await order_store.transition(
+            conn,
+            order.id,
+            [OrderStatus.paid],
+            his_states=HIS_SENDABLE,
+            status=OrderStatus.completed.value,
+            his_state=HisState.caller.value,
+            last_error=None,
+            due_at=None,
+        )
+        if row is not None:
+            await notify(conn, row, "order.completed")
+        return row or await order_store.get_in(conn, order.id) or order

@@ -48,10 +48,20 @@ class NewRefund:
     business_refund_no: str
     amount_fen: int
     reason: str | None = None
+    request_id: str | None = None
+    app_id: str | None = None
 
 
 def needs_his(refund: Refund, order: Order) -> bool:
-    return refund.origin == RefundOrigin.business and order.his_state == HisState.done
+    """The refund goes through the HIS's steps (apply, write-back): a business refund of a payment the HIS
+    booked (told by the gateway, or by the caller itself)."""
+    return refund.origin == RefundOrigin.business and order.his_state in (HisState.done, HisState.caller)
+
+
+def his_has_refunded(refund: Refund, order: Order) -> bool:
+    """The HIS has booked this refund already (it applied it, or started it at its window): if the money does
+    not go back, HIS and money disagree and finance must see it."""
+    return needs_his(refund, order) or refund.origin == RefundOrigin.window
 
 
 async def notify(conn: AsyncConnection, refund: Refund, order: Order, event_type: str) -> None:
@@ -83,6 +93,8 @@ async def request(svc: Services, order: Order, new: NewRefund) -> tuple[Refund, 
             "origin": RefundOrigin.business.value,
             "state": RefundState.his_applying.value,
             "due_at": svc.lease(),
+            "request_id": new.request_id,
+            "app_id": new.app_id,
         },
     )
     if not created:
@@ -141,7 +153,10 @@ def _request_id(refund: Refund, step: str) -> str:
 
 async def _apply_at_his(svc: Services, refund: Refund, order: Order) -> Refund:
     if not needs_his(refund, order):
-        return (await _reserve(svc, refund, order, limit_fen=None, his={})).refund or refund
+        reservation = await _reserve(svc, refund, order, limit_fen=None, his={})
+        if his_has_refunded(refund, order) and not reservation.reserved:
+            return await his_refund_not_paid(svc, reservation.refund or refund, order, reservation.why)
+        return reservation.refund or refund
     params = {
         "request_id": _request_id(refund, "apply"),
         "trade_no": order.out_trade_no,
@@ -181,21 +196,7 @@ async def _apply_at_his(svc: Services, refund: Refund, order: Order) -> Refund:
     reservation = await _reserve(svc, refund, order, limit_fen=refundable, his=his)
     reserved = reservation.refund or refund
     if not reservation.reserved and reserved.state == RefundState.rejected:
-        detail = "the HIS applied this refund, but it was not paid out: " + (reservation.why or "")
-        async with svc.db.write() as conn:
-            row = await refund_store.transition(
-                conn,
-                refund.id,
-                [RefundState.rejected],
-                exception=ExceptionKind.his_refund_not_paid.value,
-                exception_detail=detail[:500],
-            )
-            if row is not None:
-                await finance_exceptions.raise_exception(
-                    conn, order=order, refund=row, cls=ExceptionKind.his_refund_not_paid, detail=detail, actor="gateway"
-                )
-        log.warning("his_refund_not_paid", out_refund_no=refund.out_refund_no)
-        return row or reserved
+        return await his_refund_not_paid(svc, reserved, order, reservation.why)
     if reservation.reserved:
         async with svc.db.write() as conn:
             await _his_step_done(conn, reserved, order, "the HIS applied the refund")
@@ -214,6 +215,28 @@ async def _his_step_done(conn: AsyncConnection, refund: Refund, order: Order, no
     )
     if refund.exception == ExceptionKind.his_stuck:
         await refund_store.transition(conn, refund.id, None, exception=None, exception_detail=None)
+
+
+async def his_refund_not_paid(svc: Services, refund: Refund, order: Order, why: str | None) -> Refund:
+    """A refund the HIS has booked (applied, or started at its window) was refused before any money moved: an
+    exception for finance, on the refund and in finance's list."""
+    if refund.state != RefundState.rejected:
+        return refund
+    detail = "the HIS applied this refund, but it was not paid out: " + (why or refund.last_error or "")
+    async with svc.db.write() as conn:
+        row = await refund_store.transition(
+            conn,
+            refund.id,
+            [RefundState.rejected],
+            exception=ExceptionKind.his_refund_not_paid.value,
+            exception_detail=detail[:500],
+        )
+        if row is not None:
+            await finance_exceptions.raise_exception(
+                conn, order=order, refund=row, cls=ExceptionKind.his_refund_not_paid, detail=detail, actor="gateway"
+            )
+    log.warning("his_refund_not_paid", out_refund_no=refund.out_refund_no)
+    return row or refund
 
 
 async def _reserve(
@@ -435,7 +458,7 @@ async def _word_does_not_fit(
 async def _channel_refused(svc: Services, refund: Refund, order: Order, why: str) -> Refund:
     values: dict[str, Any] = {"state": RefundState.failed.value, "last_error": why[:500], "due_at": None}
     detail = f"the HIS applied this refund but the channel refused it: {why}"
-    if needs_his(refund, order):
+    if his_has_refunded(refund, order):
         values.update(exception=ExceptionKind.his_refund_not_paid.value, exception_detail=detail[:500])
     async with svc.db.write() as conn:
         row = await refund_store.transition(conn, refund.id, [RefundState.reserved, RefundState.refunding], **values)
@@ -443,7 +466,7 @@ async def _channel_refused(svc: Services, refund: Refund, order: Order, why: str
             return await refund_store.get_in(conn, refund.id) or refund
         await notify(conn, row, order, "refund.failed")
         await audit.record(conn, "channel", "refund.failed", refund.out_refund_no, {"why": why[:200]})
-        if needs_his(refund, order):
+        if his_has_refunded(refund, order):
             await finance_exceptions.raise_exception(
                 conn, order=order, refund=row, cls=ExceptionKind.his_refund_not_paid, detail=detail, actor="channel"
             )

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from bridge import protocol
 from gateway.config import DEFAULT_OPERATIONS, GatewayConfig
-from gateway.model import RefundPolicy, utcnow
+from gateway.model import HisCommit, RefundPolicy, utcnow
 from gateway.store import tenants
 from gateway.store.db import Database
 from gateway.store.tables import hospitals, merchants
@@ -30,6 +30,15 @@ class App:
     """Hosts an order's notify URL may name, besides the host of ``notify_url``."""
     keys: tuple[tenants.AppKey, ...] = ()
     operations: frozenset[str] = frozenset(DEFAULT_OPERATIONS)
+    kind: str = "app"
+    his_commit: HisCommit = HisCommit.gateway
+    """Who tells the HIS after this app's payments: the app's own setting, else its hospital's."""
+    client_cert_cn: str | None = None
+
+    @property
+    def is_agent(self) -> bool:
+        """A hospital's bridge agent: it may name terminals and start HIS-approved window refunds."""
+        return self.kind == "agent"
 
     def verify_keys(self, now: dt.datetime) -> list[protocol.VerifyKey]:
         """The keys a request signed now may verify against, newest first."""
@@ -52,7 +61,7 @@ async def load_app(db: Database, app_id: str) -> App | None:
         found = await tenants.load_app(conn, app_id)
     if found is None:
         return None
-    row, hospital_enabled = found
+    row, hospital_enabled, hospital_his_commit = found.app, found.hospital_enabled, found.hospital_his_commit
     valid = row.valid_keys(utcnow()) or sorted(row.keys, key=lambda k: k.added_at, reverse=True)
     if not valid:
         return None
@@ -65,6 +74,9 @@ async def load_app(db: Database, app_id: str) -> App | None:
         row.notify_hosts,
         row.keys,
         row.allowed,
+        kind=row.kind,
+        his_commit=HisCommit(row.his_commit or hospital_his_commit),
+        client_cert_cn=row.client_cert_cn,
     )
 
 

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bridge import protocol
 from gateway.channels import factory
 from gateway.config import DEFAULT_OPERATIONS, AppConfig, BridgeLink, HospitalConfig, MerchantConfig
-from gateway.model import RefundPolicy, utcnow
+from gateway.model import HisCommit, RefundPolicy, utcnow
 from gateway.store import audit
 from gateway.store.db import Database
 from gateway.store.platform_tables import app_keys, tenants_version
@@ -82,6 +82,7 @@ class HospitalRow:
     read_cache: dict[str, int]
     source: str
     updated_at: dt.datetime
+    his_commit: str = HisCommit.gateway.value
 
     def config(self) -> HospitalConfig:
         return HospitalConfig(
@@ -92,6 +93,7 @@ class HospitalRow:
             recon_at=self.recon_at,
             enabled=self.enabled,
             read_cache=self.read_cache,  # type: ignore[arg-type]
+            his_commit=HisCommit(self.his_commit),
         )
 
 
@@ -128,6 +130,9 @@ class AppRow:
     source: str
     updated_at: dt.datetime
     notify_hosts: tuple[str, ...] = ()
+    kind: str = "app"
+    his_commit: str | None = None
+    client_cert_cn: str | None = None
 
     @property
     def allowed(self) -> frozenset[str]:
@@ -196,7 +201,7 @@ async def read_version(db: Database) -> int:
 def _hospital(row: Any) -> HospitalRow:
     return HospitalRow(
         row.id, row.name, row.refund_policy, bool(row.enabled), row.recon_at, row.bridge, dict(row.read_cache or {}),
-        row.source, row.updated_at,
+        row.source, row.updated_at, row.his_commit,
     )  # fmt: skip
 
 
@@ -216,7 +221,7 @@ def _app(row: Any, keys: list[AppKey]) -> AppRow:
         keys = [AppKey("config", row.public_key_pem, row.updated_at)]
     return AppRow(
         row.id, row.hospital_id, row.notify_url, bool(row.enabled), ops, tuple(keys), row.source, row.updated_at,
-        tuple(row.notify_hosts or ()),
+        tuple(row.notify_hosts or ()), row.kind, row.his_commit, row.client_cert_cn,
     )  # fmt: skip
 
 
@@ -236,16 +241,23 @@ async def load(db: Database) -> Rows:
     return out
 
 
-async def load_app(conn: AsyncConnection, app_id: str) -> tuple[AppRow, bool] | None:
-    """One app with its keys, and whether its hospital is enabled."""
-    stmt = sa.select(apps, hospitals.c.enabled.label("hospital_enabled")).join(
-        hospitals, hospitals.c.id == apps.c.hospital_id
-    )
+@dataclass(frozen=True)
+class LoadedApp:
+    app: AppRow
+    hospital_enabled: bool
+    hospital_his_commit: str
+
+
+async def load_app(conn: AsyncConnection, app_id: str) -> LoadedApp | None:
+    """One app with its keys, and what the API needs of its hospital."""
+    stmt = sa.select(
+        apps, hospitals.c.enabled.label("hospital_enabled"), hospitals.c.his_commit.label("hospital_his_commit")
+    ).join(hospitals, hospitals.c.id == apps.c.hospital_id)
     row = (await conn.execute(stmt.where(apps.c.id == app_id))).first()
     if row is None:
         return None
     keys = [_key(k) for k in await conn.execute(sa.select(app_keys).where(app_keys.c.app_id == app_id))]
-    return _app(row, keys), bool(row.hospital_enabled)
+    return LoadedApp(_app(row, keys), bool(row.hospital_enabled), row.hospital_his_commit)
 
 
 async def get_hospital(db: Database, hospital_id: str) -> HospitalRow | None:
@@ -263,7 +275,7 @@ async def get_merchant(db: Database, merchant_id: str) -> MerchantRow | None:
 async def get_app(db: Database, app_id: str) -> AppRow | None:
     async with db.read() as conn:
         found = await load_app(conn, app_id)
-    return found[0] if found is not None else None
+    return found.app if found is not None else None
 
 
 # --- changing ----------------------------------------------------------------------------------------------
@@ -305,6 +317,7 @@ def hospital_values(spec: HospitalConfig) -> dict[str, Any]:
         "recon_at": spec.recon_at,
         "bridge": spec.bridge.model_dump(mode="json") if spec.bridge is not None else None,
         "read_cache": dict(spec.read_cache) or None,
+        "his_commit": spec.his_commit.value,
     }
 
 
@@ -393,6 +406,12 @@ class AppSpec:
     operations: tuple[str, ...] | None = None
     notify_hosts: tuple[str, ...] = ()
     """Hosts an order's ``notify_url`` may name besides the host of ``notify_url`` (``gateway.notify_guard``)."""
+    kind: str = "app"
+    """``agent``: a hospital's bridge agent forwarding its kiosks and windows."""
+    his_commit: str | None = None
+    """Who tells the HIS after this app's payments (``gateway``, ``caller``); the hospital's when None."""
+    client_cert_cn: str | None = None
+    """Accepted only over the mutual-TLS listener from a client certificate with this CN."""
 
     def values(self) -> dict[str, Any]:
         ops = sorted(set(self.operations)) if self.operations is not None else None
@@ -402,6 +421,9 @@ class AppSpec:
             "enabled": self.enabled,
             "operations": ops,
             "notify_hosts": sorted(set(self.notify_hosts)),
+            "kind": self.kind,
+            "his_commit": self.his_commit,
+            "client_cert_cn": self.client_cert_cn,
         }
 
 
@@ -630,7 +652,10 @@ class ImportReport:
 
 def app_spec(app: AppConfig, hospital_id: str) -> AppSpec:
     ops = tuple(app.operations) if app.operations is not None else None
-    return AppSpec(app.app_id, hospital_id, app.notify_url, app.enabled, ops, tuple(app.notify_hosts))
+    return AppSpec(
+        app.app_id, hospital_id, app.notify_url, app.enabled, ops, tuple(app.notify_hosts), app.kind,
+        app.his_commit.value if app.his_commit is not None else None, app.client_cert_cn,
+    )  # fmt: skip
 
 
 async def import_blocks(

@@ -51,7 +51,7 @@ from gateway.config import (
     resolve_files,
 )
 from gateway.his import BridgeHis
-from gateway.model import RefundPolicy, utcnow
+from gateway.model import HisCommit, RefundPolicy, utcnow
 from gateway.store import tenants as store
 from gateway.store.db import Database
 
@@ -159,6 +159,7 @@ async def _hospital_spec(args: argparse.Namespace, current: store.HospitalRow | 
         "bridge": await _bridge(args, current.bridge if current else None),
         "enabled": current.enabled if current else True,
         "read_cache": cache,
+        "his_commit": args.his_commit or (current.his_commit if current else HisCommit.gateway.value),
     }
     try:
         return HospitalConfig.model_validate(data)
@@ -175,6 +176,7 @@ def _hospital_json(row: store.HospitalRow) -> dict[str, Any]:
         "recon_at": row.recon_at,
         "bridge": row.bridge,
         "read_cache": row.read_cache,
+        "his_commit": row.his_commit,
         "source": row.source,
         "updated_at": row.updated_at.isoformat(),
     }
@@ -223,6 +225,9 @@ def _app_json(row: store.AppRow) -> dict[str, Any]:
         "notify_url": row.notify_url,
         "notify_hosts": list(row.notify_hosts),
         "operations": sorted(row.allowed),
+        "kind": row.kind,
+        "his_commit": row.his_commit,
+        "client_cert_cn": row.client_cert_cn,
         "keys": [
             {
                 "name": k.name,
@@ -265,7 +270,10 @@ async def _apps(db: Database, args: argparse.Namespace) -> int:
         print(f"app {args.id}: key {args.key} retires at {args.at.isoformat()}")
         return 0
     if cmd == "add":
-        spec = store.AppSpec(args.id, args.hospital, args.notify_url, True, args.allow, tuple(args.notify_host or ()))
+        spec = store.AppSpec(
+            args.id, args.hospital, args.notify_url, True, args.allow, tuple(args.notify_host or ()),
+            args.kind or "app", args.his_commit or None, args.client_cert_cn or None,
+        )  # fmt: skip
         outcome = await store.put_app(
             db, spec, actor=actor(), source="cli", public_key_pem=_read_key(args.public_key), must_exist=False
         )
@@ -277,7 +285,11 @@ async def _apps(db: Database, args: argparse.Namespace) -> int:
     notify_url = None if args.no_notify_url else (args.notify_url or current.notify_url)
     operations = args.allow if args.allow is not None else current.operations
     hosts = tuple(args.notify_host) if args.notify_host is not None else current.notify_hosts
-    spec = store.AppSpec(current.id, current.hospital_id, notify_url, current.enabled, operations, hosts)
+    spec = store.AppSpec(
+        current.id, current.hospital_id, notify_url, current.enabled, operations, hosts, args.kind or current.kind,
+        (args.his_commit or None) if args.his_commit is not None else current.his_commit,
+        (args.client_cert_cn or None) if args.client_cert_cn is not None else current.client_cert_cn,
+    )  # fmt: skip
     pem = _read_key(args.public_key) if args.public_key is not None else None
     if pem is not None and store.fingerprint(store.normalize_public_key(pem)) in {k.fingerprint for k in current.keys}:
         print(f"app {args.id} already has that key")
@@ -470,6 +482,7 @@ def register(commands: Any) -> None:
         p.add_argument("--refund-policy", choices=[p.value for p in RefundPolicy])
         p.add_argument("--recon-at", help="HH:MM Asia/Shanghai (empty: the platform's time)")
         p.add_argument("--read-cache", type=parse_cache, action="append", metavar="OPERATION=SECONDS")
+        p.add_argument("--his-commit", choices=[c.value for c in HisCommit], help="who tells the HIS after a payment")
         p.add_argument("--no-check", action="store_true", help="save an agent link without loading its files")
         _bridge_options(p)
     _list_show(hsub, "hospital")
@@ -484,12 +497,14 @@ def register(commands: Any) -> None:
     add.add_argument("--notify-url")
     add.add_argument("--notify-host", action="append", type=parse_host, help="another host notify URLs may name")
     add.add_argument("--allow", type=parse_operations, help=f"comma-separated, of: {', '.join(OPERATIONS)}")
+    _agent_options(add)
     upd = asub.add_parser("update", help="change an app; --public-key rotates its key with an overlap")
     upd.add_argument("id")
     upd.add_argument("--notify-url")
     upd.add_argument("--no-notify-url", action="store_true")
     upd.add_argument("--notify-host", action="append", type=parse_host, help="replaces the app's other hosts")
     upd.add_argument("--allow", type=parse_operations)
+    _agent_options(upd)
     upd.add_argument("--public-key", help="a new key: both work until the old one retires")
     upd.add_argument("--overlap", type=parse_duration, help="how long the old key keeps working (7d)")
     upd.add_argument("--retire-old-at", type=parse_when, help="when the old key stops working (ISO, with offset)")
@@ -522,6 +537,14 @@ def register(commands: Any) -> None:
     imp.add_argument("file", type=Path)
     tsub.add_parser("version", help="print the tenants' version")
     tenants.set_defaults(func=_runner(_tenants, "tenants"), needs_config=True)
+
+
+def _agent_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kind", choices=("app", "agent"), help="agent: a hospital's agent forwarding its terminals")
+    parser.add_argument(
+        "--his-commit", choices=["", *(c.value for c in HisCommit)], help="who tells the HIS ('' = the hospital's)"
+    )
+    parser.add_argument("--client-cert-cn", help="accepted only over mutual TLS with this client CN ('' = any)")
 
 
 def _list_show(sub: Any, kind: str, *, hospital_filter: bool = False) -> None:

@@ -59,7 +59,7 @@ class Tenants:
                 )
                 apps[a.app_id] = AppRow(
                     a.app_id, h.id, a.notify_url, a.enabled, spec.operations, (key,) if key else (), "config", _EPOCH,
-                    spec.notify_hosts,
+                    spec.notify_hosts, spec.kind, spec.his_commit, spec.client_cert_cn,
                 )  # fmt: skip
         return cls(0, {h.id: h for h in cfg.hospitals}, {m.id: m for m in cfg.merchants}, apps)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -144,6 +145,45 @@ def codepay(ctx: Context, data: dict[str, Any], request: web.Request) -> dict[st
     script = CodepayScript.from_json({k: v for k, v in data.items() if k not in ("channel", "auth_code")})
     server.codepay_scripts[auth_code] = script
     return {"auth_code": auth_code, **script.__dict__}
+
+
+PAYERS: dict[str, dict[str, Any]] = {
+    "pays": {"outcome": "paid"},
+    "slow": {"outcome": "userpaying", "then": "paid", "after_queries": 1, "after_s": 20.0},
+    "declines": {"outcome": "userpaying", "then": "payerror", "after_queries": 1},
+    "expired": {
+        "wechat": {
+            "outcome": "error",
+            "status": 400,
+            "code": "AUTHCODEEXPIRE",
+            "message": "二维码已过期，请用户在微信上刷新后再试",
+        },
+        "alipay": {
+            "outcome": "error",
+            "code": "ACQ.PAYMENT_AUTH_CODE_INVALID",
+            "message": "支付失败，获取顾客账户信息失败，请顾客刷新付款码后重新收款",
+        },
+    },
+}
+CODE_PREFIX = {"wechat": "13", "alipay": "28"}
+"""Published 付款码 prefixes (WeChat 18 digits from 10–15; Alipay 16–24 digits from 25–30)."""
+
+
+def new_code(ctx: Context, data: dict[str, Any], request: web.Request) -> dict[str, Any]:
+    """A fresh 付款码 as the payer's phone shows it, and how that payer behaves at the scanner: ``pays`` at once,
+    ``slow`` (enters a password for ``after_s`` seconds, 20 by default), ``declines``, or ``expired``."""
+    server = _server(ctx, data)
+    payer = str(data.get("payer", "pays"))
+    if payer not in PAYERS:
+        raise AdminError(400, f"payer is one of {sorted(PAYERS)}, not {payer!r}")
+    spec = PAYERS[payer]
+    script_data = dict(spec.get(server.channel, spec))
+    if payer == "slow" and "after_s" in data:
+        script_data["after_s"] = data["after_s"]
+    script = CodepayScript.from_json(script_data)
+    auth_code = CODE_PREFIX[server.channel] + "".join(secrets.choice("0123456789") for _ in range(16))
+    server.codepay_scripts[auth_code] = script
+    return {"auth_code": auth_code, "channel": server.channel, "payer": payer, **script.__dict__}
 
 
 def hold_refunds(ctx: Context, data: dict[str, Any], request: web.Request) -> dict[str, Any]:
@@ -320,6 +360,7 @@ def setup_admin(app: web.Application) -> None:
     r.add_post("/_admin/payer/fail", route(fail))
     r.add_post("/_admin/payer/app-pay", route(app_pay))
     r.add_post("/_admin/codepay", route(codepay))
+    r.add_post("/_admin/codes", route(new_code))
     r.add_post("/_admin/refunds/hold", route(hold_refunds))
     r.add_post("/_admin/refunds/release", route(release_refunds))
     r.add_get("/_admin/faults", route(list_faults))

@@ -440,7 +440,7 @@ class AlipaySandbox:
         trade = self.ledger.update_trade(trade, queries=trade["queries"] + 1)
         if trade["state"] == "USERPAYING":
             script = self.codepay_scripts.get(trade["auth_code"] or "", CodepayScript())
-            if trade["queries"] >= script.after_queries:
+            if script.decided(trade, self.ledger.now()):
                 if script.then == "paid":
                     trade = self.pay(trade)
                 elif script.then == "payerror":

@@ -395,7 +395,7 @@ class WechatSandbox:
         if trade["state"] != "USERPAYING":
             return trade
         script = self.codepay_scripts.get(trade["auth_code"] or "", CodepayScript())
-        if trade["queries"] < script.after_queries:
+        if not script.decided(trade, self.ledger.now()):
             return trade
         if script.then == "paid":
             return self.pay(trade)

@@ -1,14 +1,17 @@
-"""The sandbox-only admin API (JSON, same port): fault rules, the application log, health."""
+"""The sandbox-only admin API (JSON, same port): fault rules, the application log, health; and the HIS's own
+cashier window, which books a refund itself (窗口退费) before asking for the money back through the agent."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from typing import Any
 
 from aiohttp import web
 
 from sandbox.his.faults import FaultBook, FaultRule, FaultRuleError
 from sandbox.his.mllp import MLLP_OPERATIONS
-from sandbox.his.state import SOAP_OPERATIONS, HisState
+from sandbox.his.state import SOAP_OPERATIONS, HisError, HisState
 
 STATE_KEY = web.AppKey("his_state", HisState)
 FAULTS_KEY = web.AppKey("his_faults", FaultBook)
@@ -43,6 +46,48 @@ async def applications(request: web.Request) -> web.Response:
     return web.json_response({"applications": request.app[STATE_KEY].applications()})
 
 
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    data = await request.json()
+    if not isinstance(data, dict):
+        raise ValueError("body must be a JSON object")
+    return data
+
+
+async def window_refund(request: web.Request) -> web.Response:
+    """The window books a refund in the HIS under its own refund number: ``{trade_no, refund_no, amount_fen}``."""
+    try:
+        data = await _json_body(request)
+        answer = request.app[STATE_KEY].apply_refund(
+            str(data["trade_no"]), str(data["refund_no"]), data["amount_fen"], data.get("reason")
+        )
+    except HisError as exc:
+        return web.json_response({"error": exc.message, "code": exc.code}, status=409)
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return _error(400, f"trade_no, refund_no and amount_fen are required: {exc}")
+    return web.json_response(answer, status=201)
+
+
+async def window_refund_paid(request: web.Request) -> web.Response:
+    """The money went back: the window records the channel's refund serial, ``{trade_no, amount_fen,
+    channel_refund_no[, refunded_at]}``."""
+    try:
+        data = await _json_body(request)
+        stamp = data.get("refunded_at")
+        when = dt.datetime.fromisoformat(str(stamp)) if stamp else dt.datetime.now(dt.UTC)
+        answer = request.app[STATE_KEY].writeback_refund(
+            str(data["trade_no"]),
+            request.match_info["refund_no"],
+            data["amount_fen"],
+            str(data["channel_refund_no"]),
+            when,
+        )
+    except HisError as exc:
+        return web.json_response({"error": exc.message, "code": exc.code}, status=409)
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return _error(400, f"trade_no, amount_fen and channel_refund_no are required: {exc}")
+    return web.json_response(answer)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
@@ -54,3 +99,5 @@ def setup_admin(app: web.Application) -> None:
     app.router.add_delete("/_admin/faults", clear_faults)
     app.router.add_get("/_admin/applications", applications)
     app.router.add_get("/_admin/healthz", healthz)
+    app.router.add_post("/_admin/window/refunds", window_refund)
+    app.router.add_post("/_admin/window/refunds/{refund_no}/paid", window_refund_paid)

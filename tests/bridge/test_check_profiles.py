@@ -14,6 +14,8 @@ import pytest
 
 from tests.support.rig import QUYI_WSDL
 
+pytestmark = pytest.mark.system
+
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = sorted((REPO / "config" / "profiles").glob("*.toml"))
 QUYI_SUBSET = REPO / "tests" / "fixtures" / "profiles" / "quyi-subset.toml"

@@ -12,6 +12,8 @@ import pytest
 from bridge.journal import State
 from tests.support.rig import bridge_config_toml, prepay
 
+pytestmark = pytest.mark.system
+
 
 def his_bridge(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bridge.cli", *args], capture_output=True, text=True, check=check)

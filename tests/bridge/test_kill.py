@@ -22,7 +22,7 @@ from bridge.client import BridgeError, BridgeUnreachable
 from sandbox.his.faults import FaultRule
 from tests.support.rig import bridge_config_toml, free_port, make_client, prepay, wait_ready
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 ROUNDS = 5
 WRITERS = 12

@@ -22,6 +22,8 @@ from bridge import catalog
 from sandbox.cli import start_sandbox_his
 from sandbox.his.state import SHANGHAI
 
+pytestmark = pytest.mark.system
+
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "try"
 INPUTS = REPO / "tests" / "fixtures" / "try"

@@ -18,6 +18,8 @@ from gateway.store.migrate import upgrade
 from gateway.store.tables import audit_log
 from tests.support.gateway_rig import make_keys
 
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture
 async def db(db_url):

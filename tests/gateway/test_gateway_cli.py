@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from pydantic import TypeAdapter
 
 from gateway.config import load_config
 from gateway.store.migrate import head_revision
 from tests.support.gateway_rig import make_keys
+
+pytestmark = pytest.mark.system
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,6 +14,8 @@ from gateway.store import outbox
 from tests.gateway.saga_helpers import paid_order
 from tests.support.gateway_rig import ApprovingHis, NotifyReceiver, drain, make_due
 
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture
 async def receiver(keys):

@@ -8,8 +8,12 @@ import re
 import shutil
 import subprocess
 
+import pytest
+
 from bridge.metrics import Metrics
 from tests.support.rig import REPO
+
+pytestmark = pytest.mark.system
 
 MONITORING = REPO / "config" / "monitoring"
 RULES = MONITORING / "hisbridge-alerts.yml"

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.rig import REPO, bridge_config_toml, free_port, make_client, prepay, wait_ready
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 UNIT = REPO / "config" / "systemd" / "his-bridge.service"
 

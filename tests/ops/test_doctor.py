@@ -21,6 +21,8 @@ from cryptography.x509.oid import NameOID
 from tests.support.rig import bridge_config_toml, free_port
 from tests.support.smalldisk import fill, small_filesystem
 
+pytestmark = pytest.mark.system
+
 THRESHOLDS = ("--disk-warn-mb", "2", "--disk-fail-mb", "1")
 
 

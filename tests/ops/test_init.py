@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -18,6 +19,8 @@ from bridge.agent import start_agent
 from bridge.client import BridgeClient
 from bridge.config import load_config
 from tests.support.rig import SANDBOX_PROFILE
+
+pytestmark = pytest.mark.system
 
 
 def his_bridge(*args: str) -> subprocess.CompletedProcess[str]:

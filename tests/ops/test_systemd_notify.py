@@ -17,6 +17,8 @@ import pytest
 from bridge.systemd import Notifier, watchdog_interval
 from tests.support.rig import bridge_config_toml
 
+pytestmark = pytest.mark.system
+
 
 class FakeSystemd:
     def __init__(self, path: Path) -> None:

@@ -26,6 +26,8 @@ from sandbox.cli import SandboxHis, start_sandbox_his
 from sandbox.his.soap import fen_to_yuan, yuan_to_fen
 from sandbox.his.state import SHANGHAI, HisError
 
+pytestmark = pytest.mark.system
+
 REPO = Path(__file__).resolve().parents[2]
 PAID = {"PayMode": "WX", "ChannelTradeNo": "4200001", "PayTime": "2025-03-14 09:29:58"}
 

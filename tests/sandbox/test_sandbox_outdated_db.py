@@ -12,6 +12,8 @@ import pytest
 
 from sandbox.his.state import HisState, OutdatedDatabase
 
+pytestmark = pytest.mark.system
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -21,6 +21,8 @@ from sandbox.his.soap import SOAP12_ENV, SOAP_ENV, TNS
 from sandbox.his.state import SHANGHAI
 from tests.support.rig import QUYI_WSDL
 
+pytestmark = pytest.mark.system
+
 REPO = Path(__file__).resolve().parents[2]
 NOW = dt.datetime(2025, 3, 14, 9, 30, tzinfo=SHANGHAI)
 

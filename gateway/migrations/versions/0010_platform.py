@@ -3,7 +3,7 @@ with their channel settings, apps with their allowed operations and rotating key
 for scheduled jobs, registration slots held for apps, and retention's archives.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-06 12:00:00
 
 Existing rows came from the config: they keep ``source = 'config'``, and each app's key becomes its first
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -31,6 +31,8 @@ from tests.support.channelrig import (
     WECHAT_SERIAL,
 )
 
+pytestmark = pytest.mark.system
+
 
 def _toml(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)

@@ -14,6 +14,8 @@ from gateway.channels.base import PaymentRequest, Scene
 from gateway.channels.cli import EXIT_CODES, main
 from tests.support.channelrig import ALIPAY_PUBLIC, APIV3_KEY
 
+pytestmark = pytest.mark.system
+
 
 async def admin(sandbox, path: str, body: dict) -> dict:
     async with aiohttp.ClientSession() as http, http.post(f"{sandbox.admin_url}{path}", json=body) as resp:

@@ -10,6 +10,7 @@ import signal
 import sys
 
 import aiohttp
+import pytest
 
 from gateway.channels.alipay import AlipayChannel
 from gateway.channels.base import PaymentRequest, Scene, TradeState
@@ -28,6 +29,8 @@ from tests.support.channelrig import (
     WECHAT_MCHID,
     WECHAT_SERIAL,
 )
+
+pytestmark = pytest.mark.system
 
 
 async def start(tmp_path, state) -> tuple[asyncio.subprocess.Process, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 
+import pytest
 from openpyxl import load_workbook
 from playwright.async_api import Page, expect
 
@@ -15,6 +16,8 @@ from gateway.console.formatting import today
 from gateway.recon import exceptions as recon
 from tests.support.browser import TABLET, artifacts_for, chromium
 from tests.support.console_rig import PASSWORD, seed_over_collection, seed_run, seed_under_collection
+
+pytestmark = pytest.mark.system
 
 
 async def sign_in(page: Page, base: str, username: str) -> None:

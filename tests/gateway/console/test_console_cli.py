@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gateway.console import auth
 from gateway.store.db import Database
 from tests.support.gateway_rig import make_keys
+
+pytestmark = pytest.mark.system
 
 
 def _his_gateway(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -15,6 +15,8 @@ import pytest
 
 from tests.support.rig import REPO
 
+pytestmark = pytest.mark.system
+
 STRATEGIES = {"sequential", "low_slow", "botnet", "no_client", "ua_only"}
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
@@ -23,6 +24,8 @@ from gateway.store.sms_tables import sms_counters
 from tests.support.databases import free_port
 from tests.support.gateway_rig import APP_ID, ApiClient
 from tests.support.sms_rig import SmsApp, client, write_secret
+
+pytestmark = pytest.mark.system
 
 LONG = 30 * 86400
 
