@@ -166,6 +166,17 @@ class GatewayClient:
         self, method: str, path: str, body: dict[str, Any] | None = None, *, query: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """One API call, signed and verified; the answer's JSON. Raises :class:`GatewayError` on a refusal."""
+        status, answer = await self.send(method, path, body, query=query)
+        if status >= 400:
+            error = answer.get("error", {})
+            raise GatewayError(status, error.get("code", "unknown"), error.get("message", ""), answer)
+        return answer
+
+    async def send(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, query: Mapping[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """One API call, signed, its answer verified, retried as the class says: the status and the JSON, a
+        refusal included (raises only when no answer came, or one the gateway did not sign)."""
         if query:
             path = f"{path}?{urlencode({k: v for k, v in query.items() if v is not None})}"
         raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() if body is not None else b""
@@ -188,16 +199,14 @@ class GatewayClient:
                     self.gateway_key, status, headers[protocol.HEADER_NONCE], answer_headers, data,
                     window_s=self.window_s,
                 )  # fmt: skip
-            except protocol.EnvelopeError as e:
-                raise UntrustedAnswer(status, e.code, e.message) from None
-            answer = json.loads(data) if data else {}
+                answer = json.loads(data) if data else {}
+            except (protocol.EnvelopeError, ValueError) as e:
+                code = e.code if isinstance(e, protocol.EnvelopeError) else "not_json"
+                raise UntrustedAnswer(status, code, str(e)) from None
             if status in RETRY_STATUSES and attempt <= self.retries:
                 await asyncio.sleep(self._delay(attempt))
                 continue
-            if status >= 400:
-                error = answer.get("error", {}) if isinstance(answer, dict) else {}
-                raise GatewayError(status, error.get("code", "unknown"), error.get("message", ""), answer)
-            return dict(answer)
+            return status, answer if isinstance(answer, dict) else {"answer": answer}
 
     def _delay(self, attempt: int) -> float:
         return self.backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
