@@ -13,6 +13,7 @@ his-gateway channels check-callback …          (from the channels package)
 his-gateway channels keys [--check] -c …       every merchant key and channel certificate, its expiry and use
 his-gateway hospitals|apps|merchants add|list|show|update|disable|enable …   the tenants (gateway.tenants.cli)
 his-gateway tenants import FILE -c …           the [[hospitals]] and [[merchants]] of a config-format file
+his-gateway archive run|list|verify|remove|restore -c …   retention (gateway.retention.cli)
 """
 
 from __future__ import annotations
@@ -158,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.tenants import cli as tenants_cli
 
     tenants_cli.register(commands)
+    from gateway.retention import cli as retention_cli
+
+    retention_cli.register(commands)
     audit_cli.register(commands)
     return parser
 

@@ -20,6 +20,7 @@ from gateway.channels.base import Channel
 from gateway.config import GatewayConfig, MerchantConfig, MtlsListener
 from gateway.his import BridgeHis, HisLink
 from gateway.outbox import Deliverer
+from gateway.retention.schedule import retention_forever
 from gateway.sagas import registration
 from gateway.sagas.escalation import escalate_forever
 from gateway.services import Services, log
@@ -99,6 +100,8 @@ class Gateway:
             self._tasks.append(asyncio.create_task(escalate_forever(self.svc), name="escalate-his-steps"))
             self._tasks.append(asyncio.create_task(channel_trust.run(self.svc), name="channel-trust"))
             self._tasks.append(asyncio.create_task(registration.release_forever(self.svc), name="registration-locks"))
+            if cfg.retention.schedule and cfg.retention.days:
+                self._tasks.append(asyncio.create_task(retention_forever(self.svc), name="retention"))
             if self.sms is not None:
                 self._tasks.append(asyncio.create_task(self.sms.run_pruner(), name="prune-sms"))
             if cfg.recon.enabled:
