@@ -311,3 +311,47 @@ def test_config_parses_retention(tmp_path, keys):
         base=tmp_path,
     )
     assert cfg.retention.days == {"orders": 400} and cfg.retention.directory == tmp_path / "arch"
+
+
+async def test_the_schedule_archives_once_a_day_on_one_instance(tmp_path, keys, sqlite_url):
+    """Two instances with the schedule on: the day's archive job is claimed by one of them, every configured kind
+    is archived, verified and removed, and the day is not done twice."""
+    from gateway.config import RetentionConfig
+    from gateway.runtime import start_gateway
+    from gateway.store.platform_tables import job_leases
+    from tests.support.gateway_rig import eventually
+    from tests.support.memory_channel import MemoryChannel
+
+    cfg = gateway_config(tmp_path, keys, sqlite_url)
+    cfg.retention = RetentionConfig(
+        days={"callbacks": 30, "notifications": 30}, directory=tmp_path / "archive", schedule=True, at="00:00"
+    )
+    db = Database(cfg.database.url)
+    await upgrade(db)
+    await registry.sync_from_config(db, cfg)
+    async with db.write() as conn:
+        for n in OLD_DAYS:
+            await _day(conn, n, NOW - dt.timedelta(days=n))
+    instances = [
+        await start_gateway(cfg, channels={MERCHANT: MemoryChannel()}, his={}, run_workers=True) for _ in range(2)
+    ]
+    try:
+
+        async def archived() -> bool:
+            found = await archives.listing(db)
+            async with db.read() as conn:
+                day_done = (
+                    await conn.execute(sa.select(job_leases.c.state).where(job_leases.c.job == "archive"))
+                ).scalar() == "done"
+            return day_done and {a.kind for a in found if a.state == "removed"} == {"callbacks", "notifications"}
+
+        await eventually(archived, timeout_s=60, what="the scheduled archive of callbacks and notifications")
+        async with db.read() as conn:
+            jobs = (await conn.execute(sa.select(job_leases).where(job_leases.c.job == "archive"))).all()
+            left = (await conn.execute(sa.select(sa.func.count()).select_from(channel_events))).scalar()
+        assert len(jobs) == 1 and jobs[0].state == "done" and jobs[0].attempts == 1
+        assert left == 0 and len(await archives.listing(db)) == 2
+    finally:
+        for running in instances:
+            await running.stop()
+        await db.close()
