@@ -118,7 +118,8 @@ class Scheduler:
         ]
         if pairs:
             await leases.ensure(self.db, JOB, pairs, done=await _ran_before_leases(self.db, pairs))
-            self._ensured.update(pairs)
+            newest = max(day for _, day in pairs)
+            self._ensured = {p for p in self._ensured if p[1] >= newest} | set(pairs)
         room = self.cfg.recon.concurrency - len(self.running)
         claimed = await leases.claim(self.db, JOB, self.instance, limit=room, lease_s=self.cfg.recon.lease_s)
         for lease in claimed:
