@@ -54,6 +54,7 @@ from gateway.his import BridgeHis
 from gateway.model import HisCommit, RefundPolicy, utcnow
 from gateway.store import tenants as store
 from gateway.store.db import Database
+from gateway.store.migrate import upgrade
 
 OPERATIONS = get_args(AppOperation)
 HOST_PATTERN = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$"
@@ -438,8 +439,6 @@ def _runner(
     fn: Callable[[Database, argparse.Namespace], Awaitable[int]], what: str
 ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from gateway.store.migrate import upgrade
-
         async def go() -> int:
             db = Database(args.cfg.database.url, pool_size=2)
             try:

@@ -14,16 +14,19 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from gateway.config import parse_config
+from gateway.config import RetentionConfig, parse_config
 from gateway.retention import archive as archives
 from gateway.retention.kinds import TABLES_OF_KIND
+from gateway.runtime import start_gateway
 from gateway.store import audit, registry
 from gateway.store.console_tables import refund_proposals
 from gateway.store.db import Database
 from gateway.store.migrate import upgrade
+from gateway.store.platform_tables import job_leases
 from gateway.store.recon_tables import his_details, recon_exceptions, recon_observations, recon_runs, statements
 from gateway.store.tables import audit_log, channel_events, notifications, orders, refunds
-from tests.support.gateway_rig import APP_ID, HOSPITAL, MERCHANT, gateway_config
+from tests.support.gateway_rig import APP_ID, HOSPITAL, MERCHANT, eventually, gateway_config
+from tests.support.memory_channel import MemoryChannel
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 OLD_DAYS = range(45, 75)
@@ -316,12 +319,6 @@ def test_config_parses_retention(tmp_path, keys):
 async def test_the_schedule_archives_once_a_day_on_one_instance(tmp_path, keys, sqlite_url):
     """Two instances with the schedule on: the day's archive job is claimed by one of them, every configured kind
     is archived, verified and removed, and the day is not done twice."""
-    from gateway.config import RetentionConfig
-    from gateway.runtime import start_gateway
-    from gateway.store.platform_tables import job_leases
-    from tests.support.gateway_rig import eventually
-    from tests.support.memory_channel import MemoryChannel
-
     cfg = gateway_config(tmp_path, keys, sqlite_url)
     cfg.retention = RetentionConfig(
         days={"callbacks": 30, "notifications": 30}, directory=tmp_path / "archive", schedule=True, at="00:00"
