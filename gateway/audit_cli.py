@@ -27,6 +27,7 @@ def _anchor(value: str) -> tuple[int, str]:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from gateway.retention import archive as retention_archive
     from gateway.store import audit
     from gateway.store.db import Database
     from gateway.store.migrate import upgrade
@@ -37,9 +38,14 @@ def _verify(args: argparse.Namespace) -> int:
             await upgrade(db)
             if args.seal:
                 await audit.seal_all(db)
-            verdict = await audit.verify(db, anchor=args.expect)
+            after = await retention_archive.audit_anchor(db)
+            verdict = await audit.verify(db, anchor=args.expect, after=after)
         finally:
             await db.close()
+        if after is not None:
+            print(
+                f"positions 1-{after[0]} are archived (verified, removed); the chain goes on from {after[0]}:{after[1]}"
+            )
         head = f"head {verdict.head_seq}:{verdict.head_hash}"
         pending = f"; {verdict.unsealed} row(s) not sealed yet" if verdict.unsealed else ""
         if verdict.intact:

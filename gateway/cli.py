@@ -11,6 +11,9 @@ his-gateway recon run --hospital H --date D -c …  reconcile one day (docs/RECO
 his-gateway audit verify [--expect POS:HASH] -c …  check the audit log's hash chain
 his-gateway channels check-callback …          (from the channels package)
 his-gateway channels keys [--check] -c …       every merchant key and channel certificate, its expiry and use
+his-gateway hospitals|apps|merchants add|list|show|update|disable|enable …   the tenants (gateway.tenants.cli)
+his-gateway tenants import FILE -c …           the [[hospitals]] and [[merchants]] of a config-format file
+his-gateway archive run|list|verify|remove|restore -c …   retention (gateway.retention.cli)
 """
 
 from __future__ import annotations
@@ -153,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.recon import cli as recon_cli
 
     recon_cli.register(commands)
+    from gateway.tenants import cli as tenants_cli
+
+    tenants_cli.register(commands)
+    from gateway.retention import cli as retention_cli
+
+    retention_cli.register(commands)
     audit_cli.register(commands)
     return parser
 

@@ -157,6 +157,13 @@ class BridgeLink(_Section):
     retries: Annotated[int, Field(ge=0, le=10)] = 2
 
 
+AppOperation = Literal[
+    "orders", "refunds", "events", "patient.query", "bills.unpaid", "registration.lock", "registration.unlock"
+]
+"""What an app may call (``gateway.tenants.permissions``): the money operations, the notification pull, and the
+HIS reads and slot holds the business API passes through to the hospital's agent."""
+DEFAULT_OPERATIONS: tuple[AppOperation, ...] = ("orders", "refunds", "events")
+"""An app whose operations are not listed may take payments and refunds and pull its notifications."""
 _HOST = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$"
 
 
@@ -168,6 +175,8 @@ class AppConfig(_Section):
     """Hosts an order's ``notify_url`` may name (``*.example.cn`` for any subdomain), besides the host of
     ``notify_url``; an order naming any other host is refused."""
     enabled: bool = True
+    operations: Annotated[list[AppOperation], Field(max_length=20)] | None = None
+    """What this app may call; ``DEFAULT_OPERATIONS`` when not given."""
     kind: Literal["app", "agent"] = "app"
     """``agent``: a hospital's bridge agent forwarding its kiosks and windows — it may name the terminal and
     start HIS-approved window refunds (which skip ``refund.apply``). Give it ``client_cert_cn`` too."""
@@ -199,6 +208,15 @@ class ReconConfig(_Section):
     arrive within it; stuck HIS steps meanwhile show up at once as ``his_stuck``. 0 flags at once."""
     page_size: Annotated[int, Field(ge=1, le=1000)] = 1000
     """Records per ``recon.fetch`` page."""
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    """Hospital-days one instance reconciles at once. A run is mostly waiting (statements, the agent, the
+    database) with bursts of parsing and matching on one core: two per core keeps a core busy without one
+    hospital's burst holding up the heartbeat of another's lease."""
+    lease_s: Annotated[float, Field(ge=2, le=3600)] = 120
+    """A claimed hospital-day belongs to its instance this long, renewed every third of it while the run goes
+    on; an instance that dies loses it when it runs out, and another takes the day over."""
+    retry_s: Annotated[float, Field(ge=1, le=86400)] = 1800
+    """A failed scheduled run (statement not ready yet, the agent away) is tried again after this."""
 
 
 class HospitalConfig(_Section):
@@ -210,6 +228,11 @@ class HospitalConfig(_Section):
     apps: list[AppConfig] = []
     recon_at: Annotated[str, Field(pattern=_HHMM)] | None = None
     """This hospital's daily reconciliation time (Asia/Shanghai), when not ``recon.at``."""
+    enabled: bool = True
+    """A disabled hospital's apps are refused and its days are not reconciled; its orders stay."""
+    read_cache: dict[Literal["patient.query", "bills.unpaid"], Annotated[int, Field(ge=0, le=3600)]] = {}
+    """Seconds an app's HIS read may be answered from memory, per operation, where this HIS allows it
+    (``gateway.his_reads.DEFAULT_CACHE_S`` when not given; 0: always ask the HIS)."""
     his_commit: HisCommit = HisCommit.gateway
     """Who tells the HIS after a payment: the gateway (``registration/charge/prepay.commit`` through the bridge)
     or the caller (a kiosk or window that records it in the HIS itself); an app may say otherwise."""
@@ -246,19 +269,49 @@ class ConsoleConfig(_Section):
     login_window_s: Annotated[int, Field(ge=10, le=86400)] = 900
 
 
+class TenantsConfig(_Section):
+    """How a change to a hospital, app or merchant reaches this instance."""
+
+    poll_s: Annotated[float, Field(gt=0, le=300)] = 2.0
+    """How often the tenants' change counter is read (on PostgreSQL a ``NOTIFY`` wakes the instance sooner)."""
+    close_grace_s: Annotated[float, Field(ge=0, le=3600)] = 60
+    """A replaced channel or agent link is closed this long after the change, once calls in flight are over."""
+
+
+RetainedTable = Literal["orders", "callbacks", "notifications", "audit", "recon"]
+
+
+class RetentionConfig(_Section):
+    """Days each kind of row stays in the database before ``his-gateway archive`` moves it to a verified file
+    (docs/OPERATIONS.md, "Retention"). A table not listed is kept for ever."""
+
+    days: dict[RetainedTable, Annotated[int, Field(ge=30, le=36500)]] = {}
+    directory: Path = Path("var/archive")
+    """Where archive files go; with several instances, storage they all mount."""
+    schedule: bool = False
+    """Archive (and verify, then remove) every day at ``at``, claimed by one instance."""
+    at: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "03:30"
+    remove: bool = True
+    """On the schedule, remove the archived rows once their file is verified (else leave that to an operator)."""
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
     signing: SigningConfig
     workers: WorkersConfig = WorkersConfig()
     notifications: NotificationsConfig = NotificationsConfig()
-    hospitals: Annotated[list[HospitalConfig], Field(min_length=1)]
+    hospitals: list[HospitalConfig] = []
+    """Tenants declared in the file: imported into the database at every start (``gateway.tenants``). A platform
+    managing its tenants with ``his-gateway hospitals|apps|merchants`` may declare none here."""
     merchants: list[MerchantConfig] = []
     logging: LoggingConfig = LoggingConfig()
     console: ConsoleConfig = ConsoleConfig()
     metrics: MetricsConfig = MetricsConfig()
     recon: ReconConfig = ReconConfig()
     sms: SmsConfig = SmsConfig()
+    tenants: TenantsConfig = TenantsConfig()
+    retention: RetentionConfig = RetentionConfig()
     source: Path | None = None
 
     @model_validator(mode="after")
@@ -317,23 +370,31 @@ def _resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
     if cfg.server.mtls is not None:
         m = cfg.server.mtls
         m.cert, m.key, m.client_ca = r(m.cert), r(m.key), r(m.client_ca)
-    for h in cfg.hospitals:
-        if h.bridge is not None:
-            b = h.bridge
-            b.ca, b.client_cert, b.client_key = r(b.ca), r(b.client_cert), r(b.client_key)
-            b.signing_key, b.bridge_public_key = r(b.signing_key), r(b.bridge_public_key)
-        for a in h.apps:
-            a.public_key = r(a.public_key)
+    _resolve_tenant_paths(cfg.hospitals, cfg.merchants, base)
     cfg.sms.resolve(base)
-    for m in cfg.merchants:
-        if m.model_extra is not None:
-            m.model_extra.update(_resolve_files(m.model_extra, base))
+    cfg.retention.directory = r(cfg.retention.directory)
     url = cfg.database.url
     if url.startswith("sqlite") and ":///" in url and not url.endswith(":memory:"):
         prefix, _, path = url.partition(":///")
         if not path.startswith("/"):
             cfg.database.url = f"{prefix}:///{base / path}"
     return cfg
+
+
+def _resolve_tenant_paths(hospitals: list[HospitalConfig], merchants: list[MerchantConfig], base: Path) -> None:
+    def r(p: Path) -> Path:
+        return p if p.is_absolute() else base / p
+
+    for h in hospitals:
+        if h.bridge is not None:
+            b = h.bridge
+            b.ca, b.client_cert, b.client_key = r(b.ca), r(b.client_cert), r(b.client_key)
+            b.signing_key, b.bridge_public_key = r(b.signing_key), r(b.bridge_public_key)
+        for a in h.apps:
+            a.public_key = r(a.public_key)
+    for m in merchants:
+        if m.model_extra is not None:
+            m.model_extra.update(_resolve_files(m.model_extra, base))
 
 
 def _resolve_files(settings: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -358,6 +419,9 @@ def _resolve_files(settings: dict[str, Any], base: Path) -> dict[str, Any]:
     return out
 
 
+resolve_files = _resolve_files
+
+
 def parse_config(raw: dict[str, Any], *, base: Path, source: Path | None = None) -> GatewayConfig:
     try:
         cfg = GatewayConfig.model_validate(_expand_env(raw))
@@ -380,3 +444,44 @@ def load_config(path: str | Path) -> GatewayConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     return parse_config(raw, base=path.parent.resolve(), source=path)
+
+
+class TenantBlocks(BaseModel):
+    """The ``[[hospitals]]`` (with their apps) and ``[[merchants]]`` of a file in the gateway config's format —
+    the gateway config itself, or a file of just those blocks — for ``his-gateway tenants import``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    hospitals: list[HospitalConfig] = []
+    merchants: list[MerchantConfig] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> TenantBlocks:
+        for what, ids in (
+            ("hospital", [h.id for h in self.hospitals]),
+            ("app", [a.app_id for h in self.hospitals for a in h.apps]),
+            ("merchant", [m.id for m in self.merchants]),
+        ):
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"{what} ids must be unique")
+        return self
+
+
+def load_tenant_blocks(path: str | Path) -> TenantBlocks:
+    """Read a file's tenant blocks; relative paths resolve against its folder, ``${env:NAME}`` is expanded."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    if "hospitals" not in raw and "merchants" not in raw:
+        raise ConfigError(f"{path}: no [[hospitals]] or [[merchants]] blocks")
+    try:
+        blocks = TenantBlocks.model_validate(_expand_env({k: raw[k] for k in ("hospitals", "merchants") if k in raw}))
+    except ValidationError as e:
+        lines = [f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    _resolve_tenant_paths(blocks.hospitals, blocks.merchants, path.parent.resolve())
+    return blocks

@@ -20,6 +20,8 @@ from gateway.channels.base import Channel
 from gateway.config import GatewayConfig, MerchantConfig, MtlsListener
 from gateway.his import BridgeHis, HisLink
 from gateway.outbox import Deliverer
+from gateway.retention.schedule import retention_forever
+from gateway.sagas import registration
 from gateway.sagas.escalation import escalate_forever
 from gateway.services import Services, log
 from gateway.sms.clock import Clock, system_clock
@@ -27,6 +29,7 @@ from gateway.store import audit, registry
 from gateway.store.channel_state import SqlChannelState
 from gateway.store.db import Database
 from gateway.store.migrate import upgrade
+from gateway.tenants.watcher import TenantWatcher
 from gateway.workers import Worker, build_workers, prune_nonces
 
 if TYPE_CHECKING:
@@ -56,6 +59,7 @@ class Gateway:
     svc: Services = field(init=False)
     sms: SmsService | None = field(init=False, default=None)
     workers: list[Worker] = field(init=False, default_factory=list)
+    watcher: TenantWatcher = field(init=False)
     _tasks: list[asyncio.Task[Any]] = field(init=False, default_factory=list)
     _owned: list[Any] = field(init=False, default_factory=list)
 
@@ -69,16 +73,17 @@ class Gateway:
             await db.close()
             raise
         log.info("database_ready", dialect=db.dialect, revision=revision)
-        channels = self.channels
-        if channels is None:
-            channels = {m.id: build_channel(m, db) for m in cfg.merchants if m.enabled}
-            self._owned.extend(channels.values())
-        his = self.his
-        if his is None:
-            his = {h.id: BridgeHis.from_config(h.bridge) for h in cfg.hospitals if h.bridge is not None}
-            self._owned.extend(his.values())
-        self.svc = Services(cfg, db, channels, his)
-        await channel_trust.reload_all(self.svc)
+        self.svc = Services(
+            cfg, db, self.channels if self.channels is not None else {}, self.his if self.his is not None else {}
+        )
+        self.watcher = TenantWatcher(
+            self.svc,
+            build_channel=(lambda merchant: build_channel(merchant, db)) if self.channels is None else None,
+            build_his=BridgeHis.from_config if self.his is None else None,
+        )
+        await self.watcher.start()
+        if self.channels is not None:
+            await channel_trust.reload_all(self.svc)
         self.signing_key = protocol.load_signing_key(cfg.signing.key_id, cfg.signing.key)
         self.deliverer = Deliverer(self.svc, self.signing_key)
         self.workers = build_workers(self.svc, self.deliverer)
@@ -86,6 +91,7 @@ class Gateway:
             from gateway.sms.service import SmsService
 
             self.sms = SmsService(cfg.sms, db, clock=self.clock, provider=self.sms_provider, his_for=self.svc.his_for)
+        self._tasks.append(asyncio.create_task(self.watcher.run(), name="tenants-watcher"))
         self._tasks.append(asyncio.create_task(audit.seal_forever(db), name="audit-sealer"))
         run = cfg.workers.enabled if self.run_workers is None else self.run_workers
         if run:
@@ -93,6 +99,9 @@ class Gateway:
             self._tasks.append(asyncio.create_task(prune_nonces(self.svc), name="prune-nonces"))
             self._tasks.append(asyncio.create_task(escalate_forever(self.svc), name="escalate-his-steps"))
             self._tasks.append(asyncio.create_task(channel_trust.run(self.svc), name="channel-trust"))
+            self._tasks.append(asyncio.create_task(registration.release_forever(self.svc), name="registration-locks"))
+            if cfg.retention.schedule and cfg.retention.days:
+                self._tasks.append(asyncio.create_task(retention_forever(self.svc), name="retention"))
             if self.sms is not None:
                 self._tasks.append(asyncio.create_task(self.sms.run_pruner(), name="prune-sms"))
             if cfg.recon.enabled:
@@ -108,6 +117,11 @@ class Gateway:
         if self.sms is not None:
             with contextlib.suppress(Exception):
                 await self.sms.close()
+        await self.watcher.close()
+        if self.channels is None:
+            self._owned.extend(self.svc.channels.values())
+        if self.his is None:
+            self._owned.extend(self.svc.his.values())
         for resource in self._owned:
             with contextlib.suppress(Exception):
                 await (resource.aclose() if hasattr(resource, "aclose") else resource.close())

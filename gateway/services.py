@@ -18,6 +18,7 @@ from gateway.his import HisLink, NoBridge
 from gateway.model import utcnow
 from gateway.money_metrics import MoneyMetrics
 from gateway.store.db import Database
+from gateway.tenants.snapshot import Tenants
 
 log = structlog.get_logger("gateway")
 
@@ -40,6 +41,8 @@ class Services:
     wake_refunds: asyncio.Event = field(default_factory=asyncio.Event)
     wake_events: asyncio.Event = field(default_factory=asyncio.Event)
     wake_outbox: asyncio.Event = field(default_factory=asyncio.Event)
+    tenants: Tenants = field(default_factory=Tenants)
+    """The hospitals and merchants as this instance last loaded them (``gateway.tenants.watcher``)."""
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -32,6 +32,7 @@ from demo_support import BIN, REPO, Processes, bridge_client, free_port, say, sh
 from bridge import protocol
 from bridge.certs import DevCerts
 from bridge.client import BridgeClient
+from gateway.client import GatewayClient, GatewayError, Notification
 
 HIS_TZ = ZoneInfo("Asia/Shanghai")
 APP_ID = "kiosk-1"
@@ -163,6 +164,10 @@ def write_gateway_config(
         ('bridge_public_key = "keys/bridge-H001.pub"', 'bridge_public_key = "certs/bridge-signing.pub"'),
         ('notify_url = "https://his-apps.example-hospital.cn/pay/notify"', f'notify_url = "{notify_url}"'),
         (
+            '"patient.query", "bills.unpaid"]',
+            '"patient.query", "bills.unpaid", "registration.lock", "registration.unlock"]',
+        ),
+        (
             '# allow_addresses = ["10.20.0.0/16"]',
             'allow_addresses = ["127.0.0.0/8"]'.ljust(51) + "# the demo's app listens on loopback",
         ),
@@ -213,12 +218,12 @@ password = {{ file = "channels/unionpay_merchant_sign.pw" }}
 
 
 class NotifyReceiver:
-    """The hospital app's notify endpoint: takes only what the gateway signed, and keeps events by id, since a
-    redelivered event is the same event."""
+    """The hospital app's notify endpoint: takes only what the gateway signed (``GatewayClient``), and keeps
+    events by id, since a redelivered event is the same event."""
 
-    def __init__(self, gateway_key: protocol.VerifyKey) -> None:
-        self.gateway_key = gateway_key
-        self.events: dict[int, dict[str, Any]] = {}
+    def __init__(self, app: GatewayClient) -> None:
+        self.app = app
+        self.events: dict[int, Notification] = {}
         self.refused = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -238,42 +243,13 @@ class NotifyReceiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        keys = {self.gateway_key.key_id: self.gateway_key}
         try:
-            protocol.verify_request(keys, request.method, request.path_qs, request.headers, body)
+            event = self.app.verify_notification(request.method, request.path_qs, request.headers, body)
         except protocol.EnvelopeError:
             self.refused += 1
             return web.Response(status=401)
-        event = json.loads(body)
-        self.events.setdefault(int(event["id"]), event)
+        self.events.setdefault(event.id, event)
         return web.Response(text="ok")
-
-
-class HospitalApp:
-    """The business API as a hospital app calls it: each request signed with the app's key, each answer checked
-    against the gateway's key before it is believed."""
-
-    def __init__(self, base_url: str, key: protocol.SigningKey, gateway_key: protocol.VerifyKey) -> None:
-        self.base_url = base_url
-        self.key = key
-        self.gateway_key = gateway_key
-        self.session = aiohttp.ClientSession()
-
-    async def close(self) -> None:
-        await self.session.close()
-
-    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        raw = json.dumps(body, ensure_ascii=False).encode() if body is not None else b""
-        headers = protocol.sign_request(self.key, method, path, raw)
-        headers["Content-Type"] = "application/json"
-        async with self.session.request(method, self.base_url + path, data=raw, headers=headers) as resp:
-            data = await resp.read()
-            status, answer_headers = resp.status, resp.headers
-        protocol.verify_response(self.gateway_key, status, headers[protocol.HEADER_NONCE], answer_headers, data)
-        answer: dict[str, Any] = json.loads(data)
-        if status >= 400:
-            raise SystemExit(f"{method} {path}: HTTP {status} {json.dumps(answer, ensure_ascii=False)}")
-        return answer
 
 
 class ChannelAdmin:
@@ -334,14 +310,13 @@ async def start_gateway(procs: Processes, config: Path, url: str) -> None:
     await until(healthy, bool, "the gateway to answer /healthz")
 
 
-async def refund(app: HospitalApp, order_no: str, refund_no: str, amount_fen: int, reason: str) -> dict[str, Any]:
+async def refund(app: GatewayClient, order_no: str, refund_no: str, amount_fen: int, reason: str) -> dict[str, Any]:
     """Ask for a refund and follow it to the end: HIS refund.apply → channel refund → HIS refund.writeback."""
-    body = {"business_refund_no": refund_no, "amount_fen": amount_fen, "reason": reason}
     trail = Trail()
-    trail.note((await app.call("POST", f"/v1/orders/{order_no}/refunds", body))["refund"]["state"])
+    trail.note((await app.refund(order_no, refund_no, amount_fen, reason))["state"])
 
     async def current() -> dict[str, Any]:
-        row: dict[str, Any] = (await app.call("GET", f"/v1/refunds/{refund_no}"))["refund"]
+        row: dict[str, Any] = await app.get_refund(refund_no)
         trail.note(row["state"])
         return row
 
@@ -374,26 +349,34 @@ async def run(
         f"admin API {channels.admin_url}"
     )
 
-    async with NotifyReceiver(keys.gateway.public()) as receiver:
-        port = free_port()
-        gateway_url = f"http://127.0.0.1:{port}"
+    port = free_port()
+    app = GatewayClient(gateway_url_of(port), app_key=keys.app, gateway_key=keys.gateway.public())
+    async with NotifyReceiver(app) as receiver, aiohttp.ClientSession() as admin_session:
+        gateway_url = gateway_url_of(port)
         extra = demo_kiosk.gateway_toml(kiosk) if kiosk is not None else ""
         config = write_gateway_config(work, port, agent_url, receiver.url, channels, extra)
         step(f"his-gateway -c {shown(config)} serve — the cloud gateway, configured from gateway.example.toml")
         await start_gateway(procs, config, gateway_url)
         say(f"gateway: {gateway_url}; hospital H001's bridge: {agent_url}; app {APP_ID} notified at {receiver.url}")
 
-        app = HospitalApp(gateway_url, keys.app, keys.gateway.public())
         try:
             async with bridge_client(certs, agent_url) as his:
-                await _pay_and_refund(app, ChannelAdmin(channels.admin_url, app.session), his, receiver, channel)
+                await _pay_and_refund(app, ChannelAdmin(channels.admin_url, admin_session), his, receiver, channel)
             if kiosk is not None:
                 await demo_kiosk.run(kiosk, procs, channels.admin_url, channel)
+        except GatewayError as e:
+            raise SystemExit(
+                f"the gateway refused the demo app: {e} {json.dumps(e.body, ensure_ascii=False)}"
+            ) from None
         finally:
             await app.close()
         await reconcile_today(config)
         await show_keys(config)
         await console_login(config, gateway_url, work)
+
+
+def gateway_url_of(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
 
 
 def gateway_cli(config: Path, *args: str, env: dict[str, str] | None = None) -> str:
@@ -460,32 +443,29 @@ async def console_login(config: Path, gateway_url: str, work: Path) -> None:
 
 
 async def _pay_and_refund(
-    app: HospitalApp, payer: ChannelAdmin, his: BridgeClient, receiver: NotifyReceiver, channel: str
+    app: GatewayClient, payer: ChannelAdmin, his: BridgeClient, receiver: NotifyReceiver, channel: str
 ) -> None:
     run_id = uuid.uuid4().hex[:8].upper()
     order_no = f"MZ-{run_id}"
     started = dt.datetime.now(HIS_TZ).date()
 
-    patient = (await his.call("patient.query", {"card_no": PATIENT_CARD})).result or {}
-    bills = ((await his.call("bills.unpaid", {"patient_id": patient["patient_id"]})).result or {})["bills"]
+    step("POST /v1/his/patients/query, /v1/his/bills/unpaid — as the app: the patient and the unpaid bills, asked "
+         "of the HIS through the gateway and the agent")  # fmt: skip
+    patient = (await app.query_patient(card_no=PATIENT_CARD))["patient"]
+    bills = await app.unpaid_bills(patient["patient_id"])
     total = sum(b["amount_fen"] for b in bills)
+    say(f"{patient['name']} ({patient['patient_id']}): {', '.join(b['bill_no'] for b in bills)}, {yuan(total)} yuan")
     step(f"POST /v1/orders — as the app: a {CHANNEL_NAMES[channel]} QR code for {patient['name']}'s {len(bills)} bills")
-    order = (
-        await app.call(
-            "POST",
-            "/v1/orders",
-            {
-                "business_order_no": order_no,
-                "business_type": "charge",
-                "scene": "native",
-                "channel": channel,
-                "amount_fen": total,
-                "subject": "门诊缴费",
-                "patient_id": patient["patient_id"],
-                "bill_nos": [b["bill_no"] for b in bills],
-            },
-        )
-    )["order"]
+    order = await app.create_order(
+        business_order_no=order_no,
+        business_type="charge",
+        scene="native",
+        channel=channel,
+        amount_fen=total,
+        subject="门诊缴费",
+        patient_id=patient["patient_id"],
+        bill_nos=[b["bill_no"] for b in bills],
+    )
     out_trade_no = order["out_trade_no"]
     qr = next(iter((order["pay_params"] or {}).values()), None)
     say(f"order {order_no} ({out_trade_no}) {order['status']}, {yuan(total)} yuan, QR code {qr}")
@@ -496,7 +476,7 @@ async def _pay_and_refund(
     trail = Trail()
 
     async def current() -> dict[str, Any]:
-        view: dict[str, Any] = (await app.call("GET", f"/v1/orders/{order_no}"))["order"]
+        view: dict[str, Any] = (await app.get_order(order_no))["order"]
         trail.note(view["status"])
         return view
 
@@ -523,10 +503,10 @@ async def _pay_and_refund(
         lambda: _events(receiver), lambda e: len(e) >= 3, "order.completed and two refund.succeeded notifications"
     )
     for event in events:
-        data = event["data"]
+        data = event.data
         subject = data.get("business_refund_no") or data.get("business_order_no")
         state = data.get("state") or data.get("status")
-        say(f"#{event['id']} {event['type']:<16} {subject} {state}")
+        say(f"#{event.id} {event.type:<16} {subject} {state}")
     if receiver.refused:
         say(f"({receiver.refused} delivery attempts refused: bad signature)")
 
@@ -534,12 +514,12 @@ async def _pay_and_refund(
     await _compare_ledgers(app, payer, his, channel, order_no, out_trade_no, started, (first, second))
 
 
-async def _events(receiver: NotifyReceiver) -> list[dict[str, Any]]:
+async def _events(receiver: NotifyReceiver) -> list[Notification]:
     return [receiver.events[k] for k in sorted(receiver.events)]
 
 
 async def _compare_ledgers(
-    app: HospitalApp,
+    app: GatewayClient,
     payer: ChannelAdmin,
     his: BridgeClient,
     channel: str,
@@ -549,7 +529,7 @@ async def _compare_ledgers(
     refunds: tuple[dict[str, Any], ...],
 ) -> None:
     """Each ledger reduced to (amount paid, channel trade no, {out_refund_no: amount}); the three must be equal."""
-    gateway = await app.call("GET", f"/v1/orders/{order_no}")
+    gateway = await app.get_order(order_no)
     order = gateway["order"]
     gw = (
         order["paid_fen"],

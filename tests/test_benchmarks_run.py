@@ -42,6 +42,19 @@ BENCHMARKS = {
         ["--quick"],
         {"egress_vs_direct_throughput", "egress_added_p50_ms", "agent_peak_rss_mb", "lost", "doubled"},
     ),
+    "bench_platform.py": (
+        ["--hospitals", "4", "--records", "100", "--instances", "1,2,4", "--orders", "40", "--clients", "4"],
+        {
+            "recon_seconds_1",
+            "recon_seconds_2",
+            "recon_seconds_4",
+            "recon_speedup_2",
+            "duplicate_runs",
+            "orders_per_s_1",
+            "orders_per_s_2",
+            "orders_per_s_4",
+        },
+    ),
     "bench_recon.py": (
         ["--rows", "20000"],
         {
@@ -66,6 +79,8 @@ def test_benchmark_prints_its_figures(script: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert keys <= set(figures), f"missing: {sorted(keys - set(figures))}"
+    if "duplicate_runs" in figures:
+        assert figures["duplicate_runs"] == 0, figures
     if "lost_writes" in figures:
         assert figures["lost_writes"] == 0
     if "doubled" in figures:

@@ -14,16 +14,18 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from bridge import protocol
-from gateway.api import callbacks, client_address, events, openapi, orders, terminals
+from gateway.api import callbacks, client_address, events, his, openapi, orders, terminals
 from gateway.api.auth import SERVICES, SIGNING_KEY, Handler, auth_middleware, sign_middleware
 from gateway.api.errors import ApiError
 from gateway.api.orders import json_response
 from gateway.channels import metrics as channel_metrics
+from gateway.platform_metrics import PlatformMetrics
 from gateway.services import Services, log
 from gateway.sms import api as sms_api
 from gateway.sms.service import SmsService
 
 CHANNEL_KEYS = web.AppKey("channel_keys", CollectorRegistry)
+PLATFORM_METRICS = web.AppKey("platform_metrics", PlatformMetrics)
 
 
 def _error(e: ApiError) -> web.Response:
@@ -90,8 +92,11 @@ async def metrics(request: web.Request) -> web.Response:
         )
     svc = request.app[SERVICES]
     await svc.metrics.refresh(svc.db, svc.cfg.workers.his_stuck_after_s)
+    platform = request.app[PLATFORM_METRICS]
+    await platform.refresh(svc.db, svc.tenants.version)
     sms = request.app.get(sms_api.SMS)
-    registries = [svc.metrics.registry, request.app[CHANNEL_KEYS], *([sms.metrics.registry] if sms is not None else [])]
+    registries = [svc.metrics.registry, platform.registry, request.app[CHANNEL_KEYS]]
+    registries += [sms.metrics.registry] if sms is not None else []
     body = b"".join(generate_latest(r) for r in registries)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -107,11 +112,13 @@ def create_app(
     app[SERVICES] = svc
     app[SIGNING_KEY] = signing_key
     app[CHANNEL_KEYS] = channel_metrics.registry(svc.channels)
+    app[PLATFORM_METRICS] = PlatformMetrics()
     if svc.cfg.metrics.token_file is not None:
         app[METRICS_TOKEN] = read_metrics_token(svc.cfg.metrics.token_file)
     orders.add_routes(app)
     terminals.add_routes(app)
     events.add_routes(app)
+    his.add_routes(app)
     callbacks.add_routes(app)
     if sms is not None:
         sms_api.add_routes(app, sms)

@@ -16,7 +16,9 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from bridge import protocol
+from gateway.api import permissions
 from gateway.api.errors import AUTH_STATUS, ApiError
+from gateway.model import utcnow
 from gateway.services import Services, log
 from gateway.store import nonces, registry
 
@@ -41,11 +43,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     body = await request.read()
     key_id = request.headers.get(protocol.HEADER_KEY_ID, "")
     app = await registry.load_app(svc.db, key_id) if protocol.KEY_ID_RE.match(key_id) else None
-    keys = {app.id: app.key} if app is not None and app.enabled else {}
     try:
-        verified = protocol.verify_request(
-            keys, request.method, request.path_qs, request.headers, body, window_s=window
-        )
+        verified = _verify(app, request, body, window)
     except protocol.EnvelopeError as e:
         log.info("api_auth_refused", code=e.code, key_id=key_id[:64])
         raise _refuse(e.code, e.message) from None
@@ -55,12 +54,59 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise ApiError(
             403, "client_not_allowed", f"app {app.id} calls over mutual TLS with its own client certificate only"
         )
+    operation = permissions.required(request)
+    if operation is not None and operation not in app.operations:
+        log.info("api_operation_refused", app=app.id, operation=operation)
+        raise ApiError(
+            403, "operation_not_allowed", f"app {app.id} may not call {operation}; its hospital's platform grants it"
+        )
     expires = dt.datetime.fromtimestamp(verified.timestamp + window + 60, dt.UTC)
     if not await nonces.remember(svc.db, app.id, verified.nonce, expires):
         raise _refuse("replayed_nonce", "this nonce was already used; sign every request afresh")
     request[APP] = app
     request[BODY] = body
     return await handler(request)
+
+
+def _verify(app: registry.App | None, request: web.Request, body: bytes, window: int) -> protocol.VerifiedRequest:
+    """Verify against the app's keys valid now, newest first. A signature that only a retired (or not yet valid)
+    key of the app verifies, or a valid one from a disabled app, is refused saying so: only the key's holder
+    can learn it."""
+
+    def check(key: protocol.VerifyKey) -> protocol.VerifiedRequest:
+        return protocol.verify_request(
+            {key.key_id: key}, request.method, request.path_qs, request.headers, body, window_s=window
+        )
+
+    if app is None:
+        return protocol.verify_request({}, request.method, request.path_qs, request.headers, body, window_s=window)
+    now = utcnow()
+    error: protocol.EnvelopeError | None = None
+    for key in app.verify_keys(now):
+        try:
+            verified = check(key)
+        except protocol.EnvelopeError as e:
+            if e.code != "bad_signature":
+                raise
+            error = e
+            continue
+        if not app.enabled:
+            raise protocol.EnvelopeError("app_disabled", f"app {app.id} is disabled (or its hospital is)")
+        return verified
+    for other in app.other_keys(now):
+        try:
+            check(other.verify_key(app.id))
+        except protocol.EnvelopeError:
+            continue
+        when = (
+            f"retired at {other.retire_at.isoformat()}"
+            if other.retire_at and other.retire_at <= now
+            else (f"valid from {other.valid_from.isoformat() if other.valid_from else '?'}")
+        )
+        raise protocol.EnvelopeError(
+            "key_not_valid", f"signed with app {app.id}'s key {other.name}, {when}: sign with its current key"
+        )
+    raise error or protocol.EnvelopeError("bad_signature", "signature does not match the request")
 
 
 def peer_cn(request: web.Request) -> str | None:

@@ -34,7 +34,7 @@ async def handle_notify(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     kind, merchant_id = request.match_info["channel"], request.match_info["merchant"]
     channel = svc.channels.get(merchant_id)
-    merchant = next((m for m in svc.cfg.merchants if m.id == merchant_id), None)
+    merchant = svc.tenants.merchant(merchant_id)
     if channel is None or merchant is None or merchant.channel != kind:
         raise web.HTTPNotFound()
     body = await request.read()

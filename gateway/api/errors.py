@@ -12,6 +12,8 @@ AUTH_STATUS = {
     "bad_signature": 401,
     "stale_timestamp": 401,
     "replayed_nonce": 409,
+    "key_not_valid": 401,
+    "app_disabled": 403,
 }
 
 

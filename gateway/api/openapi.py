@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from gateway.api import answers, schemas
+from gateway.api import answers, his, his_answers, schemas
 from gateway.api.events import MAX_ID, MAX_LIMIT
 from gateway.api.orders import FLAGS, MAX_PAGE, MAX_PAGE_SIZE
 from gateway.model import OrderStatus
@@ -68,8 +68,11 @@ ANSWER_HEADERS = {
 
 ERRORS = {
     "400": "Malformed JSON or a bad query parameter (bad_query).",
-    "401": "Unsigned, badly signed, stale, or an unknown app (unsigned, bad_signature, bad_timestamp, ...).",
-    "403": "This app may not do this (not_an_agent: agent apps only).",
+    "401": "Unsigned, badly signed, stale, or an unknown app (unsigned, bad_signature, bad_timestamp, ...); "
+    "signed with one of the app's keys that is retired or not valid yet (key_not_valid).",
+    "403": "This app may not do this: the operation is not allowed to it (operation_not_allowed), it or its "
+    "hospital is disabled (app_disabled), agent apps only (not_an_agent), or not over its own client "
+    "certificate (client_not_allowed).",
     "404": "No such order or refund for this hospital (order_not_found, refund_not_found, not_found).",
     "405": "Method not allowed.",
     "409": "A replayed nonce; or the conflict the operation names.",
@@ -112,7 +115,7 @@ def _operation(
     conflicts: str | None = None,
 ) -> dict[str, Any]:
     responses = {status: _json(model, text) for status, (model, text) in answers_by_status.items()}
-    for status in ["400", "401", "405", "413", "500", *errors]:
+    for status in ["400", "401", "403", "405", "413", "500", *errors]:
         description = ERRORS[status]
         if status == "409" and conflicts:
             description = f"{conflicts}; or a replayed nonce (replayed_nonce)."
@@ -132,6 +135,86 @@ def _operation(
     return operation
 
 
+HIS_ERRORS = {
+    "404": "No such slot hold for this hospital (lock_not_found).",
+    "422": "The body does not fit the schema (schema_violation, with details); or the HIS refused (his_refused, "
+    "with his_error; a refused hold with its lock).",
+    "503": "The hospital's HIS cannot be reached now (his_unavailable): ask again.",
+}
+
+
+def _his_operation(
+    operation_id: str, summary: str, answer: tuple[type[BaseModel], str], **kwargs: Any
+) -> dict[str, Any]:
+    extra: dict[str, tuple[type[BaseModel], str]] = kwargs.pop("more", {})
+    errors: list[str] = kwargs.pop("errors", ["409", "422", "503"])
+    operation = _operation(operation_id, summary, {"200": answer, **extra}, errors, **kwargs)
+    for status in ("404", "422", "503"):
+        if status in operation["responses"]:
+            operation["responses"][status] = _json(answers.Error, HIS_ERRORS[status])
+    return operation
+
+
+def _his_paths() -> dict[str, Any]:
+    lock_no = _path_param("lock_no")
+    lock = his_answers.LockAnswer
+    return {
+        "/v1/his/patients/query": {
+            "post": _his_operation(
+                "query_patient",
+                "Find a patient in the HIS by card, ID card or phone (operation patient.query; cached briefly where "
+                "the hospital allows).",
+                (his_answers.PatientAnswer, "The HIS's answer; found is false when it has no such patient."),
+                body=his.PatientQuery,
+            )
+        },
+        "/v1/his/bills/unpaid": {
+            "post": _his_operation(
+                "unpaid_bills",
+                "A patient's unpaid outpatient bills, to pay with a charge order (operation bills.unpaid).",
+                (his_answers.BillsAnswer, "The HIS's answer."),
+                body=his.BillsQuery,
+            )
+        },
+        "/v1/his/registration-locks": {
+            "post": _his_operation(
+                "lock_slot",
+                "Hold a registration slot while the patient pays (operation registration.lock; idempotent on "
+                "lock_no). Give its lock_id to the registration order; if that order closes unpaid, the slot is "
+                "released.",
+                (lock, "The same hold again, as it stands."),
+                more={
+                    "201": (lock, "Held by the HIS."),
+                    "202": (lock, "Sent; the HIS has not answered yet: ask again."),
+                },
+                body=his.LockRequest,
+                errors=["409", "422", "503"],
+                conflicts="lock_no used for another patient or schedule (lock_conflict)",
+            )
+        },
+        "/v1/his/registration-locks/{lock_no}": {
+            "get": _his_operation(
+                "get_slot",
+                "A slot hold as it stands (one still locking is asked about again).",
+                (lock, "The hold."),
+                parameters=[lock_no],
+                errors=["404", "409", "503"],
+            )
+        },
+        "/v1/his/registration-locks/{lock_no}/unlock": {
+            "post": _his_operation(
+                "unlock_slot",
+                "Let a held slot go (operation registration.unlock). Refused while an order may still pay for it.",
+                (lock, "Released (or already released)."),
+                more={"202": (lock, "Releasing; the HIS has not confirmed yet.")},
+                parameters=[lock_no],
+                errors=["404", "409", "503"],
+                conflicts="an order may still pay for the slot, or paid for it (lock_in_use, with the lock)",
+            )
+        },
+    }
+
+
 def build(version: str = "1") -> dict[str, Any]:
     models: list[tuple[type[BaseModel], Any]] = [
         (schemas.CreateOrder, "validation"),
@@ -148,8 +231,14 @@ def build(version: str = "1") -> dict[str, Any]:
                 answers.ByRequestId,
                 answers.Transactions,
                 answers.Error,
+                his_answers.PatientAnswer,
+                his_answers.BillsAnswer,
+                his_answers.LockAnswer,
             )
         ),
+        (his.PatientQuery, "validation"),
+        (his.BillsQuery, "validation"),
+        (his.LockRequest, "validation"),
     ]
     _, defs = models_json_schema(models, ref_template=REF)
     order_no = _path_param("business_order_no")
@@ -284,6 +373,7 @@ def build(version: str = "1") -> dict[str, Any]:
             )
         },
     }
+    paths.update(_his_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "HIS Bridge gateway business API", "version": version, "description": SIGNING},

@@ -12,10 +12,11 @@ from sqlalchemy.exc import IntegrityError
 from gateway.api.auth import APP, BODY, SERVICES
 from gateway.api.errors import ApiError
 from gateway.api.schemas import CreateOrder, RequestRefund
-from gateway.model import OrderOrigin, OrderStatus
+from gateway.model import BusinessType, OrderOrigin, OrderStatus
 from gateway.notify_guard import NotifyUrlRefused, app_hosts, check_url, networks
 from gateway.sagas import compensation, payment, refund
 from gateway.services import UnknownMerchant
+from gateway.store import locks
 from gateway.store import orders as order_store
 from gateway.store import refunds as refund_store
 from gateway.views import order_view, refund_view
@@ -77,6 +78,18 @@ async def _order(request: web.Request) -> Any:
     return order
 
 
+async def _reserve_slot(db: Any, hospital_id: str, body: CreateOrder) -> None:
+    """A registration order for a slot the gateway holds becomes the one order that may pay for it."""
+    if body.business_type != BusinessType.registration or body.lock_id is None or body.schedule_id is None:
+        return
+    try:
+        await locks.reserve_for_order(
+            db, hospital_id, body.lock_id, body.business_order_no, body.patient_id, body.schedule_id
+        )
+    except locks.LockUnavailable as e:
+        raise ApiError(409, e.code, e.message) from None
+
+
 async def create_order(request: web.Request) -> web.Response:
     svc, app = request.app[SERVICES], request[APP]
     body = parse(request, CreateOrder)
@@ -92,6 +105,7 @@ async def create_order(request: web.Request) -> web.Response:
             check_url(body.notify_url, app_hosts(app.notify_url, app.notify_hosts), allow)
         except NotifyUrlRefused as e:
             raise ApiError(422, "notify_url_refused", f"notify_url: {e}") from None
+    await _reserve_slot(svc.db, app.hospital_id, body)
     new = payment.NewOrder(
         business_order_no=body.business_order_no,
         business_type=body.business_type,

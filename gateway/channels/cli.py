@@ -33,8 +33,10 @@ from gateway.channels.unionpay import open_notification as open_unionpay_notific
 from gateway.channels.wechat import open_callback
 from gateway.channels.wechat_crypto import PlatformKey, WechatVerifier
 from gateway.config import GatewayConfig
+from gateway.store import tenants as tenant_store
 from gateway.store.channel_state import SqlChannelState
 from gateway.store.db import Database
+from gateway.tenants.snapshot import Tenants
 
 EXIT_CODES = {
     "unknown_serial": 3,
@@ -226,7 +228,12 @@ async def _inventory(
     broken: dict[str, str] = {}
     note = None
     try:
-        for merchant in cfg.merchants:
+        merchants = list(cfg.merchants)
+        try:
+            merchants = list(Tenants.from_rows(await tenant_store.load(db)).merchants.values())
+        except Exception as exc:  # no database (yet): the config's merchants
+            note = f"database {db.dialect} not read ({type(exc).__name__}): the config's merchants only"
+        for merchant in merchants:
             if wanted and merchant.id not in wanted:
                 continue
             try:

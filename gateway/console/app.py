@@ -24,6 +24,7 @@ from gateway.console.views import exceptions as exception_views
 from gateway.console.views import login as login_views
 from gateway.console.views import records as record_views
 from gateway.console.views import summary as summary_views
+from gateway.console.views import tenants as tenant_views
 from gateway.services import Services, log
 
 HERE = Path(__file__).resolve().parent
@@ -110,6 +111,7 @@ def create_console_app(svc: Services, *, settle_in_background: bool = True) -> w
     summary_views.add_routes(app)
     exception_views.add_routes(app)
     record_views.add_routes(app)
+    tenant_views.add_routes(app)
     app.router.add_static("/static/", HERE / "static")
     if settle_in_background:
         app.cleanup_ctx.append(_settler)

@@ -15,6 +15,8 @@ import sys
 from typing import Any, TextIO
 
 from gateway.recon.normalize import StatementError, shanghai_today
+from gateway.store import tenants as tenant_store
+from gateway.tenants.snapshot import Tenants
 
 
 def _day(text: str) -> dt.date:
@@ -83,15 +85,20 @@ def _with_db(args: argparse.Namespace, fn: Any) -> int:
     return asyncio.run(go())
 
 
+async def _tenants(db: Any, cfg: Any) -> Tenants:
+    """The hospitals and merchants as the database holds them, with the config's blocks imported first (as
+    ``serve`` does)."""
+    await tenant_store.import_blocks(db, cfg.hospitals, cfg.merchants, actor="config", source="config")
+    return Tenants.from_rows(await tenant_store.load(db))
+
+
 def _fetch_statements(args: argparse.Namespace) -> int:
     from gateway.recon.statements.store import fetch
     from gateway.runtime import build_channel
 
     async def go(db: Any) -> int:
         status = 0
-        for m in args.cfg.merchants:
-            if m.hospital != args.hospital or not m.enabled:
-                continue
+        for m in (await _tenants(db, args.cfg)).merchants_of(args.hospital):
             channel = build_channel(m, db)
             try:
                 got = await fetch(db, args.hospital, m.id, m.channel, channel, args.date)
@@ -113,14 +120,13 @@ def _run(args: argparse.Namespace) -> int:
     from gateway.recon import run_reconciliation
     from gateway.runtime import build_channel
 
-    merchants = {m.id: m for m in args.cfg.merchants}
-
     async def go(db: Any) -> int:
         bar = ProgressBar()
+        tenants = await _tenants(db, args.cfg)
         try:
             summary = await run_reconciliation(
-                db, args.cfg, args.hospital, args.date, build_channel=lambda m: build_channel(merchants[m], db),
-                trigger="cli", progress=bar,
+                db, args.cfg, args.hospital, args.date, tenants=tenants, trigger="cli", progress=bar,
+                build_channel=lambda m: build_channel(tenants.merchants[m], db),
             )  # fmt: skip
         except Exception as exc:
             bar.close()

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.channels.base import Channel
 from gateway.config import GatewayConfig
@@ -44,12 +45,18 @@ from gateway.recon.verdicts import HELD, KeyEvidence, Platform, Verdict
 from gateway.store.db import Database
 from gateway.store.recon_tables import RECON_CLASSES, recon_exceptions, recon_runs
 from gateway.store.tables import hospitals
+from gateway.tenants.snapshot import Tenants
 
 log = structlog.get_logger("gateway.recon")
 
 Progress = Callable[[str, int, int | None], None]
 """``(stage, done, total)``: stages ``statements``, ``his``, ``platform``, ``match``, ``store``."""
 ChannelBuilder = Callable[[str], Channel]
+RunStarted = Callable[[int], Awaitable[None]]
+"""Told the ``recon_runs`` id of a run as soon as it has one."""
+WithinCommit = Callable[[AsyncConnection], Awaitable[None]]
+"""Called inside the transaction that writes a run's verdicts: a scheduled run checks there that its instance
+still holds the day's lease and marks the day done, in the same commit (``gateway.store.leases.complete``)."""
 CLASS_NAMES = tuple(c for c in RECON_CLASSES if c != HELD)
 CHANNEL_FIGURES = ("statements", "pay_count", "pay_fen", "refund_count", "refund_fen", "fee_fen")
 BACKFILL_DAYS = 7
@@ -174,13 +181,14 @@ async def _fail(db: Database, run_id: int, error: str) -> None:
         )
 
 
-def _merchants(cfg: GatewayConfig, hospital: str) -> list[tuple[str, str]]:
-    return [(m.id, m.channel) for m in cfg.merchants if m.hospital == hospital and m.enabled]
+def _merchants(tenants: Tenants, hospital: str) -> list[tuple[str, str]]:
+    return [(m.id, m.channel) for m in tenants.merchants_of(hospital)]
 
 
 async def _load(
     db: Database,
     cfg: GatewayConfig,
+    tenants: Tenants,
     hospital: str,
     day: dt.date,
     channels: Mapping[str, Channel],
@@ -194,7 +202,7 @@ async def _load(
     counts = {"his_count": 0, "platform_count": 0, "channel_count": 0}
     by_channel: dict[str, dict[str, int]] = {}
 
-    merchants = _merchants(cfg, hospital)
+    merchants = _merchants(tenants, hospital)
     for i, (merchant_id, channel_name) in enumerate(merchants):
         if merchant_id not in channels:
             raise LookupError(f"merchant {merchant_id} has no channel in this instance: cannot fetch its statement")
@@ -311,11 +319,14 @@ async def _judge_and_write(
     gathered: Gathered,
     loaded: Loaded,
     outcome: DayOutcome,
+    within_commit: WithinCommit | None,
 ) -> tuple[verdicts.Written, dict[str, int]]:
     platform = await _platform_now(db, hospital, gathered.to_judge)
     as_of = max({day} | await evidence.run_days(db, hospital))
     async with db.write() as conn:
         await conn.execute(db.for_update(sa.select(hospitals.c.id).where(hospitals.c.id == hospital)))
+        if within_commit is not None:
+            await within_commit(conn)
         others = await evidence.load(conn, hospital, gathered.to_judge, except_day=day)
         merged: Observations = defaultdict(list)
         for source in (others, gathered.backfill, gathered.today):
@@ -383,26 +394,34 @@ async def run_day(
     source: ReconSource | None = None,
     trigger: str = "cli",
     progress: Progress | None = None,
+    tenants: Tenants | None = None,
+    on_start: RunStarted | None = None,
+    within_commit: WithinCommit | None = None,
 ) -> RunSummary:
-    """Reconcile ``hospital``'s ``day`` as a new run version. The channels come by merchant id (``channels``),
-    or are built for the run by ``build_channel`` (merchant id → channel); the HIS side comes from ``source``,
-    or ``his`` (a ``BridgeHis``), or a bridge link built from ``cfg``. Raises on a failed run after recording it."""
+    """Reconcile ``hospital``'s ``day`` as a new run version. The hospital and its merchants come from
+    ``tenants`` (the config's when not given). The channels come by merchant id (``channels``), or are built
+    for the run by ``build_channel`` (merchant id → channel); the HIS side comes from ``source``, or ``his`` (a
+    ``BridgeHis``), or the hospital's agent link. Raises on a failed run after recording it."""
+    tenants = tenants if tenants is not None else Tenants.from_config(cfg)
     owned: list[Any] = []
     try:
         if channels is None:
             if build_channel is None:
                 raise LookupError("reconciliation needs the merchants' channels (channels= or build_channel=)")
-            channels = {m: build_channel(m) for m, _ in _merchants(cfg, hospital)}
+            channels = {m: build_channel(m) for m, _ in _merchants(tenants, hospital)}
             owned.extend(channels.values())
         if source is None:
             if his is None:
-                link = cfg.hospital(hospital).bridge
+                link = tenants.hospital(hospital).bridge
                 if link is None:
                     raise LookupError(f"hospital {hospital} has no bridge: cannot fetch the HIS side")
                 his = BridgeHis.from_config(link)
                 owned.append(his)
             source = BridgeReconSource(his)
-        return await _run(db, cfg, hospital, day, channels, source, trigger, progress or (lambda *_: None))
+        hooks = _Hooks(on_start, within_commit)
+        return await _run(
+            db, cfg, tenants, hospital, day, channels, source, trigger, progress or (lambda *_: None), hooks
+        )
     finally:
         for resource in owned:
             closer = getattr(resource, "aclose", None) or getattr(resource, "close", None)
@@ -410,25 +429,37 @@ async def run_day(
                 await closer()
 
 
+@dataclass(frozen=True)
+class _Hooks:
+    on_start: RunStarted | None
+    within_commit: WithinCommit | None
+
+
 async def _run(
     db: Database,
     cfg: GatewayConfig,
+    tenants: Tenants,
     hospital: str,
     day: dt.date,
     channels: Mapping[str, Channel],
     source: ReconSource,
     trigger: str,
     progress: Progress,
+    hooks: _Hooks,
 ) -> RunSummary:
     version, run_id = await _next_version(db, hospital, day, trigger)
     log.info("recon_started", hospital=hospital, day=day.isoformat(), version=version)
     try:
-        loaded = await _load(db, cfg, hospital, day, channels, source, progress)
+        if hooks.on_start is not None:
+            await hooks.on_start(run_id)
+        loaded = await _load(db, cfg, tenants, hospital, day, channels, source, progress)
         progress("match", 0, 1)
         outcome = match(loaded.sides["his"], loaded.sides["platform"], loaded.sides["channel"])
         gathered = await _gather(db, cfg, hospital, day, loaded, outcome.unresolved)
         progress("match", 1, 1)
-        written, counts = await _judge_and_write(db, cfg, hospital, day, version, run_id, gathered, loaded, outcome)
+        written, counts = await _judge_and_write(
+            db, cfg, hospital, day, version, run_id, gathered, loaded, outcome, hooks.within_commit
+        )
         progress("store", 1, 1)
     except BaseException as exc:
         await _fail(db, run_id, f"{type(exc).__name__}: {exc}")

@@ -152,11 +152,14 @@ class Verdict:
         return self.problem is None
 
 
-async def verify(db: Database, *, anchor: tuple[int, str] | None = None, page: int = 2000) -> Verdict:
+async def verify(
+    db: Database, *, anchor: tuple[int, str] | None = None, after: tuple[int, str] | None = None, page: int = 2000
+) -> Verdict:
     """Walk the chain in position order, a page at a time, and say where it first breaks. ``anchor`` is a head
     recorded earlier (position, hash: from the logs or a previous verify): a chain rewritten from some row on
-    is consistent in itself, but no longer has that hash at that position."""
-    prev, expected, checked = GENESIS, 1, 0
+    is consistent in itself, but no longer has that hash at that position. ``after`` is the head of a prefix
+    archived and removed (``gateway.retention``): the chain in the database goes on from it."""
+    prev, expected, checked = (after[1], after[0] + 1, 0) if after is not None else (GENESIS, 1, 0)
     async with db.read() as conn:
         unsealed = int(
             (

@@ -1,18 +1,20 @@
-"""Hospitals, channel merchants and apps: copied from the config into the database at start, read back by the
-API (app keys) and the sagas (refund policy, which merchant serves a hospital)."""
+"""Hospitals, channel merchants and apps as the API (app keys) and the sagas (refund policy, which merchant serves
+a hospital) read them. They are tenants managed in the database (``gateway.store.tenants``); a config's blocks
+are imported at start."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 
 from bridge import protocol
-from gateway.config import GatewayConfig
+from gateway.config import DEFAULT_OPERATIONS, GatewayConfig
 from gateway.model import HisCommit, RefundPolicy, utcnow
+from gateway.store import tenants
 from gateway.store.db import Database
-from gateway.store.tables import apps, hospitals, merchants
+from gateway.store.tables import hospitals, merchants
 
 
 @dataclass(frozen=True)
@@ -20,10 +22,14 @@ class App:
     id: str
     hospital_id: str
     key: protocol.VerifyKey
+    """The app's newest key."""
     notify_url: str | None
     enabled: bool
+    """False when the app or its hospital is disabled."""
     notify_hosts: tuple[str, ...] = ()
     """Hosts an order's notify URL may name, besides the host of ``notify_url``."""
+    keys: tuple[tenants.AppKey, ...] = ()
+    operations: frozenset[str] = frozenset(DEFAULT_OPERATIONS)
     kind: str = "app"
     his_commit: HisCommit = HisCommit.gateway
     """Who tells the HIS after this app's payments: the app's own setting, else its hospital's."""
@@ -34,78 +40,42 @@ class App:
         """A hospital's bridge agent: it may name terminals and start HIS-approved window refunds."""
         return self.kind == "agent"
 
+    def verify_keys(self, now: dt.datetime) -> list[protocol.VerifyKey]:
+        """The keys a request signed now may verify against, newest first."""
+        return [
+            k.verify_key(self.id) for k in sorted(self.keys, key=lambda k: k.added_at, reverse=True) if k.valid_at(now)
+        ]
 
-async def _upsert(conn: Any, table: sa.Table, row: dict[str, Any]) -> None:
-    result = await conn.execute(sa.update(table).where(table.c.id == row["id"]).values(**row))
-    if not result.rowcount:
-        await conn.execute(sa.insert(table).values(**row))
-
-
-async def sync_from_config(db: Database, cfg: GatewayConfig) -> None:
-    """Make the registry match the config; apps and merchants no longer configured are disabled, not deleted
-    (orders refer to them)."""
-    now = utcnow()
-    async with db.write() as conn:
-        for h in cfg.hospitals:
-            name = h.name or h.id
-            row = {
-                "id": h.id,
-                "name": name,
-                "refund_policy": h.refund_policy.value,
-                "his_commit": h.his_commit.value,
-                "updated_at": now,
-            }
-            await _upsert(conn, hospitals, row)
-        for m in cfg.merchants:
-            row = {"id": m.id, "channel": m.channel, "hospital_id": m.hospital, "enabled": m.enabled, "updated_at": now}
-            await _upsert(conn, merchants, row)
-        await conn.execute(
-            sa.update(merchants).where(merchants.c.id.not_in([m.id for m in cfg.merchants])).values(enabled=False)
-        )
-        configured = []
-        for h in cfg.hospitals:
-            for a in h.apps:
-                pem = protocol.load_verify_key(a.app_id, a.public_key).public_pem().decode()
-                row = {
-                    "id": a.app_id,
-                    "hospital_id": h.id,
-                    "public_key_pem": pem,
-                    "notify_url": a.notify_url,
-                    "notify_hosts": list(a.notify_hosts),
-                    "enabled": a.enabled,
-                    "kind": a.kind,
-                    "his_commit": a.his_commit.value if a.his_commit is not None else None,
-                    "client_cert_cn": a.client_cert_cn,
-                    "updated_at": now,
-                }
-                await _upsert(conn, apps, row)
-                configured.append(a.app_id)
-        await conn.execute(sa.update(apps).where(apps.c.id.not_in(configured)).values(enabled=False))
+    def other_keys(self, now: dt.datetime) -> list[tenants.AppKey]:
+        """Keys that are not valid now (retired, or not valid yet): a signature by one of them is named as such."""
+        return [k for k in self.keys if not k.valid_at(now)]
 
 
-def _verify_key(app_id: str, pem: str) -> protocol.VerifyKey:
-    from cryptography.hazmat.primitives import serialization
-
-    return protocol.VerifyKey(app_id, serialization.load_pem_public_key(pem.encode()))  # type: ignore[arg-type]
+async def sync_from_config(db: Database, cfg: GatewayConfig) -> tenants.ImportReport:
+    """Import the config's hospitals, apps and merchants (``gateway.store.tenants.import_blocks``)."""
+    return await tenants.import_blocks(db, cfg.hospitals, cfg.merchants, actor="config", source="config")
 
 
 async def load_app(db: Database, app_id: str) -> App | None:
     async with db.read() as conn:
-        stmt = sa.select(apps, hospitals.c.his_commit.label("hospital_his_commit")).join(
-            hospitals, hospitals.c.id == apps.c.hospital_id
-        )
-        row = (await conn.execute(stmt.where(apps.c.id == app_id))).first()
-    if row is None:
+        found = await tenants.load_app(conn, app_id)
+    if found is None:
+        return None
+    row, hospital_enabled, hospital_his_commit = found.app, found.hospital_enabled, found.hospital_his_commit
+    valid = row.valid_keys(utcnow()) or sorted(row.keys, key=lambda k: k.added_at, reverse=True)
+    if not valid:
         return None
     return App(
         row.id,
         row.hospital_id,
-        _verify_key(row.id, row.public_key_pem),
+        valid[0].verify_key(row.id),
         row.notify_url,
-        row.enabled,
-        tuple(row.notify_hosts or ()),
+        row.enabled and hospital_enabled,
+        row.notify_hosts,
+        row.keys,
+        row.allowed,
         kind=row.kind,
-        his_commit=HisCommit(row.his_commit or row.hospital_his_commit),
+        his_commit=HisCommit(row.his_commit or hospital_his_commit),
         client_cert_cn=row.client_cert_cn,
     )
 

@@ -67,8 +67,17 @@ hospitals = sa.Table(
     sa.Column("refund_policy", sa.String(16), nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("his_commit", sa.String(16), nullable=False, server_default="gateway"),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("recon_at", sa.String(5)),
+    sa.Column("bridge", sa.JSON),
+    sa.Column("read_cache", sa.JSON),
+    sa.Column("source", sa.String(16), nullable=False, server_default="config"),
     sa.CheckConstraint("refund_policy IN ('auto_refund', 'finance')", name="refund_policy"),
 )
+"""A hospital is a tenant (migration 0010): ``bridge`` is its agent link (addresses and file paths of its
+certificates and keys, never their content), ``read_cache`` how long each HIS read may be served from memory,
+``source`` who manages the row (``config``: the gateway config's block, re-imported at every start; ``cli``,
+``console``, ``import``: the database, which the config no longer overrides)."""
 
 merchants = sa.Table(
     "merchants",
@@ -78,7 +87,10 @@ merchants = sa.Table(
     sa.Column("hospital_id", sa.String(32), sa.ForeignKey("hospitals.id"), nullable=False, index=True),
     sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("settings", sa.JSON),
+    sa.Column("source", sa.String(16), nullable=False, server_default="config"),
 )
+"""``settings``: the channel's settings with secrets as references (``{file = …}``, ``{env = …}``, key files)."""
 
 apps = sa.Table(
     "apps",
@@ -93,8 +105,12 @@ apps = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False, server_default="app"),
     sa.Column("his_commit", sa.String(16)),
     sa.Column("client_cert_cn", sa.String(200)),
+    sa.Column("operations", sa.JSON),
+    sa.Column("source", sa.String(16), nullable=False, server_default="config"),
 )
-"""``notify_hosts``: the hosts an order's ``notify_url`` may name (migration 0008)."""
+"""``notify_hosts``: the hosts an order's ``notify_url`` may name (migration 0008). ``public_key_pem`` is the
+app's newest key; all its keys, with their validity, are in ``app_keys``. ``operations``: what the app may call
+(``gateway.api.permissions``; null: the money operations)."""
 
 api_nonces = sa.Table(
     "api_nonces",
@@ -249,5 +265,6 @@ audit_log = sa.Table(
 
 from gateway.store import channel_tables as _channel_tables  # noqa: E402, F401 - the channels' memory
 from gateway.store import console_tables as _console_tables  # noqa: E402, F401 - the console's tables
+from gateway.store import platform_tables as _platform_tables  # noqa: E402, F401 - tenants, leases, locks, archives
 from gateway.store import recon_tables as _recon_tables  # noqa: E402, F401 - reconciliation's tables on this metadata
 from gateway.store import sms_tables as _sms_tables  # noqa: E402, F401 - the SMS defences' tables

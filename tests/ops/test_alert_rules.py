@@ -51,11 +51,13 @@ def test_promtool_checks_and_tests_every_alert():
 def test_gateway_rules_use_only_exported_metrics():
     from gateway.channels.metrics import ChannelKeyCollector
     from gateway.money_metrics import MoneyMetrics
+    from gateway.platform_metrics import PlatformMetrics
     from gateway.sms.metrics import SmsMetrics
 
     suffix = {"counter": "_total", "gauge": ""}
     exported = {m.name + suffix[m.type] for m in SmsMetrics().registry.collect() if m.type in suffix}
     exported |= {m.name for m in MoneyMetrics().registry.collect() if m.type == "gauge"}
+    exported |= {m.name for m in PlatformMetrics().registry.collect() if m.type == "gauge"}
     exported |= {m.name for m in ChannelKeyCollector({}).collect()}
     in_rules = set(re.findall(r"\b(hisgateway_[a-z_]+)", RULES.read_text()))
     assert in_rules and in_rules <= exported, in_rules - exported

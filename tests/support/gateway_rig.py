@@ -14,6 +14,7 @@ import aiohttp
 import sqlalchemy as sa
 
 from bridge import protocol
+from gateway.client import GatewayClient
 from gateway.config import GatewayConfig, parse_config
 from gateway.runtime import Gateway
 from gateway.store.db import Database
@@ -88,27 +89,32 @@ def gateway_config(
 
 
 class ApiClient:
-    """A hospital app: signs every request with its key and refuses answers the gateway did not sign."""
+    """A hospital app, as the tests play one: ``GatewayClient`` (signs every request with its key, refuses answers
+    the gateway did not sign), answering every status instead of raising, and taking headers made by hand for the
+    tests of the envelope itself."""
 
     def __init__(self, base_url: str, key: protocol.SigningKey, gateway_key: protocol.VerifyKey) -> None:
         self.base_url = base_url.rstrip("/")
         self.key = key
         self.gateway_key = gateway_key
+        self.client = GatewayClient(self.base_url, app_key=key, gateway_key=gateway_key, retries=0)
         self.session = aiohttp.ClientSession()
 
     async def close(self) -> None:
+        await self.client.close()
         await self.session.close()
 
     async def call(
         self, method: str, path: str, body: dict[str, Any] | None = None, *, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, Any]]:
+        if headers is None:
+            return await self.client.send(method, path, body)
         raw = json.dumps(body).encode() if body is not None else b""
-        signed = headers or protocol.sign_request(self.key, method, path, raw)
         async with self.session.request(
-            method, self.base_url + path, data=raw, headers={**signed, "Content-Type": "application/json"}
+            method, self.base_url + path, data=raw, headers={**headers, "Content-Type": "application/json"}
         ) as resp:
             data = await resp.read()
-            protocol.verify_response(self.gateway_key, resp.status, signed[protocol.HEADER_NONCE], resp.headers, data)
+            protocol.verify_response(self.gateway_key, resp.status, headers[protocol.HEADER_NONCE], resp.headers, data)
             return resp.status, json.loads(data)
 
 
@@ -169,7 +175,16 @@ class ApprovingHis:
         self.writes.append((operation, params))
         if operation == "refund.apply":
             return HisAnswer("done", {"refundable_fen": 10**9, "his_refund_id": f"HR-{len(self.writes)}"})
+        if operation == "registration.lock":
+            return HisAnswer("done", {"lock_id": f"LK-{len(self.writes)}", "amount_fen": 1000})
+        if operation == "registration.unlock":
+            return HisAnswer("done", {"unlocked": True})
         return HisAnswer("done", {"receipt_no": f"RC-{len(self.writes)}"})
+
+    async def read(self, operation: str, params: dict[str, Any]) -> Any:
+        from gateway.his import HisAnswer
+
+        return HisAnswer("done", {"found": False} if operation == "patient.query" else {"bills": []})
 
     async def status(self, request_id: str) -> Any:
         return None

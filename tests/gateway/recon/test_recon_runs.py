@@ -161,22 +161,39 @@ async def test_a_statement_that_does_not_add_up_fails_the_run_loudly(setup):
 
 async def test_schedule_runs_each_hospital_once_per_day_at_its_time(setup):
     from gateway.recon import schedule
+    from gateway.tenants.snapshot import Tenants
 
     cfg, db = setup
     channel, his = BillChannel(), PagedHis()
     await paid_everywhere(db, channel, his, "P-1", 100, at(D0, "10:00:00"))
     ran: list[tuple[str, dt.date]] = []
+    tenants = Tenants.from_config(cfg)
+    now = [at(D1, "08:00:00")]
 
-    async def runner(hospital: str, day: dt.date) -> None:
+    async def runner(hospital: str, day: dt.date, on_start, within_commit) -> None:
         ran.append((hospital, day))
-        await run_reconciliation(db, cfg, hospital, day, channels={MERCHANT: channel}, source=his, trigger="schedule")
+        await run_reconciliation(
+            db, cfg, hospital, day, channels={MERCHANT: channel}, source=his, trigger="schedule",
+            on_start=on_start, within_commit=within_commit,
+        )  # fmt: skip
 
-    assert schedule.next_wakeup(cfg, at(D1, "08:00:00")) == at(D1, "11:30:00")
-    assert await schedule.tick(db, cfg, at(D1, "11:29:59"), runner) == []
-    assert await schedule.tick(db, cfg, at(D1, "11:30:00"), runner) == [(HOSPITAL, D0)]
-    assert await schedule.tick(db, cfg, at(D1, "15:00:00"), runner) == []  # done: not again, even after a restart
+    def scheduler(instance: str) -> schedule.Scheduler:
+        return schedule.Scheduler(db, cfg, lambda: tenants, runner, instance=instance, clock=lambda: now[0])
+
+    first = scheduler("a")
+    hospitals = tenants.active_hospitals()
+    assert schedule.next_wakeup(hospitals, cfg.recon.at, now[0]) == at(D1, "11:30:00")
+    now[0] = at(D1, "11:29:59")
+    assert await first.tick() == []
+    now[0] = at(D1, "11:30:00")
+    assert [(c.hospital_id, c.day) for c in await first.tick()] == [(HOSPITAL, D0)]
+    await first.drain()
+    now[0] = at(D1, "15:00:00")
+    assert await first.tick() == [] and await scheduler("b").tick() == []  # done: not again, even after a restart
     assert ran == [(HOSPITAL, D0)]
-    assert schedule.next_wakeup(cfg, at(D1, "11:30:00")) == at(D1 + dt.timedelta(days=1), "11:30:00")
+    assert schedule.next_wakeup(hospitals, cfg.recon.at, at(D1, "11:30:00")) == at(
+        D1 + dt.timedelta(days=1), "11:30:00"
+    )
 
-    cfg.hospitals[0].recon_at = "06:15"
-    assert schedule.due(cfg, at(D1, "06:20:00")) == [(HOSPITAL, D0)]
+    hospitals[0].recon_at = "06:15"
+    assert schedule.due(hospitals, cfg.recon.at, at(D1, "06:20:00")) == [(HOSPITAL, D0)]

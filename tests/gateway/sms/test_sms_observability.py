@@ -23,7 +23,7 @@ async def test_refusals_are_audited_without_the_number(sms_factory):
         await rig.app.otp("13900000002", client_info=client(2))
         await rig.app.otp("13900000003", client_info=client(3))
         await rig.app.otp("13900000004", client_info=client(4, ip="203.0.113.5"))
-    entries = await audit.entries(rig.running.svc.db)
+    entries = [e for e in await audit.entries(rig.running.svc.db) if e["action"].startswith("sms.")]
     actions = sorted((e["action"], e["detail"]["layer"], e["detail"]["reason"]) for e in entries)
     assert actions == [
         ("sms.captcha_required", "segment", "over_1_per_600s"),
