@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adapters.base import Adapter, AdapterError, ErrorKind
-from bridge import catalog
+from bridge import catalog, clock
 from bridge.breaker import BreakerState, CircuitBreaker
 from bridge.config import DispatchConfig
 from bridge.journal import TERMINAL, UNFINISHED, Entry, Journal, JournalUnavailable, State
@@ -138,12 +138,16 @@ class Dispatcher:
         self._known.clear()
 
     async def _pause(self, delay: float) -> None:
-        """Sleep ``delay``, or end the lane at once if the dispatcher is stopping."""
-        try:
-            await asyncio.wait_for(self._closing.wait(), delay)
-        except TimeoutError:
-            return
-        raise _Stopping
+        """Sleep ``delay`` (of the shared clock), or end the lane at once if the dispatcher is stopping."""
+        deadline = clock.monotonic() + delay
+        while (remaining := deadline - clock.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(self._closing.wait(), clock.wait_slice(remaining))
+            except TimeoutError:
+                continue
+            raise _Stopping
+        if self._closing.is_set():
+            raise _Stopping
 
     async def sweep(self) -> int:
         """Queue unfinished entries that no lane holds; returns how many were queued."""
@@ -279,7 +283,7 @@ class Dispatcher:
         return await self.journal.get_seq(entry.seq) or entry
 
     async def _record(self, entry: Entry, call: _Call) -> Entry:
-        now = time.time()
+        now = clock.now()
         quarantine = entry.attempts >= self.cfg.max_attempts
         if call.outcome == "done":
             state, kwargs = State.done, {"result": call.result}

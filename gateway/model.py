@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from enum import StrEnum
 
+from bridge import clock
+
 
 class OrderStatus(StrEnum):
     created = "created"
@@ -101,4 +103,4 @@ class ExceptionKind(StrEnum):
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return clock.utcnow()

@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bridge import clock
 from gateway.channels import alipay_crypto, codepay
 from gateway.channels.base import (
     Acknowledgement,
@@ -127,7 +128,7 @@ def open_notification(
         sent = None
     if sent is None:
         raise NotificationRejected("malformed", f"notify_time {params.get('notify_time')!r} is not a time")
-    current = dt.datetime.now(CST).timestamp() if now is None else now
+    current = clock.now() if now is None else now
     age = current - sent.timestamp()
     if age > max_age_s or age < -300:
         raise NotificationRejected("stale", f"notify_time {params['notify_time']} is {int(age)} s from now")
@@ -172,7 +173,7 @@ class AlipayChannel(Channel):
             "format": "JSON",
             "charset": "utf-8",
             "sign_type": "RSA2",
-            "timestamp": dt.datetime.now(CST).strftime(STAMP),
+            "timestamp": clock.utcnow().astimezone(CST).strftime(STAMP),
             "version": "1.0",
             "biz_content": json.dumps(biz, ensure_ascii=False, separators=(",", ":")),
             **{k: v for k, v in extra.items() if v},

@@ -19,13 +19,13 @@ import datetime as dt
 import gzip
 import hashlib
 import json
-import time
 import zlib
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from bridge import clock
 from gateway.channels import codepay, wechat_crypto
 from gateway.channels.base import (
     Acknowledgement,
@@ -264,7 +264,7 @@ class WechatPayChannel(Channel):
         if scene is Scene.h5:
             return {"h5_url": answer["h5_url"]}
         prepay_id = answer["prepay_id"]
-        timestamp, nonce = str(int(time.time())), wechat_crypto.new_nonce()
+        timestamp, nonce = str(int(clock.now())), wechat_crypto.new_nonce()
         if scene is Scene.app:
             message = f"{self.config.appid}\n{timestamp}\n{nonce}\n{prepay_id}\n".encode()
             return {

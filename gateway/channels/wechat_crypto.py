@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,8 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from bridge import clock
 
 SCHEME = "WECHATPAY2-SHA256-RSA2048"
 PUBLIC_KEY_ID_PREFIX = "PUB_KEY_ID_"
@@ -90,7 +91,7 @@ def authorization(
     nonce: str | None = None,
 ) -> str:
     """The ``Authorization`` header value for one request; timestamp and nonce are fixed only by tests."""
-    timestamp = timestamp or str(int(time.time()))
+    timestamp = timestamp or str(int(clock.now()))
     nonce = nonce or new_nonce()
     signature = sign(key, request_message(method, path_qs, timestamp, nonce, body))
     return (
@@ -217,7 +218,7 @@ class WechatVerifier:
             stamp = int(timestamp)
         except ValueError:
             raise WechatSignatureError("malformed", f"{HEADER_TIMESTAMP} is not an integer: {timestamp!r}") from None
-        current = time.time() if now is None else now
+        current = clock.now() if now is None else now
         if abs(current - stamp) > self.window_s:
             raise WechatSignatureError(
                 "stale", f"signed at {stamp}, {int(current - stamp)} s from now, outside the {self.window_s} s window"

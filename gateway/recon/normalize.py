@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from bridge import clock
+
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 EntryType = Literal["pay", "refund"]
 
@@ -82,7 +84,7 @@ def local_time(text: str) -> dt.datetime:
 
 
 def shanghai_today(now: dt.datetime | None = None) -> dt.date:
-    return (now or dt.datetime.now(dt.UTC)).astimezone(SHANGHAI).date()
+    return (now or clock.utcnow()).astimezone(SHANGHAI).date()
 
 
 def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 import structlog
 
+from bridge import clock as shared_clock
 from gateway.config import GatewayConfig
 from gateway.recon.normalize import SHANGHAI
 from gateway.store.db import Database
@@ -79,7 +80,7 @@ async def scheduler(
     cfg: GatewayConfig,
     runner: Runner,
     *,
-    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    clock: Callable[[], dt.datetime] = shared_clock.utcnow,
 ) -> None:
     """Run forever: tick, then sleep until the next scheduled time (or the retry interval, if sooner)."""
     while True:
@@ -90,7 +91,7 @@ async def scheduler(
             log.error("recon_schedule_tick_failed", error=str(exc))
         now = clock()
         wait = min((next_wakeup(cfg, now) - now).total_seconds(), RETRY_S)
-        await asyncio.sleep(max(wait, 1.0))
+        await shared_clock.sleep(max(wait, 1.0))
 
 
 def start_scheduler(svc: Services) -> asyncio.Task[None]:
