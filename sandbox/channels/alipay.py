@@ -30,8 +30,9 @@ from urllib.parse import parse_qsl, urlencode
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bridge import clock
 from sandbox.channels import bills, crypto
-from sandbox.channels.faults import FaultBook, Rule
+from sandbox.channels.faults import FaultBook, RefundHolds, Rule
 from sandbox.channels.ledger import CST, Ledger, new_serial
 from sandbox.channels.notifier import Notifier
 from sandbox.channels.payer import CodepayScript
@@ -93,7 +94,7 @@ class AlipaySandbox:
     app: AlipayApp
     alipay_key: rsa.RSAPrivateKey
     codepay_scripts: dict[str, CodepayScript] = field(default_factory=dict)
-    refund_holds: int = 0
+    refund_holds: RefundHolds = field(default_factory=RefundHolds)
     _bill_files: dict[str, bytes] = field(default_factory=dict)
 
     channel = "alipay"
@@ -145,7 +146,7 @@ class AlipaySandbox:
             sent = dt.datetime.strptime(params["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=CST)
         except ValueError:
             raise invalid("isv.invalid-timestamp", "timestamp 格式应为 yyyy-MM-dd HH:mm:ss") from None
-        if abs((dt.datetime.now(CST) - sent).total_seconds()) > 86400:
+        if abs(clock.now() - sent.timestamp()) > 86400:
             raise invalid("isv.invalid-timestamp", "请求时间与支付宝服务器时间相差超过一天")
         if not crypto.rsa_verify(self.app.app_public_key, signing_content(params, ("sign",)), params["sign"]):
             raise invalid("isv.invalid-signature", "验签出错，请确认charset、sign_type与私钥是否匹配")
@@ -417,9 +418,7 @@ class AlipaySandbox:
             raise business("ACQ.TRADE_STATUS_ERROR", "交易状态不合法")
         if amount > trade["amount_fen"] - trade["refunded_fen"]:
             raise business("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额超限")
-        held = self.refund_holds > 0
-        if held:
-            self.refund_holds -= 1
+        held = self.refund_holds.take(trade["out_trade_no"])
         now = self.ledger.now().isoformat()
         self.ledger.add_refund(
             channel=self.channel,

@@ -3,7 +3,9 @@
 WeChat retries a callback not answered 2xx at growing intervals for about a day (15 s, 15 s, 30 s, 3 min, 10 min,
 20 min, 30 min ×3, 60 min, 3 h ×3, 6 h ×2), signing every delivery anew. Alipay re-sends the same signed form
 until it reads exactly ``success`` (4 min, 10 min, 10 min, 1 h, 2 h, 6 h, 15 h). The sandbox keeps the shape and
-divides the intervals by ``time_scale``. Every delivery is recorded in the ledger and kept for tests.
+divides the intervals by ``time_scale``. Every delivery is recorded in the ledger and kept for tests. Delays and
+retries are waited on the shared clock (``bridge.clock``), so a simulated day that jumps forward hours delivers a
+callback delayed by hours at once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from bridge import clock
 from sandbox.channels.faults import FaultBook, NotifyFault
 from sandbox.channels.ledger import Ledger
 
@@ -100,7 +103,7 @@ class Notifier:
         )
         job = _Job(record_id, channel, kind, url, build, accepted, tuple(s / self.time_scale for s in schedule))
         self._jobs[record_id] = job
-        rule = self.faults.take("notify", f"{channel}.{kind}")
+        rule = self.faults.take("notify", f"{channel}.{kind}", ref)
         if rule is not None and rule.mode == NotifyFault.lost:
             self.ledger.update_notification(record_id, status="lost")
             log.info("callback %s %s lost on purpose", channel, notification_id)
@@ -138,12 +141,12 @@ class Notifier:
 
     async def _deliver(self, job: _Job, delay: float) -> None:
         if delay:
-            await asyncio.sleep(delay)
+            await clock.sleep(delay)
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.answer_timeout_s))
         for wait in (0.0, *job.schedule):
             if wait:
-                await asyncio.sleep(wait)
+                await clock.sleep(wait)
             headers, body = job.build()
             sent = Sent(job.record_id, job.channel, job.kind, job.url, headers, body)
             self.sent.append(sent)

@@ -19,7 +19,6 @@ import gzip
 import json
 import re
 import secrets
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +27,9 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bridge import clock
 from sandbox.channels import bills, crypto
-from sandbox.channels.faults import FaultBook, Rule
+from sandbox.channels.faults import FaultBook, RefundHolds, Rule
 from sandbox.channels.ledger import Ledger, new_serial
 from sandbox.channels.notifier import Notifier
 from sandbox.channels.payer import CodepayScript
@@ -103,7 +103,7 @@ class WechatSandbox:
     platform: WechatPlatform
     refund_delay_s: float = 0.05
     codepay_scripts: dict[str, CodepayScript] = field(default_factory=dict)
-    refund_holds: int = 0
+    refund_holds: RefundHolds = field(default_factory=RefundHolds)
     _bill_files: dict[str, bytes] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -137,7 +137,7 @@ class WechatSandbox:
 
     def sign_headers(self, body: bytes, *, spoil: bool = False) -> dict[str, str]:
         serial, key = self.platform.signer()
-        timestamp, nonce = str(int(time.time())), secrets.token_hex(16)
+        timestamp, nonce = str(int(clock.now())), secrets.token_hex(16)
         signature = crypto.rsa_sign(key, f"{timestamp}\n{nonce}\n".encode() + body + b"\n")
         if spoil:
             signature = crypto.rsa_sign(key, b"not this message")
@@ -209,7 +209,7 @@ class WechatSandbox:
             stamp = int(params["timestamp"])
         except ValueError:
             raise WechatFault(401, "SIGN_ERROR", "timestamp 不是整数") from None
-        if abs(time.time() - stamp) > 300:
+        if abs(clock.now() - stamp) > 300:
             raise WechatFault(401, "SIGN_ERROR", "请求的时间戳已过期")
         message = f"{request.method}\n{request.raw_path}\n{params['timestamp']}\n{params['nonce_str']}\n".encode()
         if not crypto.rsa_verify(self.merchant.public_key, message + body + b"\n", params["signature"]):
@@ -496,9 +496,7 @@ class WechatSandbox:
             raise WechatFault(400, "PARAM_ERROR", "订单金额 amount.total 与原订单不一致")
         if refund_fen > trade["amount_fen"] - trade["refunded_fen"]:
             raise WechatFault(400, "INVALID_REQUEST", "申请退款金额超过订单可退金额")
-        held = self.refund_holds > 0
-        if held:
-            self.refund_holds -= 1
+        held = self.refund_holds.take(trade["out_trade_no"])
         refund = self.ledger.add_refund(
             channel=self.channel,
             merchant=self.merchant.mchid,
@@ -519,7 +517,7 @@ class WechatSandbox:
 
     def _later(self, delay: float, out_refund_no: str) -> None:
         async def finish() -> None:
-            await asyncio.sleep(delay)
+            await clock.sleep(delay)
             self.finish_refund(out_refund_no)
 
         task = asyncio.get_running_loop().create_task(finish())
@@ -602,7 +600,7 @@ class WechatSandbox:
         }
         serial, key = self.platform.cert_serial, self.platform.cert_key
         answer = json.dumps({"data": [entry]}, separators=(",", ":")).encode()
-        timestamp, nonce = str(int(time.time())), secrets.token_hex(16)
+        timestamp, nonce = str(int(clock.now())), secrets.token_hex(16)
         headers = {
             "Content-Type": "application/json; charset=utf-8",
             "Wechatpay-Timestamp": timestamp,

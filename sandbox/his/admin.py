@@ -8,7 +8,7 @@ from aiohttp import web
 
 from sandbox.his.faults import FaultBook, FaultRule, FaultRuleError
 from sandbox.his.mllp import MLLP_OPERATIONS
-from sandbox.his.state import SOAP_OPERATIONS, HisState
+from sandbox.his.state import SOAP_OPERATIONS, HisError, HisState
 
 STATE_KEY = web.AppKey("his_state", HisState)
 FAULTS_KEY = web.AppKey("his_faults", FaultBook)
@@ -43,6 +43,27 @@ async def applications(request: web.Request) -> web.Response:
     return web.json_response({"applications": request.app[STATE_KEY].applications()})
 
 
+async def add_fixtures(request: web.Request) -> web.Response:
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return _error(400, f"body must be JSON: {exc}")
+    kinds = ("patients", "schedules", "bills", "inpatients")
+    if not isinstance(data, dict) or set(data) - set(kinds):
+        return _error(400, f"body must be an object with lists under any of: {', '.join(kinds)}")
+    if not all(isinstance(data.get(k, []), list) and all(isinstance(r, dict) for r in data.get(k, [])) for k in kinds):
+        return _error(400, "each of patients, schedules, bills, inpatients must be a list of objects")
+    try:
+        added = request.app[STATE_KEY].add_fixtures(**{k: data.get(k, []) for k in kinds})
+    except HisError as exc:
+        return _error(400, exc.message)
+    return web.json_response({"added": added}, status=201)
+
+
+async def ledger(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE_KEY].ledger())
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
@@ -53,4 +74,6 @@ def setup_admin(app: web.Application) -> None:
     app.router.add_post("/_admin/faults", add_fault)
     app.router.add_delete("/_admin/faults", clear_faults)
     app.router.add_get("/_admin/applications", applications)
+    app.router.add_post("/_admin/fixtures", add_fixtures)
+    app.router.add_get("/_admin/ledger", ledger)
     app.router.add_get("/_admin/healthz", healthz)

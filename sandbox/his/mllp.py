@@ -26,6 +26,7 @@ from typing import Any
 import hl7
 import hl7.exceptions
 
+from bridge import clock
 from sandbox.his.faults import FaultBook, FaultMode, FaultRule
 from sandbox.his.state import SHANGHAI, SOAP_OPERATIONS, HisError, HisState
 
@@ -403,7 +404,7 @@ class Reply:
             get("MSH", 6),
             get("MSH", 3),
             get("MSH", 4),
-            dt.datetime.now(SHANGHAI).strftime("%Y%m%d%H%M%S"),
+            clock.utcnow().astimezone(SHANGHAI).strftime("%Y%m%d%H%M%S"),
             None,
             kind,
             secrets.token_hex(10).upper(),
