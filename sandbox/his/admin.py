@@ -39,6 +39,11 @@ async def clear_faults(request: web.Request) -> web.Response:
     return web.json_response({"cleared": request.app[FAULTS_KEY].clear()})
 
 
+async def remove_fault(request: web.Request) -> web.Response:
+    removed = request.app[FAULTS_KEY].remove(int(request.match_info["id"]))
+    return web.json_response({"removed": removed}, status=200 if removed else 404)
+
+
 async def applications(request: web.Request) -> web.Response:
     return web.json_response({"applications": request.app[STATE_KEY].applications()})
 
@@ -73,6 +78,7 @@ def setup_admin(app: web.Application) -> None:
     app.router.add_get("/_admin/faults", list_faults)
     app.router.add_post("/_admin/faults", add_fault)
     app.router.add_delete("/_admin/faults", clear_faults)
+    app.router.add_delete(r"/_admin/faults/{id:\d+}", remove_fault)
     app.router.add_get("/_admin/applications", applications)
     app.router.add_post("/_admin/fixtures", add_fixtures)
     app.router.add_get("/_admin/ledger", ledger)

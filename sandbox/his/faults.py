@@ -1,10 +1,11 @@
 """Fault injection: make the sandbox HIS slow, busy, broken or forgetful on purpose.
 
 Rules match a SOAP operation name, for MLLP a catalog operation name (``charge.commit``) or an HL7 message type
-(``DFT^P03``), or ``*``. The first matching rule, in the order added, takes the call; a rule
-with a ``count`` retires after that many calls. Every rule may also carry ``latency_ms``, a delay before it
-acts, so "slow, then lose the reply" is one rule. A rule with a ``trade_no`` takes only the calls for that trade
-(SOAP: the request's ``TradeNo``), so one order's commit can be broken while the rest of the day goes on.
+(``DFT^P03``), or ``*``. The first matching rule, in the order added, takes the call; a rule with a ``count``
+retires after that many calls. Every rule may also carry ``latency_ms``, a delay before it acts (processing time,
+on the shared clock ``bridge.clock``), so "slow, then lose the reply" is one rule. A rule with a ``trade_no``
+takes only the calls for that trade (SOAP: the request's ``TradeNo``), so one order's commit can be broken while
+the rest of the day goes on.
 """
 
 from __future__ import annotations
@@ -133,6 +134,15 @@ class FaultBook:
             removed = len(self._rules)
             self._rules.clear()
             return removed
+
+    def remove(self, rule_id: int) -> bool:
+        """Retire one rule (the end of an outage), leaving the others; False if it is gone already."""
+        with self._lock:
+            for rule in self._rules:
+                if rule.id == rule_id:
+                    self._rules.remove(rule)
+                    return True
+            return False
 
     def rules(self) -> list[FaultRule]:
         with self._lock:

@@ -515,7 +515,7 @@ class MllpListener:
         if rule is not None:
             log.info("fault %s on %s (rule %d)", rule.mode.value, operation or message_type, rule.id)
             if rule.latency_ms:
-                await asyncio.sleep(rule.latency_ms / 1000)
+                await clock.sleep(rule.latency_ms / 1000)  # processing time: on the shared clock
             if rule.mode is FaultMode.refuse:
                 return reply.message("AE", [], text="系统忙 (injected busy)", code=rule.error_code).encode(codec)
             if rule.mode in (FaultMode.error, FaultMode.http_500):

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from lxml import etree
 
+from bridge import clock
 from sandbox.his.admin import FAULTS_KEY, STATE_KEY, setup_admin
 from sandbox.his.faults import FaultBook, FaultMode
 from sandbox.his.state import SOAP_OPERATIONS, TIME_FORMAT, HisError, HisState
@@ -440,7 +441,7 @@ async def soap_post(request: web.Request) -> web.StreamResponse:
     if rule is not None:
         log.info("fault %s on %s (rule %d)", rule.mode.value, operation, rule.id)
         if rule.latency_ms:
-            await asyncio.sleep(rule.latency_ms / 1000)
+            await clock.sleep(rule.latency_ms / 1000)  # processing time: on the shared clock
         if rule.mode is FaultMode.refuse:
             return web.Response(status=503, text="Service Unavailable")
         if rule.mode is FaultMode.http_500:
