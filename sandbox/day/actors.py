@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections import Counter
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -17,7 +18,9 @@ from lxml import etree
 
 from bridge import protocol
 
-RETRY_STATUSES = frozenset({502, 503, 504})
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+"""Answers after which the app sends the same request again: creating an order or a refund, and closing an order,
+are idempotent on their business numbers, so a resend after a server error is what a careful app does."""
 SAFE_XML = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 
 
@@ -36,7 +39,8 @@ class HospitalApp:
         self.gateway_key = gateway_key
         self._next = itertools.cycle(range(len(base_urls)))
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        self.retries = 0
+        self.resent: Counter[str] = Counter()
+        """Requests sent again, by what the first answer was (an HTTP status, or ``no answer``)."""
 
     async def close(self) -> None:
         await self.session.close()
@@ -51,12 +55,12 @@ class HospitalApp:
                 async with self.session.request(method, url, data=raw, headers=headers) as resp:
                     data, status, answer_headers = await resp.read(), resp.status, resp.headers
             except (aiohttp.ClientError, TimeoutError):
-                self.retries += 1
+                self.resent["no answer"] += 1
                 await asyncio.sleep(0.2 * (attempt + 1))
                 continue
             protocol.verify_response(self.gateway_key, status, headers[protocol.HEADER_NONCE], answer_headers, data)
             if status in RETRY_STATUSES and attempt < 5:
-                self.retries += 1
+                self.resent[f"HTTP {status}"] += 1
                 await asyncio.sleep(0.2 * (attempt + 1))
                 continue
             return status, json.loads(data)

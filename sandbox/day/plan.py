@@ -319,17 +319,21 @@ def build(
     fault_rounds: int | None = None,
     kinds: frozenset[FaultKind] | None = None,
 ) -> Plan:
-    """The day's plan. ``fault_rounds`` (default: one per ``ORDERS_PER_ROUND`` orders) injects every kind in
-    ``kinds`` (default: all) that many times, HIS outages and partitions at most ``MAX_WINDOWS_PER_KIND`` times."""
+    """The day's plan: ``orders`` orders in all, those the faults need of their own (a registration locked before
+    an outage, the payment at 23:59:59.9) included. ``fault_rounds`` (default: one per ``ORDERS_PER_ROUND``
+    orders) injects every kind in ``kinds`` (default: all) that many times, HIS outages and partitions at most
+    ``MAX_WINDOWS_PER_KIND`` times."""
     if orders < 1:
         raise ValueError("a day has at least one order")
     b = _Builder(seed, day, mix)
     rng = b.rng
     weights = [getattr(mix, k.value) for k in ORDER_KINDS]
-    moments = sorted(_moment(rng, day) for _ in range(orders))
-    planned = [b.order(i, rng.choices(ORDER_KINDS, weights)[0], when) for i, when in enumerate(moments)]
     kinds = frozenset(FaultKind) if kinds is None else kinds
     rounds = max(1, orders // ORDERS_PER_ROUND) if fault_rounds is None else fault_rounds
+    outages = min(rounds, MAX_WINDOWS_PER_KIND) if FaultKind.his_down in kinds else 0
+    extras = (outages if FaultKind.slot_lock_expired in kinds else 0) + (FaultKind.midnight_payment in kinds)
+    moments = sorted(_moment(rng, day) for _ in range(max(1, orders - extras)))
+    planned = [b.order(i, rng.choices(ORDER_KINDS, weights)[0], when) for i, when in enumerate(moments)]
     faults: list[PlannedFault] = []
     taken: set[int] = set()
 

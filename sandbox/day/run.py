@@ -472,6 +472,13 @@ class Day:
                 operation=SOAP_COMMIT[o.business_type], mode="drop_reply", trade_no=out_trade_no, count=1
             )
             self.rules[f.id] = ("his", int(rule["id"]))
+        elif f.kind is FaultKind.midnight_payment:
+            # The HIS's nightly jobs start at midnight: its commit of this payment takes a second and a half, so
+            # that it lands on the next day however fast the stack is.
+            rule = await self.his.fault(
+                operation=SOAP_COMMIT[o.business_type], mode="latency", latency_ms=1500, trade_no=out_trade_no, count=1
+            )
+            self.rules[f.id] = ("his", int(rule["id"]))
         elif f.kind is FaultKind.bridge_kill:
             rule = await self.his.fault(
                 operation=SOAP_COMMIT[o.business_type],
@@ -640,6 +647,9 @@ async def run_day(
             console = await day.run()
             ledgers = await day.read_books(console)
             verdict = checks.check(plan, ledgers, day.flow_errors, await day.confirm_fired())
+            if day.app.resent:
+                resent = ", ".join(f"{n} after {why}" for why, n in sorted(day.app.resent.items()))
+                day.say(f"the app sent requests again: {resent} (the gateway's log says why)")
             day.say(
                 f"checked: lost {len(verdict.lost)}, double {len(verdict.double)}, "
                 f"false exceptions {len(verdict.false_exceptions)}, unaccounted {verdict.faults_unaccounted}"
