@@ -13,6 +13,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -103,6 +104,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     except asyncio.CancelledError:
         print(f"his-sandbox day: stopped (work folder kept: {work})", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        print(f"his-sandbox day: the day broke down (work folder kept: {work})", file=sys.stderr)
         return 2
     finally:
         clock.use_file(None)

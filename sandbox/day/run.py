@@ -37,6 +37,11 @@ from sandbox.day.stack import STAFF, Stack
 
 STEP_S = 120.0
 WINDOW_STEP_S = 60.0
+MAX_SPEED = 500.0
+"""Simulated seconds per real second, at most, while flows are in flight (a request half a second in transit sees
+under 300 s pass)."""
+WINDOW_SPEED = 100.0
+"""The same during an outage or a partition, when the gateway's calls to the bridge take seconds to time out."""
 TICK_S = 10.0
 TICK_REAL_S = 0.1
 SETTLE_TIMEOUT_S = 240.0
@@ -118,6 +123,8 @@ class Day:
         """Faults known to have happened (a window opened, a kill landed, a held refund released, a payment at
         23:59:59.9); rule-based ones are confirmed at the end from the sandboxes' remaining rules."""
         self.locks: dict[int, str] = {}
+        self._speed_origin: tuple[float, float] | None = None
+        """(real, simulated) time when work was last seen in flight after a quiet spell: the speed limit's origin."""
         self.holds = 0
         """While above 0 the clock is not moved: a SIGKILL must land while the HIS still holds the commit."""
         self.unheld = asyncio.Event()
@@ -181,7 +188,21 @@ class Day:
             elif f.kind in (FaultKind.refund_stuck, FaultKind.refund_abnormal) and f.until is not None:
                 self.schedule(f.until, f"release {f.refund}", lambda f=f: self.release(f, 0), order=f.target)
 
-    def jump(self, seconds: float) -> None:
+    async def jump(self, seconds: float) -> None:
+        """Move the clock forward, no faster than ``MAX_SPEED`` (``WINDOW_SPEED`` during an outage or a
+        partition) while anything of ours is in flight: a request signed before a jump and checked after it must
+        stay inside the 300 s signature windows, and a lease inside its ``lease_s``, even when the machine is slow."""
+        if self.tasks or self.windows:
+            speed = WINDOW_SPEED if self.windows else MAX_SPEED
+            real, sim = time.monotonic(), self.clock.now()
+            if self._speed_origin is None:
+                self._speed_origin = (real, sim)
+            real0, sim0 = self._speed_origin
+            if (wait := real0 + (sim + seconds - sim0) / speed - real) > 0:
+                await asyncio.sleep(wait)
+                seconds = max(0.0, seconds - wait)  # the clock ran on meanwhile
+        else:
+            self._speed_origin = None
         self.clock.advance(seconds)
 
     async def advance_to(self, when: dt.datetime) -> None:
@@ -189,14 +210,13 @@ class Day:
         target = when.timestamp()
         while (gap := target - self.clock.now()) > 0:
             if gap <= STEP_S:
-                self.jump(gap)
+                await self.jump(gap)
                 break
             if self.windows:
-                self.jump(WINDOW_STEP_S)
-                await asyncio.sleep(TICK_REAL_S)
+                await self.jump(WINDOW_STEP_S)
                 continue
             await self.settle(until=target - STEP_S)
-            self.jump(max(0.0, target - self.clock.now()))
+            await self.jump(max(0.0, target - self.clock.now()))
             break
 
     async def settle(self, until: float, *, strict: bool = False) -> bool:
@@ -215,7 +235,7 @@ class Day:
                     self.fail(f"{len(pending)} orders did not settle: {', '.join(sorted(pending)[:10])}")
                 return False
             if room > 0 and not self.holds:
-                self.jump(min(TICK_S, room))
+                await self.jump(min(TICK_S, room))
             await asyncio.sleep(TICK_REAL_S)
 
     async def _flows_done(self) -> None:
@@ -592,7 +612,7 @@ class Day:
                 if time.monotonic() > deadline:
                     self.fail("finance: approved refunds never settled")
                     break
-                self.jump(TICK_S)
+                await self.jump(TICK_S)
                 await asyncio.sleep(1.0)
         finally:
             await clerk.close()

@@ -435,6 +435,7 @@ key = "{k / "gateway-signing.pem"}"
 
 [workers]
 poll_interval_s = 0.2
+lease_s = 3600                       # simulated seconds: the real-time timeouts it must outlast run 100x faster
 
 [recon]
 enabled = false                      # the day runs each reconciliation itself, at 11:30 of the next day
