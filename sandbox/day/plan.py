@@ -363,12 +363,33 @@ def build(
     ]
     rng.shuffle(slots)
     windows = {FaultKind.his_down: 0, FaultKind.partition: 0}
+    per_kind = min(rounds, MAX_WINDOWS_PER_KIND)
+
+    def window_start(kind: FaultKind, n: int) -> dt.datetime:
+        """Outages and partitions never overlap: each has its share of the day, the outage early in it."""
+        return at(day, 8) + dt.timedelta(hours=14) * (n + (0.3 if kind is FaultKind.his_down else 0.8)) / per_kind
+
+    spans = [
+        (window_start(kind, n), minutes)
+        for kind, minutes in ((FaultKind.his_down, HIS_DOWN_MIN), (FaultKind.partition, PARTITION_MIN))
+        if kind in kinds
+        for n in range(per_kind)
+    ]
+
+    def calm(when: dt.datetime) -> bool:
+        """Not in an outage or a partition (nor just before one): a fault aimed at one HIS call must reach it."""
+        return all(
+            not start - dt.timedelta(minutes=5) <= when <= start + dt.timedelta(minutes=minutes + 5)
+            for start, minutes in spans
+        )
+
     for r in range(rounds):
         for kind in sorted(kinds):
             when = slots.pop()
             if kind in windows:
-                if windows[kind] >= MAX_WINDOWS_PER_KIND:
+                if windows[kind] >= per_kind:
                     continue
+                when = window_start(kind, windows[kind])
                 windows[kind] += 1
                 minutes = HIS_DOWN_MIN if kind is FaultKind.his_down else PARTITION_MIN
                 add(kind, when, until=when + dt.timedelta(minutes=minutes))
@@ -386,7 +407,12 @@ def build(
                 continue  # rides on an outage
             elif kind in (FaultKind.refund_stuck, FaultKind.refund_abnormal, FaultKind.writeback_refused):
                 wechat_only = kind is FaultKind.refund_abnormal
-                hit = target(when, lambda o, w=wechat_only: bool(o.refunds) and (o.channel == "wechat" or not w))
+                hit = target(
+                    when,
+                    lambda o, w=wechat_only: (
+                        bool(o.refunds) and (o.channel == "wechat" or not w) and calm(o.refunds[0].at)
+                    ),
+                )
                 if hit is None:
                     hit = extra(Kind.charge, when, channel="wechat", scene="native")
                     hit = b.with_refunds(hit)
@@ -415,8 +441,10 @@ def build(
                 # killed agent hit registrations and deposits first, which the HIS would book twice if resent.
                 hit = None
                 if kind in (FaultKind.his_drop_reply, FaultKind.bridge_kill):
-                    hit = target(when, lambda o: o.kind in (Kind.registration, Kind.prepay), anywhere=True)
-                hit = hit or target(when, lambda o: o.paid and o.kind is not Kind.codepay)
+                    hit = target(
+                        when, lambda o: o.kind in (Kind.registration, Kind.prepay) and calm(o.pay_at), anywhere=True
+                    )
+                hit = hit or target(when, lambda o: o.paid and o.kind is not Kind.codepay and calm(o.pay_at))
                 if hit is None:
                     hit = extra(Kind.charge, when, scene="native")
                 until = hit.pay_at + dt.timedelta(hours=LATE_HOURS) if kind is FaultKind.notify_late else None

@@ -1,11 +1,12 @@
 """The orchestration of a simulated day: the plan's events in the order of the shared clock.
 
 Time. The day starts at 07:00 and the clock then runs at its normal pace, moved forward by the orchestrator to
-each event. While work is in flight it moves at most ``STEP_S`` at a time (less than the 300 s signature windows
-every party checks); during an outage or a partition it moves in ``WINDOW_STEP_S`` steps, so the bridge's
-back-off, breaker and the gateway's retries see the minutes pass; across a quiet stretch it first waits for the
-stack to settle, letting the clock tick forward meanwhile, and then jumps. So a day with hours-late callbacks
-and a midnight crossing takes minutes, and every process sees the same time.
+each event. While work is in flight it moves at most ``STEP_S`` at a time and no faster than ``MAX_SPEED`` (a
+request signed before a jump is checked after it, inside the 300 s signature windows every party keeps); during an
+outage or a partition it moves in ``WINDOW_STEP_S`` steps at ``WINDOW_SPEED``, so the bridge's back-off and
+breaker and the gateway's retries see the minutes pass; across a quiet stretch it first waits for the stack to
+settle, letting the clock tick forward meanwhile, and then jumps. So a day with hours-late callbacks and a
+midnight crossing takes minutes, and every process sees the same time.
 
 Then reconciliation runs at 11:30 of the next day (and the day after, for the cross-midnight items), finance
 works the exceptions in the console, reconciliation runs again, and the ledgers are read and checked.
@@ -70,7 +71,6 @@ class Tracked:
     active: bool = False
     held: set[str] = field(default_factory=set)
     """Business refund numbers a fault holds at the channel until it releases them."""
-    view: dict[str, Any] | None = None
     last_flow: asyncio.Task[None] | None = None
     """The order's latest flow: the next one waits for it (an app does not refund an order it is still creating)."""
 
@@ -251,7 +251,6 @@ class Day:
                 status, answer = await self.app.call("GET", f"/v1/orders/{t.order.no}")
             if status != 200:
                 return t.order.no
-            t.view = answer
             if self._settled(t, answer["order"], answer["refunds"], strict):
                 t.active = False
                 return None
