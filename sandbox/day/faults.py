@@ -26,7 +26,7 @@ class FaultKind(StrEnum):
     notify_late = "notify_late"
     """The channel sends one payment's callback hours late."""
     refund_stuck = "refund_stuck"
-    """One refund stays PROCESSING at the channel for hours (across midnight), then succeeds."""
+    """One WeChat refund stays PROCESSING for hours (often past midnight), then succeeds."""
     refund_abnormal = "refund_abnormal"
     """One WeChat refund stays PROCESSING, then ends ABNORMAL (the payer's card was closed)."""
     partition = "partition"

@@ -406,7 +406,7 @@ def build(
             elif kind is FaultKind.slot_lock_expired:
                 continue  # rides on an outage
             elif kind in (FaultKind.refund_stuck, FaultKind.refund_abnormal, FaultKind.writeback_refused):
-                wechat_only = kind is FaultKind.refund_abnormal
+                wechat_only = kind in (FaultKind.refund_abnormal, FaultKind.refund_stuck)  # as the issue has them
                 hit = target(
                     when,
                     lambda o, w=wechat_only: (
