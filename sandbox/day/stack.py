@@ -237,6 +237,7 @@ class Stack:
     app_key: protocol.SigningKey | None = None
     gateway_key: protocol.VerifyKey | None = None
     staff_password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    _bridge_restarts: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def logs(self) -> Path:
@@ -405,11 +406,13 @@ overrides = {{ "soap.base_url" = "{self.his_url.split("/his/", 1)[0]}" }}
         await until(ready, "the bridge agent to be ready (/readyz)")
 
     async def kill_bridge(self) -> None:
-        """SIGKILL the agent, then start it again on the same journal and wait until it has recovered."""
-        bridge = self.processes["bridge"]
-        await bridge.kill()
-        bridge.restarts += 1
-        await self.start_bridge()
+        """SIGKILL the agent, then start it again on the same journal and wait until it has recovered (one kill at
+        a time: two at once would start two agents on one port)."""
+        async with self._bridge_restarts:
+            bridge = self.processes["bridge"]
+            await bridge.kill()
+            bridge.restarts += 1
+            await self.start_bridge()
 
     async def _http_ok(self, url: str) -> bool:
         try:
