@@ -97,19 +97,18 @@ def render(plan: Plan, v: Verdict, activity: Activity) -> str:
     unaccounted = [Finding(f"#{f.fault.id}", f.fault.kind.value) for f in v.faults if not f.accounted]
     out += _findings("faults accounted for", unaccounted)
     out += _findings("the day ran as planned", (Finding("flow", e) for e in v.flow_errors))
-    out += ["", "Every fault"]
+    out += ["", "What each kind of fault must leave on the order it hits"]
+    for kind in sorted({f.kind for f in plan.faults}):
+        expected = EXPECTED[kind]
+        what = f"{', '.join(sorted(expected.classes))}: " if expected.classes else ""
+        out.append(f"  {kind.value:<18} {what}{expected.why}")
+    out += ["", "Every fault, and what it left"]
     for outcome in v.faults:
         f = outcome.fault
         expected = EXPECTED[f.kind]
-        mark = "ok" if outcome.accounted else "UNACCOUNTED"
-        out.append(f"  {f.describe(plan.orders)}  [{mark}]")
-        if expected.classes:
-            out.append(f"      expected {', '.join(sorted(expected.classes))}: {expected.why}")
-        else:
-            out.append(f"      {expected.why}")
-        if f.target is None:
-            out.append(f"      {len(outcome.subjects)} payments in its window")
-        if outcome.found != set(expected.classes):
-            out.append(f"      found: {', '.join(sorted(outcome.found)) or 'nothing'}")
+        left = ", ".join(sorted(outcome.found)) or "none"
+        mark = "ok" if outcome.accounted else f"UNACCOUNTED, expected {', '.join(sorted(expected.classes)) or 'none'}"
+        window = f", {len(outcome.subjects)} payments in its window" if f.target is None else ""
+        out.append(f"  {f.describe(plan.orders)} → {left}{window}  [{mark}]")
     out += ["", json.dumps(summary_line(plan, v), separators=(",", ":"))]
     return "\n".join(out)
