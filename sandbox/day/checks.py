@@ -122,6 +122,15 @@ def _money(books: Books, v: Verdict) -> None:
             v.double.append(Finding(name, f"the HIS booked the payment {len(ob.his_trades)} times"))
         if refunded > paid:
             v.double.append(Finding(name, f"{_yuan(refunded)} refunded of {_yuan(paid)} paid"))
+        his_agreed = sum(int(r["amount_fen"]) for r in ob.his_refunds)
+        if ob.his_trades and refunded > his_agreed:
+            v.double.append(
+                Finding(
+                    name,
+                    f"the channel paid back {_yuan(refunded)} where the HIS refunded {_yuan(his_agreed)}: a refund "
+                    "paid twice, or money returned that the HIS keeps",
+                )
+            )
         kept = ob.kept()
         if len(set(kept)) > 1:
             settled = ob.console and all(c.status in SETTLED_STATUSES for c in ob.console)

@@ -33,6 +33,9 @@ class FaultKind(StrEnum):
     """The network between gateway and bridge black-holes every packet for minutes."""
     midnight_payment = "midnight_payment"
     """A payment finishes at 23:59:59.9."""
+    midnight_refund = "midnight_refund"
+    """An insurance refund is paid at 23:59:30 and the HIS, busy with its nightly jobs, writes it back after
+    midnight (the mirror image of the payment at 23:59:59.9)."""
     slot_lock_expired = "slot_lock_expired"
     """A registration whose slot the kiosk locked is paid while the HIS is down; the lock expires meanwhile."""
     writeback_refused = "writeback_refused"
@@ -83,6 +86,10 @@ EXPECTED: dict[FaultKind, Expectation] = {
     FaultKind.midnight_payment: _none(
         "the HIS books it just after midnight: the day's reconciliation holds it in suspense and the next day's "
         "matches it"
+    ),
+    FaultKind.midnight_refund: _none(
+        "the channel paid it on the day and the HIS wrote it back the next: one entry that crosses midnight, held in "
+        "suspense on the day and matched by its key the next"
     ),
     FaultKind.slot_lock_expired: Expectation(
         frozenset({"his_rejected", "over_collection"}),

@@ -331,7 +331,11 @@ def build(
     kinds = frozenset(FaultKind) if kinds is None else kinds
     rounds = max(1, orders // ORDERS_PER_ROUND) if fault_rounds is None else fault_rounds
     outages = min(rounds, MAX_WINDOWS_PER_KIND) if FaultKind.his_down in kinds else 0
-    extras = (outages if FaultKind.slot_lock_expired in kinds else 0) + (FaultKind.midnight_payment in kinds)
+    extras = (
+        (outages if FaultKind.slot_lock_expired in kinds else 0)
+        + (FaultKind.midnight_payment in kinds)
+        + (FaultKind.midnight_refund in kinds)
+    )
     moments = sorted(_moment(rng, day) for _ in range(max(1, orders - extras)))
     planned = [b.order(i, rng.choices(ORDER_KINDS, weights)[0], when) for i, when in enumerate(moments)]
     faults: list[PlannedFault] = []
@@ -399,6 +403,14 @@ def build(
                     order = PlannedOrder(**{**order.__dict__, "channel": "wechat", "scene": "jsapi"})
                     planned[order.index] = order
                     add(FaultKind.slot_lock_expired, lock_at, target=order.index)
+            elif kind is FaultKind.midnight_refund:
+                if r == 0:
+                    order = extra(Kind.charge, at(day, 23, 20), channel="wechat", scene="native")
+                    refund = PlannedRefund(
+                        f"{order.no}-R1", at(day, 23, 59, 30), max(1, order.amount_fen // 2), "医保结算"
+                    )
+                    planned[order.index] = order = PlannedOrder(**{**order.__dict__, "refunds": (refund,)})
+                    add(kind, refund.at, target=order.index, refund=refund.no)
             elif kind is FaultKind.midnight_payment:
                 if r == 0:
                     order = extra(Kind.charge, at(day, 23, 59, 50), pay_at=at(day, 23, 59, 59.9))

@@ -8,8 +8,10 @@ breaker and the gateway's retries see the minutes pass; across a quiet stretch i
 settle, letting the clock tick forward meanwhile, and then jumps. So a day with hours-late callbacks and a
 midnight crossing takes minutes, and every process sees the same time.
 
-Then reconciliation runs at 11:30 of the next day (and the day after, for the cross-midnight items), finance
-works the exceptions in the console, reconciliation runs again, and the ledgers are read and checked.
+Then the mornings after: at 11:30 of the next day the day is reconciled; each following morning every day so far
+is reconciled again (the new one for the first time: the items that crossed midnight, finance's refunds) and
+finance works what is open in the console, until a morning leaves finance nothing to do. Then the ledgers are
+read and checked.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ SETTLE_TIMEOUT_S = 240.0
 RETRY_AFTER = dt.timedelta(minutes=10)
 RETRIES = 30
 RECON_AT = (11, 30)
+FINANCE_ROUNDS = 3
+"""Mornings finance works the console after the day; the last reconciliation follows the last of them."""
 LATENCY_BEFORE_KILL_MS = 3000
 """How long the HIS holds the commit a SIGKILL lands on: long enough for the kill to find it in flight."""
 SOAP_COMMIT = {"registration": "CommitRegistration", "charge": "CommitCharge", "prepay": "CommitPrepay"}
@@ -318,15 +322,19 @@ class Day:
         next_day = plan.day + dt.timedelta(days=1)
         self.say("the day's events are done; waiting for the stack to settle")
         await self.settle(at(next_day, 11, 0).timestamp(), strict=True)
-        for offset in (1, 2):
-            day = plan.day + dt.timedelta(days=offset - 1)
-            await self.advance_to(at(plan.day + dt.timedelta(days=offset), *RECON_AT))
-            await self.reconcile(day)
-        await self.finance()
-        await self.advance_to(at(plan.day + dt.timedelta(days=3), *RECON_AT))
-        for offset in range(3):
-            await self.reconcile(plan.day + dt.timedelta(days=offset))
-        return await self._console_rows(plan.day + dt.timedelta(days=2))
+        await self.advance_to(at(next_day, *RECON_AT))
+        await self.reconcile(plan.day)
+        last = next_day
+        for _ in range(FINANCE_ROUNDS):
+            # Each morning at 11:30: every day so far is reconciled again (the new one for the first time), and
+            # finance works what is open; a morning with nothing to work ends it.
+            await self.advance_to(at(last + dt.timedelta(days=1), *RECON_AT))
+            for offset in range((last - plan.day).days + 1):
+                await self.reconcile(plan.day + dt.timedelta(days=offset))
+            if not await self.finance(last):
+                break
+            last += dt.timedelta(days=1)
+        return await self._console_rows(last)
 
     async def _pace(self) -> None:
         if self.rate > 0:
@@ -552,6 +560,13 @@ class Day:
             await self.payer.hold_refund(o.channel, t.out_trade_no)
             assert f.refund is not None
             t.held.add(f.refund)
+        elif f.kind is FaultKind.midnight_refund:
+            # The HIS's nightly jobs again: the write-back of the refund paid at 23:59:30 takes two
+            # minutes, so that the channel has it on the day and the HIS the next.
+            rule = await self.his.fault(
+                operation="WritebackRefund", mode="latency", latency_ms=120_000, trade_no=t.out_trade_no, count=1
+            )
+            self.rules[f.id] = ("his", int(rule["id"]))
         elif f.kind is FaultKind.writeback_refused:
             rule = await self.his.fault(
                 operation="WritebackRefund", mode="error", error_code="9999", trade_no=t.out_trade_no, count=1
@@ -597,19 +612,23 @@ class Day:
         finally:
             await console.close()
 
-    async def finance(self) -> None:
-        """Two people at the console: the clerk proposes each over-collection's refund and marks everything else
-        handled; the approver approves the proposals."""
+    async def finance(self, last: dt.date) -> int:
+        """Two people at the console work the open exceptions of the days up to ``last``: the clerk proposes each
+        over-collection's refund to the original route and the approver approves it; what the console will not
+        refund, and everything else, the clerk marks handled after settling it offline. Returns how many
+        exceptions they worked."""
         clerk_name, approver_name = list(STAFF)
         url = self.stack.gateway_urls[-1]
         clerk, approver = Console(url, clerk_name), Console(url, approver_name)
+        worked = 0
         try:
             await clerk.login(self.stack.staff_password)
             await approver.login(self.stack.staff_password)
-            rows = await clerk.exceptions(*self._days(2))
+            rows = await clerk.exceptions(self.plan.day, last)
             for row in rows:
                 if row.status != "open" or row.cls == "cross_day":
                     continue
+                worked += 1
                 if row.cls == "over_collection":
                     done = await clerk.propose_refund(row.id, row.channel_amount or row.platform_amount, "长款原路退回")
                     self._finance_result(row, "refund proposed", done)
@@ -617,12 +636,12 @@ class Day:
                         done = await approver.approve(row.id, "核对无误，同意原路退回")
                         self._finance_result(row, "refund approved", done)
                         self._touch(row.out_trade_no)
-                else:
-                    done = await clerk.mark_handled(row.id, "已线下核实，并在 HIS 中手工更正")
-                    self._finance_result(row, "marked handled", done)
+                        continue
+                done = await clerk.mark_handled(row.id, "已线下核实，并在 HIS 中手工更正")
+                self._finance_result(row, "marked handled", done)
             await self.settle(self.clock.now() + 3600)
             deadline = time.monotonic() + SETTLE_TIMEOUT_S
-            while any(r.status == "approved" for r in await clerk.exceptions(*self._days(2))):
+            while any(r.status == "approved" for r in await clerk.exceptions(self.plan.day, last)):
                 if time.monotonic() > deadline:
                     self.fail("finance: approved refunds never settled")
                     break
@@ -631,6 +650,7 @@ class Day:
         finally:
             await clerk.close()
             await approver.close()
+        return worked
 
     def _finance_result(self, row: ConsoleException, action: str, done: Any) -> None:
         if done.ok:
@@ -638,9 +658,6 @@ class Day:
         else:
             self.activity.finance_refused.append(f"{action} on {row.cls} {row.out_trade_no}: {done.message}")
         self.say(f"finance: {action} on #{row.id} {row.cls} {row.out_trade_no}: {'ok' if done.ok else done.message}")
-
-    def _days(self, n: int) -> tuple[dt.date, dt.date]:
-        return self.plan.day, self.plan.day + dt.timedelta(days=n - 1)
 
     def _touch(self, out_trade_no: str) -> None:
         for t in self.tracked.values():

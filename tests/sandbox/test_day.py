@@ -8,31 +8,55 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from sandbox.day.faults import FaultKind
 
 BIN = Path(sys.executable).parent
+AWAITING_ISSUE_10 = {FaultKind.midnight_refund}
+"""Fault kinds main does not yet absorb (issue 10, "cross-day by key"): run on their own below, expected to fail
+until it lands. Then that test passes unexpectedly, fails for it (strict), and both go back to every kind."""
 
 
-def test_a_short_day_with_every_fault_loses_nothing_and_flags_only_what_the_faults_explain(tmp_path: Path) -> None:
+def day(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str, subprocess.CompletedProcess[str]]:
     done = subprocess.run(
-        [str(BIN / "his-sandbox"), "day", "--orders", "160", "--seed", "11", "--work", str(tmp_path / "day")],
+        [str(BIN / "his-sandbox"), "day", "--work", str(tmp_path / "day"), *args],
         capture_output=True,
         text=True,
         timeout=900,
     )
     report = done.stdout
-    summary = json.loads(report.strip().splitlines()[-1])
-    assert summary["faults_unaccounted"] == 0, report + done.stderr[-3000:]
-    assert summary["false_exceptions"] == 0, report + done.stderr[-3000:]
-    assert summary["lost"] == 0, report + done.stderr[-3000:]
-    assert summary["double_effects"] == 0, report + done.stderr[-3000:]
-    assert summary["invariants_ok"] is True, report + done.stderr[-3000:]
+    return json.loads(report.strip().splitlines()[-1]), report + done.stderr[-3000:], done
+
+
+def test_a_short_day_with_every_fault_loses_nothing_and_flags_only_what_the_faults_explain(tmp_path: Path) -> None:
+    kinds = ",".join(k.value for k in FaultKind if k not in AWAITING_ISSUE_10)
+    summary, report, done = day(tmp_path, "--orders", "160", "--seed", "11", "--faults", kinds)
+    assert summary["faults_unaccounted"] == 0, report
+    assert summary["false_exceptions"] == 0, report
+    assert summary["lost"] == 0, report
+    assert summary["double_effects"] == 0, report
+    assert summary["invariants_ok"] is True, report
     assert done.returncode == 0
-    assert summary["orders"] == 160 and summary["faults_injected"] >= len(FaultKind)
+    assert summary["orders"] == 160 and summary["faults_injected"] >= len(FaultKind) - len(AWAITING_ISSUE_10)
     for kind in FaultKind:
-        assert f" {kind.value} " in report, f"{kind.value} was not injected"
+        if kind not in AWAITING_ISSUE_10:
+            assert f" {kind.value} " in report, f"{kind.value} was not injected"
     # the faults that must leave exceptions did, and finance worked them at the console
     assert "refund approved      1" in report and "marked handled" in report
     assert "over_collection" in report and "under_collection" in report and "refund_abnormal" in report
     assert not (tmp_path / "day").exists(), "a day that passes leaves no work folder behind"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10: a refund paid at 23:59:30 and written back at 00:01:30 is an under-collection on the day and "
+    "an over-collection the next, and finance is offered to pay it again",
+)
+def test_a_refund_written_back_after_midnight_is_one_entry_that_crosses_midnight(tmp_path: Path) -> None:
+    summary, report, _ = day(tmp_path, "--orders", "40", "--seed", "3", "--faults", "midnight_refund,midnight_payment")
+    assert summary["faults_injected"] == 2, report
+    assert summary["false_exceptions"] == 0 and summary["double_effects"] == 0, report
+    assert summary["invariants_ok"] is True, report

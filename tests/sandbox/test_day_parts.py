@@ -110,6 +110,35 @@ def test_a_payment_booked_twice_is_a_double_effect() -> None:
     assert v.unbalanced and not v.ok
 
 
+def test_a_refund_paid_twice_is_a_double_effect_even_when_finance_was_shown_it() -> None:
+    """The 20,000-order day: a refund paid at 23:59:50 and written back at 00:02 was offered to finance as an
+    over-collection the next day, and finance paid it again."""
+    p = day_plan()
+    books = clean_books(p)
+    ob = first_unfaulted(p, books)
+    ob.his_refunds = [{"refund_no": "R1", "amount_fen": 300, "written_back_at": "2026-03-17 00:02:11"}]
+    ob.channel_refunds = [
+        {"out_refund_no": "R1", "amount_fen": 300, "state": "SUCCESS"},
+        {"out_refund_no": "F1", "amount_fen": 300, "state": "SUCCESS"},
+    ]
+    ob.exceptions.add("over_collection")
+    v = verdict(p, books)
+    assert len(v.double) == 1 and "paid twice" in v.double[0].detail
+
+
+def test_a_refund_the_his_applied_and_finance_paid_once_is_no_double_effect() -> None:
+    p = day_plan()
+    books = clean_books(p)
+    ob = first_unfaulted(p, books)
+    ob.his_refunds = [{"refund_no": "R1", "amount_fen": 300, "written_back_at": None}]
+    ob.channel_refunds = [
+        {"out_refund_no": "R1", "amount_fen": 300, "state": "CLOSED"},
+        {"out_refund_no": "F1", "amount_fen": 300, "state": "SUCCESS"},
+    ]
+    ob.exceptions.add("over_collection")
+    assert not verdict(p, books).double
+
+
 def test_money_taken_and_never_booked_nor_shown_is_lost() -> None:
     p = day_plan()
     books = clean_books(p)
