@@ -410,7 +410,8 @@ def build(
                         f"{order.no}-R1", at(day, 23, 59, 30), max(1, order.amount_fen // 2), "医保结算"
                     )
                     planned[order.index] = order = PlannedOrder(**{**order.__dict__, "refunds": (refund,)})
-                    add(kind, refund.at, target=order.index, refund=refund.no)
+                    until = at(day + dt.timedelta(days=1), 0, 0, 40)
+                    add(kind, refund.at, until=until, target=order.index, refund=refund.no)
             elif kind is FaultKind.midnight_payment:
                 if r == 0:
                     order = extra(Kind.charge, at(day, 23, 59, 50), pay_at=at(day, 23, 59, 59.9))

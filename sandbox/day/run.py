@@ -192,6 +192,8 @@ class Day:
                 assert f.until is not None
                 self.schedule(f.at, f"{f.kind} starts", lambda f=f: self.window(f, True), flow=False)
                 self.schedule(f.until, f"{f.kind} ends", lambda f=f: self.window(f, False), flow=False)
+            elif f.kind is FaultKind.midnight_refund and f.until is not None:
+                self.schedule(f.until, "the HIS's nightly jobs end", lambda f=f: self._nightly_jobs_end(f), flow=False)
             elif f.kind in (FaultKind.refund_stuck, FaultKind.refund_abnormal) and f.until is not None:
                 self.schedule(f.until, f"release {f.refund}", lambda f=f: self.release(f, 0), order=f.target)
 
@@ -561,18 +563,26 @@ class Day:
             assert f.refund is not None
             t.held.add(f.refund)
         elif f.kind is FaultKind.midnight_refund:
-            # The HIS's nightly jobs again: the write-back of the refund paid at 23:59:30 takes two
-            # minutes, so that the channel has it on the day and the HIS the next.
-            rule = await self.his.fault(
-                operation="WritebackRefund", mode="latency", latency_ms=120_000, trade_no=t.out_trade_no, count=1
-            )
-            self.rules[f.id] = ("his", int(rule["id"]))
+            # The HIS's nightly jobs again: it answers the write-back of the refund paid at 23:59:30 "busy" until
+            # they end at 00:00:40, so that the channel has the refund on the day and the HIS the next.
+            rule = await self.his.fault(operation="WritebackRefund", mode="refuse", trade_no=t.out_trade_no)
+            self.his_rules[f.id] = int(rule["id"])
         elif f.kind is FaultKind.writeback_refused:
             rule = await self.his.fault(
                 operation="WritebackRefund", mode="error", error_code="9999", trade_no=t.out_trade_no, count=1
             )
             self.rules[f.id] = ("his", int(rule["id"]))
         self.say(f"fault #{f.id} {f.kind} armed on {f.refund}")
+
+    async def _nightly_jobs_end(self, f: PlannedFault) -> None:
+        rule = self.his_rules.pop(f.id, None)
+        if rule is None:
+            self.fail(f"fault #{f.id}: the refund {f.refund} was never asked for before 00:00:40")
+            return
+        if any(r["id"] == rule and r["hits"] for r in await self.his.faults()):
+            self.fired.add(f.id)
+        await self.his.call("DELETE", f"/faults/{rule}")
+        self.say(f"fault #{f.id} {f.kind}: the HIS takes write-backs again")
 
     async def release(self, f: PlannedFault, attempt: int) -> None:
         o = self.plan.orders[f.target or 0]

@@ -52,7 +52,7 @@ def test_a_short_day_with_every_fault_loses_nothing_and_flags_only_what_the_faul
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 10: a refund paid at 23:59:30 and written back at 00:01:30 is an under-collection on the day and "
+    reason="issue 10: a refund paid at 23:59:30 and written back after midnight is an under-collection on the day and "
     "an over-collection the next, and finance is offered to pay it again",
 )
 def test_a_refund_written_back_after_midnight_is_one_entry_that_crosses_midnight(tmp_path: Path) -> None:
