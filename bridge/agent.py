@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import ssl
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ from aiohttp import web
 
 from adapters.base import Adapter, AdapterError
 from adapters.profile import load_profile
-from bridge import catalog, protocol, tls
+from bridge import catalog, clock, protocol, tls
 from bridge.config import BridgeConfig, HisConfig
 from bridge.dispatcher import Dispatcher
 from bridge.intranet.api import create_intranet_app, server_context
@@ -145,7 +144,7 @@ class Agent:
         counts, oldest = await self.journal.stats()
         for state, n in counts.items():
             self.metrics.journal_entries.labels(state).set(n)
-        self.metrics.journal_oldest_pending.set(time.time() - oldest if oldest else 0)
+        self.metrics.journal_oldest_pending.set(clock.now() - oldest if oldest else 0)
         with contextlib.suppress(OSError):
             self.metrics.journal_disk_free.set(shutil.disk_usage(os.path.dirname(self.journal.path)).free)
 
@@ -176,7 +175,7 @@ class Agent:
         jcfg = self.cfg.journal
         while True:
             await asyncio.sleep(jcfg.prune_interval_s)
-            cutoff = time.time() - jcfg.retention_days * 86400
+            cutoff = clock.now() - jcfg.retention_days * 86400
             try:
                 while (n := await self.journal.prune(cutoff, jcfg.prune_batch)) > 0:
                     self.metrics.pruned.inc(n)

@@ -8,9 +8,10 @@ the journal. After ``reset_s`` one trial call is let through (half-open); its su
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from enum import IntEnum
+
+from bridge import clock as shared_clock
 
 
 class BreakerState(IntEnum):
@@ -27,7 +28,7 @@ class CircuitBreaker:
         failures: int,
         reset_s: float,
         on_change: Callable[[str, BreakerState], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = shared_clock.monotonic,
     ) -> None:
         self.endpoint = endpoint
         self.failures = failures
@@ -68,7 +69,7 @@ class CircuitBreaker:
         while not self.allow():
             remaining = max(0.05, self.reset_s - (self._clock() - self._opened_at))
             try:
-                await asyncio.wait_for(self._changed.wait(), timeout=remaining)
+                await asyncio.wait_for(self._changed.wait(), timeout=shared_clock.wait_slice(remaining))
             except TimeoutError:
                 pass
 

@@ -8,7 +8,9 @@ to the adapter and acknowledges it back into the journal (done / failed / unknow
 - **Never twice.** An entry whose outcome is unknown (timeout after send, crash mid-call) is resolved by
   asking the HIS (``trade.check``) before anything is resent.
 - **Never silently forever.** Retries back off with jitter; after ``max_attempts`` the entry is quarantined and
-  later entries of its trade wait behind it until an operator retries or resolves it.
+  later entries of its trade wait behind it until an operator retries or resolves it. Only failures of its own
+  count: one that leaves the circuit breaker open (the whole HIS is failing: an outage, not a poison entry) is
+  retried, capped at ``backoff_max_s``, for as long as the outage lasts — the breaker and backlog alerts say so.
 - **The journal is the truth.** A periodic sweep re-reads unfinished entries, which is how recovery after a
   crash and an operator's ``journal retry`` from another process reach the dispatcher.
 """
@@ -26,7 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adapters.base import Adapter, AdapterError, ErrorKind
-from bridge import catalog
+from bridge import catalog, clock
 from bridge.breaker import BreakerState, CircuitBreaker
 from bridge.config import DispatchConfig
 from bridge.journal import TERMINAL, UNFINISHED, Entry, Journal, JournalUnavailable, State
@@ -138,12 +140,16 @@ class Dispatcher:
         self._known.clear()
 
     async def _pause(self, delay: float) -> None:
-        """Sleep ``delay``, or end the lane at once if the dispatcher is stopping."""
-        try:
-            await asyncio.wait_for(self._closing.wait(), delay)
-        except TimeoutError:
-            return
-        raise _Stopping
+        """Sleep ``delay`` (of the shared clock), or end the lane at once if the dispatcher is stopping."""
+        deadline = clock.monotonic() + delay
+        while (remaining := deadline - clock.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(self._closing.wait(), clock.wait_slice(remaining))
+            except TimeoutError:
+                continue
+            raise _Stopping
+        if self._closing.is_set():
+            raise _Stopping
 
     async def sweep(self) -> int:
         """Queue unfinished entries that no lane holds; returns how many were queued."""
@@ -275,12 +281,26 @@ class Dispatcher:
             if entry.state is State.accepted:
                 await self._pause(self._backoff(entry.attempts))
 
+    def _may_still_run(self, entry: Entry) -> float:
+        """Seconds the HIS may still be applying a call that our own crash cut off: an entry found in flight went
+        out at its ``updated_at``, and the HIS goes on with it whatever became of us, for up to ``his_timeout_s``.
+        A call that ended in an error or a timeout here is waited for one backoff only."""
+        if entry.state is not State.in_flight:
+            return 0.0
+        return max(0.0, entry.updated_at + self.cfg.his_timeout_s - clock.now())
+
+    def _failing_alone(self) -> bool:
+        """Whether a failure just recorded was the entry's own: the breaker stayed closed. A failure that opened
+        it, or a half-open trial that failed, says the HIS as a whole is down, and quarantining every write in
+        flight during an outage would leave each one for an operator to retry by hand."""
+        return self.breaker.state is BreakerState.closed
+
     async def _current(self, entry: Entry) -> Entry:
         return await self.journal.get_seq(entry.seq) or entry
 
     async def _record(self, entry: Entry, call: _Call) -> Entry:
-        now = time.time()
-        quarantine = entry.attempts >= self.cfg.max_attempts
+        now = clock.now()
+        quarantine = entry.attempts >= self.cfg.max_attempts and self._failing_alone()
         kwargs: dict[str, Any]
         if call.outcome == "done":
             state, kwargs = State.done, {"result": call.result}
@@ -310,10 +330,11 @@ class Dispatcher:
     async def _resolve_in_doubt(self, entry: Entry, op: catalog.Operation) -> Entry | None:
         """Ask the HIS whether an in-doubt write took effect; accept it as done, or make it safe to resend.
 
-        Waits one backoff first: a HIS that timed out may still be finishing the original call, and asking
-        too early would read "not found" and resend a write that is about to land.
+        Waits first: a HIS that timed out may still be finishing the original call, and asking too early would
+        read "not found" and resend a write that is about to land — at a HIS naive about duplicates, a second
+        booking. One backoff after an error; after a crash, ``his_timeout_s`` from when the call went out.
         """
-        await self._pause(self._backoff(max(entry.attempts, 1)))
+        await self._pause(max(self._backoff(max(entry.attempts, 1)), self._may_still_run(entry)))
         if entry.state is State.in_flight:
             entry = await self.journal.update(entry.seq, State.unknown, expect=[State.in_flight]) or entry
             if entry.state is not State.unknown:
@@ -330,7 +351,7 @@ class Dispatcher:
         await self.breaker.wait_allowed()
         call = await self._call("trade.check", check_params, catalog.TradeCheckOut)
         if call.outcome != "done":
-            quarantine = entry.attempts + 1 >= self.cfg.max_attempts
+            quarantine = entry.attempts + 1 >= self.cfg.max_attempts and self._failing_alone()
             error = {**(call.error or {}), "while": "trade.check"}
             return await self.journal.update(
                 entry.seq,

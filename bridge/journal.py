@@ -25,6 +25,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bridge import clock as shared_clock
+
 APPLICATION_ID = 0x48425231  # "HBR1": marks the file as ours, so a foreign SQLite file is never adopted
 SCHEMA_VERSION = 1
 
@@ -217,7 +219,7 @@ class Journal:
         max_batch: int = 256,
         on_commit: Callable[[float, int], None] | None = None,
         on_error: Callable[[str], None] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = shared_clock.now,
     ) -> None:
         self.path = Path(path)
         self.max_batch = max_batch

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bridge import catalog
+from bridge import catalog, clock
 from bridge.journal import UNFINISHED, Entry, JournalError, State, list_entries, open_file
 
 
@@ -25,7 +25,7 @@ class AdminError(Exception):
 
 def _stamp(action: str, note: str | None) -> str:
     who = getpass.getuser()
-    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = clock.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"[{when} {who}] {action}" + (f": {note}" if note else "")
 
 
@@ -56,7 +56,7 @@ class JournalAdmin:
         sets = ["state = ?", "updated_at = ?", "note = ?"]
         args: list[Any] = [
             state.value,
-            dt.datetime.now(dt.UTC).timestamp(),
+            clock.now(),
             (entry.note + "\n" if entry.note else "") + note,
         ]
         for col, value in cols.items():

@@ -5,8 +5,8 @@ query), the timestamp, the nonce and the SHA-256 of the body. Every response is 
 its status, the request's nonce (so a response cannot be replayed as the answer to another request), its own
 timestamp and the SHA-256 of its body.
 
-This module is deliberately free of I/O and of the rest of the bridge: the gateway and the sandbox import it
-to speak the protocol, and nothing here may pull the server in with it.
+This module is deliberately free of I/O and of the rest of the bridge (but ``clock``, a leaf like itself): the
+gateway and the sandbox import it to speak the protocol, and nothing here may pull the server in with it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import hashlib
 import os
 import re
 import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+from bridge import clock
 
 SCHEME = "HB1"
 
@@ -167,7 +168,7 @@ def sign_request(
     nonce: str | None = None,
 ) -> dict[str, str]:
     """Return the headers that authenticate this request."""
-    ts = str(int(time.time()) if timestamp is None else timestamp)
+    ts = str(int(clock.now()) if timestamp is None else timestamp)
     nonce = nonce or new_nonce()
     return {
         HEADER_KEY_ID: key.key_id,
@@ -195,7 +196,7 @@ def check_timestamp(raw: str, window_s: int, now: float | None = None) -> int:
     if not TIMESTAMP_RE.fullmatch(raw):
         raise EnvelopeError("bad_timestamp", f"{HEADER_TIMESTAMP} must be integer Unix seconds")
     ts = int(raw)
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     if abs(now - ts) > window_s:
         raise EnvelopeError(
             "stale_timestamp",
@@ -232,7 +233,7 @@ def verify_request(
 
 
 def sign_response(key: SigningKey, status: int, request_nonce: str, body: bytes) -> dict[str, str]:
-    ts = str(int(time.time()))
+    ts = str(int(clock.now()))
     return {
         HEADER_KEY_ID: key.key_id,
         HEADER_TIMESTAMP: ts,

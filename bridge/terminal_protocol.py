@@ -16,10 +16,10 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bridge import clock
 from bridge.protocol import EnvelopeError, check_timestamp
 
 SCHEME = "HBT1"
@@ -78,7 +78,7 @@ def sign_request(
     nonce: str | None = None,
 ) -> dict[str, str]:
     """The headers that authenticate one terminal request."""
-    ts = str(int(time.time()) if timestamp is None else timestamp)
+    ts = str(int(clock.now()) if timestamp is None else timestamp)
     nonce = nonce or secrets.token_hex(16)
     return {
         HEADER_TERMINAL: terminal,
@@ -134,7 +134,7 @@ def verify_request(
 
 
 def sign_response(key: bytes, status: int, request_nonce: str, body: bytes) -> dict[str, str]:
-    ts = str(int(time.time()))
+    ts = str(int(clock.now()))
     return {HEADER_TIMESTAMP: ts, HEADER_SIGNATURE: mac(key, response_string(status, request_nonce, ts, body))}
 
 

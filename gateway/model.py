@@ -10,6 +10,8 @@ import datetime as dt
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from bridge import clock
+
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 """The hospitals' time zone: business days, reconciliation days and statements are in it."""
 
@@ -150,7 +152,7 @@ HIS_SENDABLE = (HisState.none, HisState.pending)
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return clock.utcnow()
 
 
 def local_day(t: dt.datetime | None = None) -> dt.date:

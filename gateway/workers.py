@@ -39,7 +39,7 @@ async def event_step(svc: Services, event: Any) -> None:
     try:
         outcome = await callbacks.process(svc, event)
     except Exception as e:
-        log.exception("callback_processing_failed", event=event.id)
+        log.exception("callback_processing_failed", event_id=event.id)
         await events.retry(
             svc.db, event.id, f"{type(e).__name__}: {e}", svc.cfg.workers.retry_base_s * 2 ** min(event.attempts, 8)
         )

@@ -1,7 +1,8 @@
 """``his-sandbox``: run the stand-ins a lab lacks. ``his-sandbox his`` serves the sandbox HIS (SOAP, and HL7 over
 MLLP with ``--mllp-listen``); ``his-sandbox sql install`` puts it into PostgreSQL or MariaDB as stored procedures;
-``his-sandbox channels`` serves sandbox WeChat Pay v3 and Alipay channels; ``his-sandbox kiosk`` plays a kiosk and
-a cashier window paying and refunding through the agent's intranet listener."""
+``his-sandbox channels`` serves sandbox WeChat Pay v3, Alipay and UnionPay channels; ``his-sandbox kiosk`` plays a
+kiosk and a cashier window paying and refunding through the agent's intranet listener; ``his-sandbox day`` runs a
+simulated hospital day with faults through all of them, the bridge and the gateway, and checks the books."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from sandbox import kiosk
 from sandbox.channels import cli as channels_cli
+from sandbox.day import cli as day_cli
 from sandbox.his.faults import FaultBook
 from sandbox.his.mllp import MllpListener
 from sandbox.his.quyi import QUYI_ENDPOINT, setup_quyi
@@ -220,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     his.add_argument("-v", "--verbose", action="store_true", help="log requests and fault injections to stderr")
     channels_cli.add_parser(commands, _listen)
     kiosk.add_parser(commands)
+    day_cli.add_parser(commands)
     sql = commands.add_parser("sql", help="the sandbox HIS as stored procedures in PostgreSQL or MariaDB")
     sql_commands = sql.add_subparsers(dest="sql_command", required=True, metavar="SQL_COMMAND")
     install = sql_commands.add_parser(
@@ -261,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(kiosk.serve(args))
     if args.command == "sql":
         return _install_sql(args)
+    if args.command == "day":
+        return int(day_cli.main(args))
     return 2
 
 

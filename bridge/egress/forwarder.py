@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from bridge import clock
 from bridge.egress import answers
 from bridge.egress.config import EgressConfig
 from bridge.egress.gateway import GatewayAnswer, GatewayClient, InDoubt, NotSent
@@ -115,14 +116,14 @@ class Forwarder:
 
     def _down(self, why: str) -> None:
         if self._link_down_since is None:
-            self._link_down_since = time.time()
+            self._link_down_since = clock.now()
             self._last_probe = time.monotonic()
             self.metrics.link_up.set(0)
             log.error("egress_link_down", error=why)
 
     def _up(self) -> None:
         if self._link_down_since is not None:
-            log.info("egress_link_up", down_s=round(time.time() - self._link_down_since, 1))
+            log.info("egress_link_up", down_s=round(clock.now() - self._link_down_since, 1))
             self._link_down_since = None
             self.metrics.link_up.set(1)
             self._failures.clear()
@@ -185,7 +186,7 @@ class Forwarder:
 
     def _unreachable_message(self) -> str:
         since = self._link_down_since
-        ago = f" (down for {int(time.time() - since)} s)" if since else ""
+        ago = f" (down for {int(clock.now() - since)} s)" if since else ""
         return f"the payment platform cannot be reached{ago}; nothing was charged — take the payment another way"
 
     def _ensure(self, seq: int, *, fresh: bool) -> asyncio.Task[None]:
@@ -269,7 +270,7 @@ class Forwarder:
                 EgressState.in_doubt,
                 expect=[EgressState.forwarding],
                 error=answers.error("in_doubt", str(e)),
-                next_attempt_at=time.time(),
+                next_attempt_at=clock.now(),
             )
             if moved is not None:
                 await self._settle(moved, resend=False)
@@ -316,7 +317,7 @@ class Forwarder:
             )
             return
         self.metrics.settled.labels("not_found").inc()
-        now = time.time()
+        now = clock.now()
         lost_request_dead = entry.sent_at is None or now > entry.sent_at + self.cfg.gateway_window_s + GRACE_S
         if entry.kind == "pay" and now - entry.created_at > PAYMENT_RESEND_S:
             if not lost_request_dead:
@@ -358,7 +359,7 @@ class Forwarder:
             state,
             expect=[expect],
             error=answers.error("retrying", why[:500]),
-            next_attempt_at=time.time() + delay * random.uniform(0.8, 1.2),
+            next_attempt_at=clock.now() + delay * random.uniform(0.8, 1.2),
         )
 
     # --- what a terminal asks later --------------------------------------------------------------------------
@@ -434,7 +435,7 @@ class Forwarder:
             try:
                 if self.link_down and time.monotonic() - self._last_probe >= self.cfg.link_retry_s:
                     await self._probe()
-                now = time.time()
+                now = clock.now()
                 stale = now - self.cfg.timeout_s - GRACE_S
                 for seq in await self.journal.due(now, stale):
                     if seq not in self._tasks:
@@ -446,7 +447,7 @@ class Forwarder:
             except Exception:
                 log.exception("egress_settle_loop_failed")
                 nxt = None
-            delay = self.poll_s if nxt is None else min(self.poll_s, max(0.01, nxt - time.time()))
+            delay = self.poll_s if nxt is None else min(self.poll_s, max(0.01, nxt - clock.now()))
             if self.link_down:
                 delay = min(delay, self.cfg.link_retry_s)
             with contextlib.suppress(TimeoutError):
@@ -456,7 +457,7 @@ class Forwarder:
         counts, oldest = await self.journal.stats()
         for state, n in counts.items():
             self.metrics.entries.labels(state).set(n)
-        self.metrics.oldest_queued_refund.set(time.time() - oldest if oldest else 0)
+        self.metrics.oldest_queued_refund.set(clock.now() - oldest if oldest else 0)
         self.metrics.journal_writable.set(0 if self.journal.failing else 1)
 
     async def _gauge_loop(self) -> None:
@@ -471,7 +472,7 @@ class Forwarder:
         while True:
             await asyncio.sleep(3600)
             try:
-                cutoff = time.time() - self.cfg.retention_days * 86400
+                cutoff = clock.now() - self.cfg.retention_days * 86400
                 while (n := await self.journal.prune(cutoff, 500)) > 0:
                     if n < 500:
                         break

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
+from bridge import clock
 from bridge.egress import answers
 from bridge.egress.config import EgressConfig
 from bridge.egress.forwarder import Forwarder, Submission
@@ -32,7 +33,7 @@ SCENE = {TerminalOperation.pay_codepay: "codepay", TerminalOperation.pay_qr: "na
 
 
 def today() -> str:
-    return dt.datetime.now(HOSPITAL_TZ).date().isoformat()
+    return clock.utcnow().astimezone(HOSPITAL_TZ).date().isoformat()
 
 
 def canonical_digest(operation: str, params: dict[str, Any]) -> str:

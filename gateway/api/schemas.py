@@ -4,12 +4,11 @@ after the patient has paid."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bridge import catalog
+from bridge import catalog, clock
 from gateway.channels.base import Scene
 from gateway.model import COMMIT_OPERATION, BusinessType, OrderOrigin
 
@@ -95,7 +94,7 @@ class CreateOrder(_Strict):
             "amount_fen": self.amount_fen,
             "channel": self.channel,
             "channel_trade_no": "probe",
-            "paid_at": dt.datetime.now(dt.UTC),
+            "paid_at": clock.utcnow(),
             **params,
         }
         op = catalog.get(COMMIT_OPERATION[self.business_type])

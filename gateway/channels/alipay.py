@@ -40,6 +40,7 @@ import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bridge import clock
 from gateway.channels import alipay_crypto, certchain, codepay
 from gateway.channels.base import (
     Acknowledgement,
@@ -146,7 +147,7 @@ def open_notification(
         sent = None
     if sent is None:
         raise NotificationRejected("malformed", f"notify_time {params.get('notify_time')!r} is not a time")
-    current = dt.datetime.now(CST).timestamp() if now is None else now
+    current = clock.now() if now is None else now
     age = current - sent.timestamp()
     if age > max_age_s or age < -300:
         raise NotificationRejected("stale", f"notify_time {params['notify_time']} is {int(age)} s from now")
@@ -239,7 +240,7 @@ class AlipayChannel(Channel):
             "format": "JSON",
             "charset": "utf-8",
             "sign_type": "RSA2",
-            "timestamp": dt.datetime.now(CST).strftime(STAMP),
+            "timestamp": clock.utcnow().astimezone(CST).strftime(STAMP),
             "version": "1.0",
             "biz_content": json.dumps(biz, ensure_ascii=False, separators=(",", ":")),
             **{k: v for k, v in extra.items() if v},
@@ -251,7 +252,7 @@ class AlipayChannel(Channel):
         return params
 
     def usable_keys(self, at: dt.datetime | None = None) -> list[AlipayKey]:
-        now = at or dt.datetime.now(dt.UTC)
+        now = at or clock.utcnow()
         return [k for k in self._alipay_keys.values() if k.usable(now)]
 
     async def _answer_key(self, method: str, cert_sn: str | None) -> AlipayKey:
@@ -265,7 +266,7 @@ class AlipayChannel(Channel):
         if known is None:
             await self.load_trust()
             known = self._alipay_keys.get(cert_sn) or await self._fetch_once(cert_sn)
-        if not known.usable(dt.datetime.now(dt.UTC)):
+        if not known.usable(clock.utcnow()):
             raise ChannelError(
                 "BAD_RESPONSE_SIGNATURE", f"{method}: Alipay certificate {cert_sn} has expired", in_doubt=True
             )
@@ -304,7 +305,7 @@ class AlipayChannel(Channel):
         if alipay_crypto.cert_sn(cert) != cert_sn:
             raise ChannelError("BAD_RESPONSE", f"{method}: asked for {cert_sn}, got {alipay_crypto.cert_sn(cert)}")
         try:
-            certchain.verify_chain(cert, [*bundle, *self._intermediates], self._roots, at=dt.datetime.now(dt.UTC))
+            certchain.verify_chain(cert, [*bundle, *self._intermediates], self._roots, at=clock.utcnow())
         except certchain.ChainError as exc:
             raise ChannelError("UNTRUSTED_ALIPAY_CERT", f"{method}: {exc.message}") from None
         key = cert.public_key()
@@ -350,9 +351,7 @@ class AlipayChannel(Channel):
                 bundle = certchain.load_bundle(kept.pem)
                 try:
                     cert = alipay_crypto.leaf(bundle)
-                    certchain.verify_chain(
-                        cert, [*bundle, *self._intermediates], self._roots, at=dt.datetime.now(dt.UTC)
-                    )
+                    certchain.verify_chain(cert, [*bundle, *self._intermediates], self._roots, at=clock.utcnow())
                 except (ValueError, certchain.ChainError):
                     continue
                 self._trust(cert)

@@ -24,6 +24,7 @@ from typing import Any
 
 from cryptography import x509
 
+from bridge import clock
 from gateway.channels import alipay_crypto, factory, inventory, unionpay_crypto, wechat_crypto
 from gateway.channels.alipay import open_notification
 from gateway.channels.base import NotificationRejected
@@ -161,7 +162,7 @@ def _unionpay_fields(args: argparse.Namespace, body: bytes) -> dict[str, str]:
         raise UsageError("UnionPay notifications need --root-cert and --middle-cert (UnionPay's chain)")
     roots = x509.load_pem_x509_certificates(args.root_cert.read_bytes())
     middles = x509.load_pem_x509_certificates(args.middle_cert.read_bytes())
-    at = dt.datetime.fromtimestamp(args.at, dt.UTC) if args.at is not None else dt.datetime.now(dt.UTC)
+    at = dt.datetime.fromtimestamp(args.at, dt.UTC) if args.at is not None else clock.utcnow()
 
     def certificate(pem: str) -> x509.Certificate:
         try:
@@ -260,7 +261,7 @@ def _day(t: dt.datetime | None) -> str:
 
 
 def list_keys(args: argparse.Namespace) -> int:
-    now = dt.datetime.now(dt.UTC)
+    now = clock.utcnow()
     rows, broken, note = asyncio.run(_inventory(args.cfg, args.merchant, now))
     if note:
         print(f"note: {note}", file=sys.stderr)

@@ -37,10 +37,14 @@ async def exchange(
 ) -> Reply:
     try:
         async with session.request(method, url, headers=headers, data=data, allow_redirects=False) as resp:
-            body = await resp.content.read(max_bytes + 1)
-            if len(body) > max_bytes:
-                raise ChannelError("TOO_LARGE", f"{method} {url}: answer over {max_bytes} bytes", retryable=True)
-            return Reply(resp.status, resp.headers, body)
+            # ``content.read(n)`` answers with what has arrived so far, not the whole body: a statement larger
+            # than one network read would be cut short. Read to the end, refusing more than ``max_bytes``.
+            body = bytearray()
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > max_bytes:
+                    raise ChannelError("TOO_LARGE", f"{method} {url}: answer over {max_bytes} bytes", retryable=True)
+            return Reply(resp.status, resp.headers, bytes(body))
     except aiohttp.ClientConnectorError as exc:
         raise ChannelError("NETWORK", f"{method} {url}: cannot connect: {exc}", retryable=True) from exc
     except TimeoutError as exc:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from bridge import clock as shared_clock
 from gateway.channels.base import ChannelError
 from gateway.channels.config import MerchantKey
 
@@ -104,7 +105,7 @@ class KeyRing:
         if not keys:
             raise ValueError("a channel needs at least one signing key")
         self.keys = keys
-        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self.clock = clock or shared_clock.utcnow
 
     def current(self, now: dt.datetime | None = None) -> SigningKey:
         at = now or self.clock()

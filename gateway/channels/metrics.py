@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bridge import clock as shared_clock
 from gateway.channels.base import Channel
 from gateway.channels.keys import KeyInfo, KeyRole, KeyStatus
 
@@ -32,7 +33,7 @@ def usable_until(info: KeyInfo) -> float:
 class ChannelKeyCollector(Collector):
     def __init__(self, channels: Mapping[str, Channel], clock: Callable[[], dt.datetime] | None = None) -> None:
         self.channels = channels
-        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self.clock = clock or shared_clock.utcnow
 
     def collect(self) -> Iterator[Metric]:
         expiry = GaugeMetricFamily(

@@ -7,8 +7,9 @@ and per process: the gateway's idempotent processing, not this, is what keeps a 
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
+
+from bridge import clock
 
 
 class ReplayGuard:
@@ -19,7 +20,7 @@ class ReplayGuard:
 
     def check_and_remember(self, key: str, *, now: float | None = None) -> bool:
         """True the first time ``key`` is seen within the TTL, False for a replay."""
-        current = time.time() if now is None else now
+        current = clock.now() if now is None else now
         while self._seen:
             oldest, expires = next(iter(self._seen.items()))
             if expires > current and len(self._seen) < self.max_entries:

@@ -40,6 +40,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bridge import clock as shared_clock
 from gateway.channels import codepay, unionpay_crypto
 from gateway.channels.base import (
     Acknowledgement,
@@ -161,7 +162,7 @@ class UnionPayChannel(Channel):
         self.roots = x509.load_pem_x509_certificates(_pem_or_der(config.root_cert_file.read_bytes()))
         self.middles = x509.load_pem_x509_certificates(_pem_or_der(config.middle_cert_file.read_bytes()))
         self.state: ChannelState = state or MemoryState()
-        self.clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+        self.clock: Callable[[], dt.datetime] = shared_clock.utcnow
         """Now, for txnTime, the cancel-or-refund choice and notification age (tests move it)."""
         self._checked: OrderedDict[str, x509.Certificate] = OrderedDict()
         self._seen_unsaved: dict[str, x509.Certificate] = {}
@@ -200,7 +201,7 @@ class UnionPayChannel(Channel):
 
     def signing_certificate(self, pem: str, *, now: dt.datetime | None = None) -> x509.Certificate:
         """``pem`` checked against the configured chain (cached per certificate; validity checked each time)."""
-        at = now or dt.datetime.now(dt.UTC)
+        at = now or shared_clock.utcnow()
         cert = self._checked.get(pem)
         if cert is None:
             cert = unionpay_crypto.check_signing_certificate(

@@ -25,7 +25,6 @@ import datetime as dt
 import gzip
 import hashlib
 import json
-import time
 import zlib
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -34,6 +33,7 @@ import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from bridge import clock
 from gateway.channels import codepay, wechat_crypto
 from gateway.channels.base import (
     Acknowledgement,
@@ -289,7 +289,7 @@ class WechatPayChannel(Channel):
             return {"h5_url": answer["h5_url"]}
         prepay_id = answer["prepay_id"]
         key = self.keys.current().key
-        timestamp, nonce = str(int(time.time())), wechat_crypto.new_nonce()
+        timestamp, nonce = str(int(clock.now())), wechat_crypto.new_nonce()
         if scene is Scene.app:
             message = f"{self.config.appid}\n{timestamp}\n{nonce}\n{prepay_id}\n".encode()
             return {
@@ -471,7 +471,7 @@ class WechatPayChannel(Channel):
         return True
 
     async def load_trust(self) -> None:
-        now = time.time()
+        now = clock.now()
         for kept in await self.state.certificates():
             if kept.not_after.timestamp() > now and not self.verifier.knows(kept.serial):
                 self._trust(x509.load_pem_x509_certificate(kept.pem))
@@ -491,9 +491,9 @@ class WechatPayChannel(Channel):
             await self.load_trust()
             if set(self.verifier.serials) != before:
                 return True
-            if not force and not self._may_fetch(time.monotonic()):
+            if not force and not self._may_fetch(clock.monotonic()):
                 return False
-            self._last_fetch = time.monotonic()
+            self._last_fetch = clock.monotonic()
             self._wanted.clear()
             reply = await self._call("GET", "/v3/certificates")
             if reply.status != 200:
@@ -532,7 +532,7 @@ class WechatPayChannel(Channel):
         ends = [k.not_after for k in self.verifier.keys]
         if ends and all(e is not None for e in ends):
             last = max(e for e in ends if e is not None)
-            if last - time.time() < refresh.before_expiry_s:
+            if last - clock.now() < refresh.before_expiry_s:
                 return min(refresh.interval_s, 3600.0)
         return refresh.interval_s
 

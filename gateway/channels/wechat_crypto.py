@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from bridge import clock
 
 SCHEME = "WECHATPAY2-SHA256-RSA2048"
 PUBLIC_KEY_ID_PREFIX = "PUB_KEY_ID_"
@@ -91,7 +92,7 @@ def authorization(
     nonce: str | None = None,
 ) -> str:
     """The ``Authorization`` header value for one request; timestamp and nonce are fixed only by tests."""
-    timestamp = timestamp or str(int(time.time()))
+    timestamp = timestamp or str(int(clock.now()))
     nonce = nonce or new_nonce()
     signature = sign(key, request_message(method, path_qs, timestamp, nonce, body))
     return (
@@ -227,7 +228,7 @@ class WechatVerifier:
             raise WechatSignatureError(
                 "unknown_serial", f"{HEADER_SERIAL} {serial} is none of the trusted keys ({', '.join(self.serials)})"
             )
-        current = time.time() if now is None else now
+        current = clock.now() if now is None else now
         if known.not_after is not None and current > known.not_after:
             raise WechatSignatureError("expired_certificate", f"platform certificate {serial} has expired")
         if known.not_before is not None and current < known.not_before:
@@ -256,7 +257,7 @@ def open_certificates(
     entries = answer.get("data")
     if not isinstance(entries, list) or not entries:
         raise WechatSignatureError("malformed", "no data[] of certificates in the answer")
-    current = time.time() if now is None else now
+    current = clock.now() if now is None else now
     out = []
     for entry in entries:
         try:

@@ -8,6 +8,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from bridge import clock
 from gateway.channels.money import yuan_to_fen
 
 BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
@@ -38,7 +39,7 @@ def local_time(value: dt.datetime | None) -> str:
 
 
 def today() -> dt.date:
-    return dt.datetime.now(BEIJING).date()
+    return clock.utcnow().astimezone(BEIJING).date()
 
 
 def cell(value: Any) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bridge import clock
 from gateway.model import LOCAL_TZ
 
 SHANGHAI = LOCAL_TZ
@@ -138,7 +139,7 @@ def local_time(text: str) -> dt.datetime:
 
 
 def shanghai_today(now: dt.datetime | None = None) -> dt.date:
-    return (now or dt.datetime.now(dt.UTC)).astimezone(SHANGHAI).date()
+    return (now or clock.utcnow()).astimezone(SHANGHAI).date()
 
 
 def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:

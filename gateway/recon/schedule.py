@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import sqlalchemy as sa
 import structlog
 
+from bridge import clock as shared_clock
 from gateway.config import GatewayConfig, HospitalConfig
 from gateway.model import utcnow
 from gateway.recon.normalize import SHANGHAI
@@ -178,7 +179,7 @@ class Scheduler:
         would be refused anyway)."""
         every = self.cfg.recon.lease_s / 3
         while True:
-            await asyncio.sleep(every)
+            await shared_clock.sleep(every)
             try:
                 held = await leases.renew(self.db, lease, self.cfg.recon.lease_s)
             except Exception as exc:  # the database briefly away: the lease still has two thirds to run

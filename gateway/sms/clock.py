@@ -3,13 +3,14 @@ and the attack simulator move time instead of sleeping."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+
+from bridge import clock
 
 Clock = Callable[[], float]
 """Seconds since the epoch."""
 
-system_clock: Clock = time.time
+system_clock: Clock = clock.now
 
 
 class ManualClock:

@@ -187,10 +187,15 @@ def new_code(ctx: Context, data: dict[str, Any], request: web.Request) -> dict[s
 
 
 def hold_refunds(ctx: Context, data: dict[str, Any], request: web.Request) -> dict[str, Any]:
-    """The next ``count`` refunds stay PROCESSING until released."""
+    """The next ``count`` refunds stay PROCESSING until released; with ``out_trade_no``, the next refund of that
+    trade only."""
     server = _server(ctx, data)
-    server.refund_holds = int(data.get("count", 1))
-    return {"channel": server.channel, "holds": server.refund_holds}
+    holds = server.refund_holds
+    if data.get("out_trade_no") is not None:
+        holds.trades.add(str(data["out_trade_no"]))
+    else:
+        holds.count = int(data.get("count", 1))
+    return {"channel": server.channel, "holds": holds.count, "trades": sorted(holds.trades)}
 
 
 def release_refunds(ctx: Context, data: dict[str, Any], request: web.Request) -> dict[str, Any]:

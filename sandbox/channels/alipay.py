@@ -37,8 +37,9 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bridge import clock
 from sandbox.channels import bills, crypto, pki
-from sandbox.channels.faults import FaultBook, Rule
+from sandbox.channels.faults import FaultBook, RefundHolds, Rule
 from sandbox.channels.ledger import CST, Ledger, new_serial
 from sandbox.channels.notifier import Notifier
 from sandbox.channels.payer import CodepayScript
@@ -173,7 +174,7 @@ class AlipaySandbox:
     alipay_key: rsa.RSAPrivateKey
     certificates: AlipayCertificates | None = None
     codepay_scripts: dict[str, CodepayScript] = field(default_factory=dict)
-    refund_holds: int = 0
+    refund_holds: RefundHolds = field(default_factory=RefundHolds)
     signed_with: Counter[str] = field(default_factory=Counter)
     """How many requests each app key signed (by app_cert_sn, or by key number in public-key mode)."""
     _bill_files: dict[str, bytes] = field(default_factory=dict)
@@ -232,7 +233,7 @@ class AlipaySandbox:
             sent = dt.datetime.strptime(params["timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=CST)
         except ValueError:
             raise invalid("isv.invalid-timestamp", "timestamp 格式应为 yyyy-MM-dd HH:mm:ss") from None
-        if abs((dt.datetime.now(CST) - sent).total_seconds()) > 86400:
+        if abs(clock.now() - sent.timestamp()) > 86400:
             raise invalid("isv.invalid-timestamp", "请求时间与支付宝服务器时间相差超过一天")
         content = signing_content(params, ("sign",))
         if self.certificates is not None:
@@ -517,9 +518,7 @@ class AlipaySandbox:
             raise business("ACQ.TRADE_STATUS_ERROR", "交易状态不合法")
         if amount > trade["amount_fen"] - trade["refunded_fen"]:
             raise business("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额超限")
-        held = self.refund_holds > 0
-        if held:
-            self.refund_holds -= 1
+        held = self.refund_holds.take(trade["out_trade_no"])
         now = self.ledger.now().isoformat()
         self.ledger.add_refund(
             channel=self.channel,

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
+from bridge import clock
+
 
 def rsa_sign(key: rsa.RSAPrivateKey, message: bytes) -> str:
     return base64.b64encode(key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode("ascii")
@@ -84,7 +86,7 @@ def platform_certificate(key: rsa.RSAPrivateKey, mchid: str, days: int = 1825) -
             x509.NameAttribute(NameOID.COMMON_NAME, f"Sandbox platform certificate for {mchid}"),
         ]
     )
-    now = dt.datetime.now(dt.UTC)
+    now = clock.utcnow()
     return (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -1,15 +1,16 @@
 """Faults the sandbox channels inject on demand: broken calls, and lost, duplicated or late callbacks.
 
 Call rules match an API name (``wechat.refund``, ``alipay.trade.refund``), a prefix pattern (``wechat.*``) or
-``*``; callback rules match a channel and a kind (``payment``/``refund``). The first matching rule, in the order
-added, takes the event; a rule with a ``count`` retires after that many.
+``*``; callback rules match a channel and a kind (``payment``/``refund``), and with ``ref`` only the callbacks of
+one trade or refund (its ``out_trade_no`` / ``out_refund_no``). The first matching rule, in the order added,
+takes the event; a rule with a ``count`` retires after that many.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -35,7 +36,7 @@ class NotifyFault(StrEnum):
     duplicate = "duplicate"
     """Send it twice (each signed anew, as the channel's own retries are)."""
     late = "late"
-    """Send it ``delay_s`` seconds late."""
+    """Send it ``delay_s`` seconds late (of the shared clock, which a simulated day moves forward)."""
     bad_signature = "bad_signature"
     """Send it with its body altered after signing (every retry too), so its signature does not verify: a forgery
     or a callback spoiled in transit, which the merchant must refuse."""
@@ -43,6 +44,24 @@ class NotifyFault(StrEnum):
 
 class FaultError(ValueError):
     pass
+
+
+@dataclass
+class RefundHolds:
+    """Refunds that stay PROCESSING until released: the next ``count`` of any trade, and the next of each trade
+    in ``trades`` (so that one patient's refund can be stuck while the rest of the day goes on)."""
+
+    count: int = 0
+    trades: set[str] = field(default_factory=set)
+
+    def take(self, out_trade_no: str) -> bool:
+        if out_trade_no in self.trades:
+            self.trades.discard(out_trade_no)
+            return True
+        if self.count > 0:
+            self.count -= 1
+            return True
+        return False
 
 
 @dataclass
@@ -57,6 +76,8 @@ class Rule:
     latency_ms: int = 0
     delay_s: float = 0.0
     count: int | None = None
+    ref: str | None = None
+    """Callbacks only: the ``out_trade_no`` (payment) or ``out_refund_no`` (refund) the rule is for."""
     id: int = 0
     hits: int = 0
 
@@ -78,7 +99,7 @@ class FaultBook:
         self._ids = itertools.count(1)
 
     def add(self, data: Mapping[str, Any]) -> Rule:
-        allowed = {"kind", "mode", "match", "status", "code", "message", "latency_ms", "delay_s", "count"}
+        allowed = {"kind", "mode", "match", "status", "code", "message", "latency_ms", "delay_s", "count", "ref"}
         unknown = set(data) - allowed
         if unknown:
             raise FaultError(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -96,6 +117,9 @@ class FaultBook:
         count = data.get("count")
         if count is not None and (not isinstance(count, int) or count < 1):
             raise FaultError("count is a positive integer")
+        ref = data.get("ref")
+        if ref is not None and (kind != "notify" or not isinstance(ref, str) or not ref):
+            raise FaultError("ref names one trade's or refund's callbacks (out_trade_no / out_refund_no), notify only")
         try:
             rule = Rule(
                 kind=kind,
@@ -107,6 +131,7 @@ class FaultBook:
                 latency_ms=int(data.get("latency_ms", 0)),
                 delay_s=float(data.get("delay_s", 0.0)),
                 count=count,
+                ref=ref,
                 id=next(self._ids),
             )
         except (TypeError, ValueError) as exc:
@@ -116,9 +141,9 @@ class FaultBook:
         self._rules.append(rule)
         return rule
 
-    def take(self, kind: str, name: str) -> Rule | None:
+    def take(self, kind: str, name: str, ref: str | None = None) -> Rule | None:
         for rule in self._rules:
-            if rule.kind == kind and _matches(rule.match, name):
+            if rule.kind == kind and _matches(rule.match, name) and rule.ref in (None, ref):
                 rule.hits += 1
                 if rule.count is not None and rule.hits >= rule.count:
                     self._rules.remove(rule)

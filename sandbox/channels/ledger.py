@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bridge import clock
+
 CST = dt.timezone(dt.timedelta(hours=8))
 Clock = Callable[[], dt.datetime]
 
@@ -49,7 +51,7 @@ CREATE TABLE IF NOT EXISTS notifications (
 
 
 def beijing_now() -> dt.datetime:
-    return dt.datetime.now(CST).replace(microsecond=0)
+    return clock.utcnow().astimezone(CST).replace(microsecond=0)
 
 
 def new_serial(prefix: str, now: dt.datetime) -> str:

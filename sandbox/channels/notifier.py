@@ -5,7 +5,9 @@ WeChat retries a callback not answered 2xx at growing intervals for about a day 
 until it reads exactly ``success`` (4 min, 10 min, 10 min, 1 h, 2 h, 6 h, 15 h). UnionPay re-sends a
 back-notification not answered HTTP 200, five more times at doubling intervals (1, 2, 4, 8, 16 min; our reading
 of its material, which gives the count and the doubling). The sandbox keeps the shape and divides the intervals
-by ``time_scale``. Every delivery is recorded in the ledger and kept for tests.
+by ``time_scale``. Every delivery is recorded in the ledger and kept for tests. Delays and retries are waited on
+the shared clock (``bridge.clock``), so a simulated day that jumps forward hours delivers a callback delayed by
+hours at once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from bridge import clock
 from sandbox.channels.faults import FaultBook, NotifyFault
 from sandbox.channels.ledger import Ledger
 
@@ -104,7 +107,7 @@ class Notifier:
         )
         job = _Job(record_id, channel, kind, url, build, accepted, tuple(s / self.time_scale for s in schedule))
         self._jobs[record_id] = job
-        rule = self.faults.take("notify", f"{channel}.{kind}")
+        rule = self.faults.take("notify", f"{channel}.{kind}", ref)
         if rule is not None and rule.mode == NotifyFault.lost:
             self.ledger.update_notification(record_id, status="lost")
             log.info("callback %s %s lost on purpose", channel, notification_id)
@@ -142,12 +145,12 @@ class Notifier:
 
     async def _deliver(self, job: _Job, delay: float) -> None:
         if delay:
-            await asyncio.sleep(delay)
+            await clock.sleep(delay)
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.answer_timeout_s))
         for wait in (0.0, *job.schedule):
             if wait:
-                await asyncio.sleep(wait)
+                await clock.sleep(wait)
             headers, body = job.build()
             sent = Sent(job.record_id, job.channel, job.kind, job.url, headers, body)
             self.sent.append(sent)

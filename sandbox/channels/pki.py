@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from bridge import clock
 from sandbox.channels import crypto
 
 
@@ -35,7 +36,7 @@ class Authority:
     @classmethod
     def root(cls, subject: x509.Name, *, days: int = 7300) -> Authority:
         key = crypto.new_rsa_key()
-        now = dt.datetime.now(dt.UTC)
+        now = clock.utcnow()
         cert = (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -58,7 +59,7 @@ class Authority:
         days: int = 1825,
         not_before: dt.datetime | None = None,
     ) -> x509.Certificate:
-        start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+        start = not_before or clock.utcnow() - dt.timedelta(days=1)
         return (
             x509.CertificateBuilder()
             .subject_name(subject)

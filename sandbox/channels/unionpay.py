@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from sandbox.channels import crypto, pki
-from sandbox.channels.faults import FaultBook, Rule
+from sandbox.channels.faults import FaultBook, RefundHolds, Rule
 from sandbox.channels.ledger import CST, Ledger
 from sandbox.channels.notifier import Notifier
 from sandbox.channels.payer import CodepayScript
@@ -192,7 +192,7 @@ class UnionPaySandbox:
     identity: UnionPayIdentity
     refund_delay_s: float = 0.05
     codepay_scripts: dict[str, CodepayScript] = field(default_factory=dict)
-    refund_holds: int = 0
+    refund_holds: RefundHolds = field(default_factory=RefundHolds)
     signed_with: Counter[str] = field(default_factory=Counter)
     """How many requests each merchant certId signed (rotation tests read it)."""
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -567,9 +567,7 @@ class UnionPaySandbox:
         self.ledger.add_order_time(
             self.channel, self.merchant_id, order_id, fields["txnTime"], "cancel" if cancel else "refund"
         )
-        held = self.refund_holds > 0
-        if held:
-            self.refund_holds -= 1
+        held = self.refund_holds.take(trade["out_trade_no"])
         refund = self.ledger.add_refund(
             channel=self.channel,
             merchant=self.merchant_id,

@@ -19,7 +19,6 @@ import gzip
 import json
 import re
 import secrets
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,8 +28,9 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bridge import clock
 from sandbox.channels import bills, crypto
-from sandbox.channels.faults import FaultBook, Rule
+from sandbox.channels.faults import FaultBook, RefundHolds, Rule
 from sandbox.channels.ledger import Ledger, new_serial
 from sandbox.channels.notifier import Notifier
 from sandbox.channels.payer import CodepayScript
@@ -92,7 +92,7 @@ class WechatPlatform:
         return f"{self.cert.serial_number:X}"
 
     def certificates(self) -> list[x509.Certificate]:
-        now = dt.datetime.now(dt.UTC)
+        now = clock.utcnow()
         return [c for c in (self.cert, *(c for _, c in self.published)) if c.not_valid_after_utc > now]
 
     def rotate(self, mchid: str, *, days: int = 1825) -> x509.Certificate:
@@ -134,7 +134,7 @@ class WechatSandbox:
     platform: WechatPlatform
     refund_delay_s: float = 0.05
     codepay_scripts: dict[str, CodepayScript] = field(default_factory=dict)
-    refund_holds: int = 0
+    refund_holds: RefundHolds = field(default_factory=RefundHolds)
     signed_with: Counter[str] = field(default_factory=Counter)
     """How many requests each merchant certificate serial signed (rotation tests read it)."""
     _bill_files: dict[str, bytes] = field(default_factory=dict)
@@ -170,7 +170,7 @@ class WechatSandbox:
 
     def sign_headers(self, body: bytes, *, spoil: bool = False) -> dict[str, str]:
         serial, key = self.platform.signer()
-        timestamp, nonce = str(int(time.time())), secrets.token_hex(16)
+        timestamp, nonce = str(int(clock.now())), secrets.token_hex(16)
         signature = crypto.rsa_sign(key, f"{timestamp}\n{nonce}\n".encode() + body + b"\n")
         if spoil:
             signature = crypto.rsa_sign(key, b"not this message")
@@ -243,7 +243,7 @@ class WechatSandbox:
             stamp = int(params["timestamp"])
         except ValueError:
             raise WechatFault(401, "SIGN_ERROR", "timestamp 不是整数") from None
-        if abs(time.time() - stamp) > 300:
+        if abs(clock.now() - stamp) > 300:
             raise WechatFault(401, "SIGN_ERROR", "请求的时间戳已过期")
         message = f"{request.method}\n{request.raw_path}\n{params['timestamp']}\n{params['nonce_str']}\n".encode()
         if not crypto.rsa_verify(merchant_key, message + body + b"\n", params["signature"]):
@@ -531,9 +531,7 @@ class WechatSandbox:
             raise WechatFault(400, "PARAM_ERROR", "订单金额 amount.total 与原订单不一致")
         if refund_fen > trade["amount_fen"] - trade["refunded_fen"]:
             raise WechatFault(400, "INVALID_REQUEST", "申请退款金额超过订单可退金额")
-        held = self.refund_holds > 0
-        if held:
-            self.refund_holds -= 1
+        held = self.refund_holds.take(trade["out_trade_no"])
         refund = self.ledger.add_refund(
             channel=self.channel,
             merchant=self.merchant.mchid,
@@ -554,7 +552,7 @@ class WechatSandbox:
 
     def _later(self, delay: float, out_refund_no: str) -> None:
         async def finish() -> None:
-            await asyncio.sleep(delay)
+            await clock.sleep(delay)
             self.finish_refund(out_refund_no)
 
         task = asyncio.get_running_loop().create_task(finish())

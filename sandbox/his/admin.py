@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge import clock
 from sandbox.his.faults import FaultBook, FaultRule, FaultRuleError
 from sandbox.his.mllp import MLLP_OPERATIONS
 from sandbox.his.state import SOAP_OPERATIONS, HisError, HisState
@@ -42,6 +43,11 @@ async def clear_faults(request: web.Request) -> web.Response:
     return web.json_response({"cleared": request.app[FAULTS_KEY].clear()})
 
 
+async def remove_fault(request: web.Request) -> web.Response:
+    removed = request.app[FAULTS_KEY].remove(int(request.match_info["id"]))
+    return web.json_response({"removed": removed}, status=200 if removed else 404)
+
+
 async def applications(request: web.Request) -> web.Response:
     return web.json_response({"applications": request.app[STATE_KEY].applications()})
 
@@ -73,7 +79,7 @@ async def window_refund_paid(request: web.Request) -> web.Response:
     try:
         data = await _json_body(request)
         stamp = data.get("refunded_at")
-        when = dt.datetime.fromisoformat(str(stamp)) if stamp else dt.datetime.now(dt.UTC)
+        when = dt.datetime.fromisoformat(str(stamp)) if stamp else clock.utcnow()
         answer = request.app[STATE_KEY].writeback_refund(
             str(data["trade_no"]),
             request.match_info["refund_no"],
@@ -88,6 +94,27 @@ async def window_refund_paid(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
+async def add_fixtures(request: web.Request) -> web.Response:
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return _error(400, f"body must be JSON: {exc}")
+    kinds = ("patients", "schedules", "bills", "inpatients")
+    if not isinstance(data, dict) or set(data) - set(kinds):
+        return _error(400, f"body must be an object with lists under any of: {', '.join(kinds)}")
+    if not all(isinstance(data.get(k, []), list) and all(isinstance(r, dict) for r in data.get(k, [])) for k in kinds):
+        return _error(400, "each of patients, schedules, bills, inpatients must be a list of objects")
+    try:
+        added = request.app[STATE_KEY].add_fixtures(**{k: data.get(k, []) for k in kinds})
+    except HisError as exc:
+        return _error(400, exc.message)
+    return web.json_response({"added": added}, status=201)
+
+
+async def ledger(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE_KEY].ledger())
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
@@ -97,7 +124,10 @@ def setup_admin(app: web.Application) -> None:
     app.router.add_get("/_admin/faults", list_faults)
     app.router.add_post("/_admin/faults", add_fault)
     app.router.add_delete("/_admin/faults", clear_faults)
+    app.router.add_delete(r"/_admin/faults/{id:\d+}", remove_fault)
     app.router.add_get("/_admin/applications", applications)
+    app.router.add_post("/_admin/fixtures", add_fixtures)
+    app.router.add_get("/_admin/ledger", ledger)
     app.router.add_get("/_admin/healthz", healthz)
     app.router.add_post("/_admin/window/refunds", window_refund)
     app.router.add_post("/_admin/window/refunds/{refund_no}/paid", window_refund_paid)

@@ -1,9 +1,11 @@
 """Fault injection: make the sandbox HIS slow, busy, broken or forgetful on purpose.
 
 Rules match a SOAP operation name, for MLLP a catalog operation name (``charge.commit``) or an HL7 message type
-(``DFT^P03``), or ``*``. The first matching rule, in the order added, takes the call; a rule
-with a ``count`` retires after that many calls. Every rule may also carry ``latency_ms``, a delay before it
-acts, so "slow, then lose the reply" is one rule.
+(``DFT^P03``), or ``*``. The first matching rule, in the order added, takes the call; a rule with a ``count``
+retires after that many calls. Every rule may also carry ``latency_ms``, a delay before it acts (processing time,
+on the shared clock ``bridge.clock``), so "slow, then lose the reply" is one rule. A rule with a ``trade_no``
+takes only the calls for that trade (SOAP: the request's ``TradeNo``), so one order's commit can be broken while
+the rest of the day goes on.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class FaultRule:
     latency_ms: int = 0
     error_code: str = "9999"
     count: int | None = None
+    trade_no: str | None = None
     id: int = 0
     hits: int = 0
     remaining: int | None = field(default=None)
@@ -60,7 +63,7 @@ class FaultRule:
         """Validate an admin request body; raises ``FaultRuleError`` with a message fit for a 400 answer."""
         if not isinstance(data, Mapping):
             raise FaultRuleError("a fault rule must be a JSON object")
-        unknown = set(data) - {"operation", "mode", "latency_ms", "error_code", "count"}
+        unknown = set(data) - {"operation", "mode", "latency_ms", "error_code", "count", "trade_no"}
         if unknown:
             raise FaultRuleError(f"unknown field(s): {', '.join(sorted(unknown))}")
         operation = data.get("operation")
@@ -90,7 +93,12 @@ class FaultRule:
         count = data.get("count")
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
             raise FaultRuleError("count must be null (until cleared) or an integer >= 1")
-        return cls(operation=operation, mode=mode, latency_ms=latency_ms, error_code=error_code, count=count)
+        trade_no = data.get("trade_no")
+        if trade_no is not None and (not isinstance(trade_no, str) or not trade_no):
+            raise FaultRuleError("trade_no must be null (any trade) or a trade number")
+        return cls(
+            operation=operation, mode=mode, latency_ms=latency_ms, error_code=error_code, count=count, trade_no=trade_no
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +108,7 @@ class FaultRule:
             "latency_ms": self.latency_ms,
             "error_code": self.error_code,
             "count": self.count,
+            "trade_no": self.trade_no,
             "remaining": self.remaining,
             "hits": self.hits,
         }
@@ -126,15 +135,24 @@ class FaultBook:
             self._rules.clear()
             return removed
 
+    def remove(self, rule_id: int) -> bool:
+        """Retire one rule (the end of an outage), leaving the others; False if it is gone already."""
+        with self._lock:
+            for rule in self._rules:
+                if rule.id == rule_id:
+                    self._rules.remove(rule)
+                    return True
+            return False
+
     def rules(self) -> list[FaultRule]:
         with self._lock:
             return list(self._rules)
 
-    def take(self, operation: str) -> FaultRule | None:
-        """The rule that takes this call, if any, counted as used."""
+    def take(self, operation: str, trade_no: str | None = None) -> FaultRule | None:
+        """The rule that takes this call (for ``trade_no``, when known), if any, counted as used."""
         with self._lock:
             for rule in self._rules:
-                if rule.operation in ("*", operation):
+                if rule.operation in ("*", operation) and rule.trade_no in (None, trade_no):
                     rule.hits += 1
                     self.fired += 1
                     if rule.remaining is not None:

@@ -26,6 +26,7 @@ from typing import Any
 import hl7
 import hl7.exceptions
 
+from bridge import clock
 from sandbox.his.faults import FaultBook, FaultMode, FaultRule
 from sandbox.his.state import SHANGHAI, SOAP_OPERATIONS, HisError, HisState
 
@@ -419,7 +420,7 @@ class Reply:
             get("MSH", 6),
             get("MSH", 3),
             get("MSH", 4),
-            dt.datetime.now(SHANGHAI).strftime("%Y%m%d%H%M%S"),
+            clock.utcnow().astimezone(SHANGHAI).strftime("%Y%m%d%H%M%S"),
             None,
             kind,
             secrets.token_hex(10).upper(),
@@ -530,7 +531,7 @@ class MllpListener:
         if rule is not None:
             log.info("fault %s on %s (rule %d)", rule.mode.value, operation or message_type, rule.id)
             if rule.latency_ms:
-                await asyncio.sleep(rule.latency_ms / 1000)
+                await clock.sleep(rule.latency_ms / 1000)  # processing time: on the shared clock
             if rule.mode is FaultMode.refuse:
                 return reply.message("AE", [], text="系统忙 (injected busy)", code=rule.error_code).encode(codec)
             if rule.mode in (FaultMode.error, FaultMode.http_500):

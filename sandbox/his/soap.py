@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from lxml import etree
 
+from bridge import clock
 from sandbox.his.admin import FAULTS_KEY, STATE_KEY, setup_admin
 from sandbox.his.faults import FaultBook, FaultMode
 from sandbox.his.state import SOAP_OPERATIONS, TIME_FORMAT, HisError, HisState
@@ -424,6 +425,14 @@ def wsdl_response(wsdl: bytes, location: str) -> web.Response:
     return web.Response(body=body, content_type="text/xml", charset="utf-8")
 
 
+def _trade_no(in_xml: str) -> str | None:
+    """The request's ``TradeNo``, for fault rules aimed at one trade; None when the document does not say."""
+    try:
+        return parse_xml(in_xml, "inXml").findtext("TradeNo")
+    except SoapFault:
+        return None
+
+
 def _drop_connection(request: web.Request) -> None:
     """Close the socket with no answer at all, so the client cannot tell whether the call was applied."""
     transport = request.transport
@@ -438,11 +447,11 @@ async def soap_post(request: web.Request) -> web.StreamResponse:
         operation, in_xml = parse_envelope(await request.read(), request.headers.get("SOAPAction"))
     except SoapFault as fault:
         return fault_response(fault)
-    rule = request.app[FAULTS_KEY].take(operation)
+    rule = request.app[FAULTS_KEY].take(operation, _trade_no(in_xml))
     if rule is not None:
         log.info("fault %s on %s (rule %d)", rule.mode.value, operation, rule.id)
         if rule.latency_ms:
-            await asyncio.sleep(rule.latency_ms / 1000)
+            await clock.sleep(rule.latency_ms / 1000)  # processing time: on the shared clock
         if rule.mode is FaultMode.refuse:
             return web.Response(status=503, text="Service Unavailable")
         if rule.mode is FaultMode.http_500:

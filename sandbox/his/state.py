@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bridge import clock
+
 SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 LOCK_TTL = dt.timedelta(minutes=15)
@@ -57,7 +59,7 @@ class HisError(Exception):
 
 
 def shanghai_now() -> dt.datetime:
-    return dt.datetime.now(SHANGHAI)
+    return clock.utcnow().astimezone(SHANGHAI)
 
 
 def format_time(value: dt.datetime) -> str:
@@ -192,6 +194,18 @@ _SEED_BILLS = [
 _SEED_INPATIENTS = [("Z0001", "P0003", "心内科一病区", 200000)]
 
 
+def _fen(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FEN:
+        raise ValueError(f"{value!r} is not an amount in fen")
+    return value
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a count")
+    return value
+
+
 class HisState:
     """The HIS's books, one SQLite connection, used from one thread (the event loop)."""
 
@@ -310,6 +324,56 @@ class HisState:
                 "INSERT INTO patients VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (patient_id, name, gender, birth_date, card_no, id_card_no, phone),
             )
+
+    def add_fixtures(
+        self,
+        *,
+        patients: Sequence[dict[str, Any]] = (),
+        schedules: Sequence[dict[str, Any]] = (),
+        bills: Sequence[dict[str, Any]] = (),
+        inpatients: Sequence[dict[str, Any]] = (),
+    ) -> dict[str, int]:
+        """Load a day's worth of patients, schedules, unpaid bills and inpatients in one transaction (a simulated
+        day needs thousands; the seed has a handful). Any bad row refuses the whole load with ``9001``."""
+        now = self._now()
+        try:
+            patient_rows = [
+                (p["patient_id"], p["name"], p.get("gender", "U"), p.get("birth_date"), p.get("card_no"),
+                 p.get("id_card_no"), p.get("phone"))
+                for p in patients
+            ]  # fmt: skip
+            schedule_rows = [
+                (s["schedule_id"], s["dept_name"], s.get("doctor_name"), s.get("visit_date", now[:10]),
+                 s.get("period"), _fen(s["fee_fen"]), _count(s["capacity"]))
+                for s in schedules
+            ]  # fmt: skip
+            bill_rows = [(b["bill_no"], b["patient_id"], b.get("dept_name"), _fen(b["amount_fen"]), now) for b in bills]
+            inpatient_rows = [
+                (i["inpatient_no"], i["patient_id"], i.get("ward"), _fen(i.get("balance_fen", 0))) for i in inpatients
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise HisError("9001", f"夹具数据无效 (bad fixture row: {exc!r})") from None
+        try:
+            with self._tx() as db:
+                db.executemany("INSERT INTO patients VALUES (?, ?, ?, ?, ?, ?, ?)", patient_rows)
+                db.executemany(
+                    "INSERT INTO schedules (schedule_id, dept_name, doctor_name, visit_date, period, fee_fen, capacity)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    schedule_rows,
+                )
+                db.executemany(
+                    "INSERT INTO bills (bill_no, patient_id, dept_name, amount_fen, created_at) VALUES (?, ?, ?, ?, ?)",
+                    bill_rows,
+                )
+                db.executemany("INSERT INTO inpatients VALUES (?, ?, ?, ?)", inpatient_rows)
+        except sqlite3.IntegrityError as exc:
+            raise HisError("9001", f"夹具数据冲突 (fixture rows conflict with the HIS: {exc})") from None
+        return {
+            "patients": len(patient_rows),
+            "schedules": len(schedule_rows),
+            "bills": len(bill_rows),
+            "inpatients": len(inpatient_rows),
+        }
 
     # --- reads ---------------------------------------------------------------------------------------------
 
@@ -796,6 +860,19 @@ class HisState:
             for row in rows
         ]
         return {"total": total, "has_more": page * page_size < total, "records": records}
+
+    def ledger(self) -> dict[str, list[dict[str, Any]]]:
+        """Every payment and refund the HIS holds, duplicates included, for checks of a whole day's books."""
+        with self._lock:
+            trades = self._db.execute(
+                "SELECT trade_no, kind, receipt_no, patient_id, amount_fen, pay_mode, channel_trade_no, pay_time,"
+                " recorded_at FROM trades ORDER BY id"
+            ).fetchall()
+            refunds = self._db.execute(
+                "SELECT refund_no, trade_no, amount_fen, his_refund_id, applied_at, channel_refund_no,"
+                " writeback_receipt_no, written_back_at FROM refunds ORDER BY id"
+            ).fetchall()
+        return {"trades": [dict(r) for r in trades], "refunds": [dict(r) for r in refunds]}
 
     # --- the application log -------------------------------------------------------------------------------
 

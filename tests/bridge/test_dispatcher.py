@@ -133,6 +133,7 @@ async def test_permanent_refusal_fails_at_once(rig):
 
 async def test_quarantine_after_max_attempts_blocks_its_trade_only(rig):
     journal, his, dispatcher = rig
+    dispatcher.breaker.failures = 10  # a poison write: it fails on its own while the breaker stays closed
     his.script = ["down"] * 4
     first = await submit(journal, dispatcher, "req-00004", "T4")
     assert (await dispatcher.wait(first.seq, 5)).state is State.quarantined
@@ -197,7 +198,7 @@ async def test_recovery_treats_in_flight_as_in_doubt(tmp_path):
         params=params,
     )
     await journal.update(entry.seq, State.in_flight, attempts_delta=1)
-    cfg = DispatchConfig(backoff_base_s=0.01, backoff_max_s=0.02)
+    cfg = DispatchConfig(backoff_base_s=0.01, backoff_max_s=0.02, his_timeout_s=0.1)
     dispatcher = Dispatcher(journal, his, cfg, Metrics())
     assert await dispatcher.start() == 1
     done = await dispatcher.wait(entry.seq, 5)
