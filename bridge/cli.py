@@ -27,8 +27,8 @@ def _load_config(path: str) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from bridge.agent import serve
     from bridge.journal import JournalCorrupt
+    from bridge.server import serve
 
     cfg = _load_config(args.config)
     logs.configure(cfg.logging.level, cfg.logging.format == "json")

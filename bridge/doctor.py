@@ -199,7 +199,7 @@ def check_certificates(cfg: BridgeConfig, report: Report, t: Thresholds) -> None
 
 async def check_his(cfg: BridgeConfig, report: Report, t: Thresholds) -> None:
     from adapters.base import AdapterError, ErrorKind
-    from bridge.agent import build_adapter
+    from bridge.wiring import build_adapter
 
     adapter = build_adapter(cfg)
     probe = {"trade_no": f"DOCTOR{int(time.time())}", "operation": "charge.commit"}

@@ -17,7 +17,7 @@ from bridge import protocol
 from gateway import channel_trust
 from gateway.channels import factory
 from gateway.channels.base import Channel
-from gateway.config import GatewayConfig, MerchantConfig, MtlsListener
+from gateway.config import GatewayConfig, MtlsListener
 from gateway.his import BridgeHis, HisLink
 from gateway.outbox import Deliverer
 from gateway.retention.schedule import retention_forever
@@ -26,7 +26,6 @@ from gateway.sagas.escalation import escalate_forever
 from gateway.services import Services, log
 from gateway.sms.clock import Clock, system_clock
 from gateway.store import audit, registry
-from gateway.store.channel_state import SqlChannelState
 from gateway.store.db import Database
 from gateway.store.migrate import upgrade
 from gateway.tenants.watcher import TenantWatcher
@@ -35,14 +34,6 @@ from gateway.workers import Worker, build_workers, prune_nonces
 if TYPE_CHECKING:
     from gateway.sms.providers import SmsProvider
     from gateway.sms.service import SmsService
-
-
-def build_channel(merchant: MerchantConfig, db: Database | None = None) -> Channel:
-    """The merchant's channel; with ``db`` its run-time memory (fetched certificates, UnionPay order times) is
-    the database, shared by every instance."""
-    settings = factory.channel_config(merchant.channel, merchant.channel_settings())
-    state = SqlChannelState(db, merchant.id) if db is not None else None
-    return factory.build_channel(settings, state=state)
 
 
 @dataclass
@@ -78,7 +69,7 @@ class Gateway:
         )
         self.watcher = TenantWatcher(
             self.svc,
-            build_channel=(lambda merchant: build_channel(merchant, db)) if self.channels is None else None,
+            build_channel=(lambda merchant: factory.merchant_channel(merchant, db)) if self.channels is None else None,
             build_his=BridgeHis.from_config if self.his is None else None,
         )
         await self.watcher.start()

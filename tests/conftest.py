@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.agent import RunningAgent, start_agent
+from bridge.server import RunningAgent, start_agent
 from bridge.certs import DevCerts, make_dev_certs
 from bridge.config import load_config
 from sandbox.cli import start_sandbox_his

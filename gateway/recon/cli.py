@@ -93,13 +93,13 @@ async def _tenants(db: Any, cfg: Any) -> Tenants:
 
 
 def _fetch_statements(args: argparse.Namespace) -> int:
+    from gateway.channels.factory import merchant_channel
     from gateway.recon.statements.store import fetch
-    from gateway.runtime import build_channel
 
     async def go(db: Any) -> int:
         status = 0
         for m in (await _tenants(db, args.cfg)).merchants_of(args.hospital):
-            channel = build_channel(m, db)
+            channel = merchant_channel(m, db)
             try:
                 got = await fetch(db, args.hospital, m.id, m.channel, channel, args.date)
                 p = got.parsed
@@ -117,8 +117,8 @@ def _fetch_statements(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from gateway.channels.factory import merchant_channel
     from gateway.recon import run_reconciliation
-    from gateway.runtime import build_channel
 
     async def go(db: Any) -> int:
         bar = ProgressBar()
@@ -126,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             summary = await run_reconciliation(
                 db, args.cfg, args.hospital, args.date, tenants=tenants, trigger="cli", progress=bar,
-                build_channel=lambda m: build_channel(tenants.merchants[m], db),
+                build_channel=lambda m: merchant_channel(tenants.merchants[m], db),
             )  # fmt: skip
         except Exception as exc:
             bar.close()

@@ -22,7 +22,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from bridge import catalog, openapi, protocol
-from bridge.agent import start_agent
+from bridge.server import start_agent
 from bridge.config import load_config
 from bridge.version import agent_version
 from sandbox.cli import start_sandbox_his

@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from bridge.agent import start_agent
+from bridge.server import start_agent
 from bridge.config import load_config
 from sandbox.cli import start_sandbox_his
 from sandbox.his.faults import FaultRule

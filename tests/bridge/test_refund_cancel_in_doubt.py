@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import catalog
-from bridge.agent import start_agent
+from bridge.server import start_agent
 from bridge.config import DispatchConfig, load_config
 from bridge.dispatcher import Dispatcher
 from bridge.journal import Journal, State

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge import protocol, terminal_protocol
-from bridge.agent import RunningAgent, start_agent
+from bridge.server import RunningAgent, start_agent
 from bridge.certs import DevCerts
 from bridge.config import load_config
 from gateway.config import GatewayConfig, parse_config

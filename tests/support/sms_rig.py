@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge.agent import RunningAgent, start_agent
+from bridge.server import RunningAgent, start_agent
 from bridge.certs import make_dev_certs
 from bridge.config import load_config
 from gateway.config import GatewayConfig
