@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from bridge import protocol
+from bridge import protocol, tls
+from bridge.config import load_config
 
 PROTOCOLS = ("soap", "hl7", "dbproc")
 DEFAULT_PROFILES = {"soap": "soap-asmx-xml.toml", "hl7": "hl7-v24-gb18030.toml", "dbproc": "dbproc-postgresql.toml"}
@@ -273,8 +274,6 @@ def _hand_to_service_user(out: Path, user: str = "his-bridge") -> None:
 def next_csr(config_path: Path, hosts: list[str] | None = None) -> tuple[Path, Path]:
     """A fresh TLS key and CSR beside the current ones (``keys/server-next.key``, ``certs/server-next.csr``),
     for renewing the certificate while the agent keeps serving with the old one."""
-    from bridge.config import load_config
-
     cfg = load_config(config_path)
     key_path = cfg.tls.key.with_name("server-next.key")
     csr_path = cfg.tls.cert.with_name("server-next.csr")
@@ -282,8 +281,6 @@ def next_csr(config_path: Path, hosts: list[str] | None = None) -> tuple[Path, P
     if existing:
         raise InitError(f"refusing to overwrite {', '.join(existing)}")
     if not hosts:
-        from bridge import tls
-
         try:
             current = tls.load_certificate(cfg.tls.cert)
             san = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

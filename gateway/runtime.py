@@ -15,16 +15,19 @@ from aiohttp import web
 
 from bridge import protocol
 from gateway import channel_trust
+from gateway.api.app import create_app
 from gateway.channels import factory
 from gateway.channels.base import Channel
 from gateway.config import GatewayConfig, MtlsListener
 from gateway.his import BridgeHis, HisLink
 from gateway.outbox import Deliverer
+from gateway.recon.schedule import start_scheduler
 from gateway.retention.schedule import retention_forever
 from gateway.sagas import registration
 from gateway.sagas.escalation import escalate_forever
 from gateway.services import Services, log
 from gateway.sms.clock import Clock, system_clock
+from gateway.sms.service import SmsService
 from gateway.store import audit, registry
 from gateway.store.db import Database
 from gateway.store.migrate import upgrade
@@ -33,7 +36,6 @@ from gateway.workers import Worker, build_workers, prune_nonces
 
 if TYPE_CHECKING:
     from gateway.sms.providers import SmsProvider
-    from gateway.sms.service import SmsService
 
 
 @dataclass
@@ -79,8 +81,6 @@ class Gateway:
         self.deliverer = Deliverer(self.svc, self.signing_key)
         self.workers = build_workers(self.svc, self.deliverer)
         if cfg.sms.enabled:
-            from gateway.sms.service import SmsService
-
             self.sms = SmsService(cfg.sms, db, clock=self.clock, provider=self.sms_provider, his_for=self.svc.his_for)
         self._tasks.append(asyncio.create_task(self.watcher.run(), name="tenants-watcher"))
         self._tasks.append(asyncio.create_task(audit.seal_forever(db), name="audit-sealer"))
@@ -96,8 +96,6 @@ class Gateway:
             if self.sms is not None:
                 self._tasks.append(asyncio.create_task(self.sms.run_pruner(), name="prune-sms"))
             if cfg.recon.enabled:
-                from gateway.recon.schedule import start_scheduler
-
                 self._tasks.append(start_scheduler(self.svc))
 
     async def stop(self) -> None:
@@ -119,8 +117,6 @@ class Gateway:
         await self.svc.db.close()
 
     def app(self) -> web.Application:
-        from gateway.api.app import create_app
-
         return create_app(self.svc, self.signing_key, sms=self.sms)
 
 

@@ -19,6 +19,7 @@ from gateway.api.auth import SERVICES, SIGNING_KEY, Handler, auth_middleware, si
 from gateway.api.errors import ApiError
 from gateway.api.orders import json_response
 from gateway.channels import metrics as channel_metrics
+from gateway.console.app import create_console_app
 from gateway.platform_metrics import PlatformMetrics
 from gateway.services import Services, log
 from gateway.sms import api as sms_api
@@ -127,7 +128,5 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     if svc.cfg.console.enabled:
-        from gateway.console.app import create_console_app
-
         app.add_subapp("/console", create_console_app(svc))
     return app

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from gateway.sms.phones import normalize
+
 Purpose = Literal["binding", "payment", "login"]
 PURPOSES: tuple[Purpose, ...] = ("binding", "payment", "login")
 DAY_S = 86400
@@ -99,8 +101,6 @@ class ListsPolicy(_Model):
     @field_validator("block_phones", "allow_phones")
     @classmethod
     def _phones(cls, values: list[str]) -> list[str]:
-        from gateway.sms.phones import normalize
-
         return [normalize(v) for v in values]
 
 
