@@ -16,8 +16,8 @@ from aiohttp import web
 from bridge import protocol
 from gateway import channel_trust
 from gateway.api.app import create_app
-from gateway.channels import factory
 from gateway.channels.base import Channel
+from gateway.channels.build import merchant_channel
 from gateway.config import GatewayConfig, MtlsListener
 from gateway.his import BridgeHis, HisLink
 from gateway.outbox import Deliverer
@@ -71,7 +71,7 @@ class Gateway:
         )
         self.watcher = TenantWatcher(
             self.svc,
-            build_channel=(lambda merchant: factory.merchant_channel(merchant, db)) if self.channels is None else None,
+            build_channel=(lambda merchant: merchant_channel(merchant, db)) if self.channels is None else None,
             build_his=BridgeHis.from_config if self.his is None else None,
         )
         await self.watcher.start()

@@ -13,9 +13,6 @@ from gateway.channels.config import AlipayConfig, AnyChannelConfig, ChannelConfi
 from gateway.channels.state import ChannelState
 from gateway.channels.unionpay import UnionPayChannel
 from gateway.channels.wechat import WechatPayChannel
-from gateway.config import MerchantConfig
-from gateway.store.channel_state import SqlChannelState
-from gateway.store.db import Database
 
 _CONFIG: TypeAdapter[AnyChannelConfig] = TypeAdapter(ChannelConfig)
 
@@ -34,10 +31,3 @@ def build_channel(
     if isinstance(cfg, AlipayConfig):
         return AlipayChannel(cfg, session=session, state=state)
     return UnionPayChannel(cfg, session=session, state=state)
-
-
-def merchant_channel(merchant: MerchantConfig, db: Database | None = None) -> Channel:
-    """The merchant's channel; with ``db`` its run-time memory (fetched certificates, UnionPay order times) is
-    the database, shared by every instance."""
-    state = SqlChannelState(db, merchant.id) if db is not None else None
-    return build_channel(channel_config(merchant.channel, merchant.channel_settings()), state=state)

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from gateway.channels.factory import merchant_channel
+from gateway.channels.build import merchant_channel
 from gateway.recon import run_reconciliation
 from gateway.recon.normalize import StatementError, shanghai_today
 from gateway.recon.statements import check, rows
