@@ -31,13 +31,13 @@ from gateway.channels import cli as channels_cli
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.console import cli as console_cli
 from gateway.recon import cli as recon_cli
+from gateway.representations import order_view, refund_view
 from gateway.retention import cli as retention_cli
 from gateway.runtime import serve
 from gateway.store import audit, orders, outbox, refunds, registry
 from gateway.store.db import Database
 from gateway.store.migrate import upgrade
 from gateway.tenants import cli as tenants_cli
-from gateway.views import order_view, refund_view
 
 DEFAULT_CONFIG = Path("config/gateway.toml")
 

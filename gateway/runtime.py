@@ -20,7 +20,7 @@ from gateway.channels.base import Channel
 from gateway.channels.build import merchant_channel
 from gateway.config import GatewayConfig, MtlsListener
 from gateway.his import BridgeHis, HisLink
-from gateway.outbox import Deliverer
+from gateway.notify_delivery import Deliverer
 from gateway.recon.schedule import start_scheduler
 from gateway.retention.schedule import retention_forever
 from gateway.sagas import registration

@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from bridge import protocol
-from gateway.api import callbacks, client_address, events, his, openapi, orders, terminals
+from gateway.api import channel_callbacks, client_address, events, his, openapi, orders, terminals
 from gateway.api.auth import SERVICES, SIGNING_KEY, Handler, auth_middleware, sign_middleware
 from gateway.api.errors import ApiError
 from gateway.api.orders import json_response
@@ -120,7 +120,7 @@ def create_app(
     terminals.add_routes(app)
     events.add_routes(app)
     his.add_routes(app)
-    callbacks.add_routes(app)
+    channel_callbacks.add_routes(app)
     if sms is not None:
         sms_api.add_routes(app, sms)
     app[OPENAPI] = json.dumps(openapi.build(), ensure_ascii=False).encode()
