@@ -8,6 +8,7 @@ the top."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,7 @@ def _target(name: str) -> str | None:
     return name or None
 
 
+@functools.cache
 def imports_of(module: str) -> list[tuple[str, int, bool]]:
     """(module imported, line, inside a function) for each import of one of our modules, relative ones included."""
     path = MODULES[module]
