@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy.exc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -45,6 +46,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error(ApiError(404, "not_found", f"no such resource {request.path}"))
     except web.HTTPMethodNotAllowed:
         return _error(ApiError(405, "method_not_allowed", f"{request.method} not allowed here"))
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.TimeoutError) as e:
+        # The store busy or briefly away (a lock wait, a full pool, a failover): nothing was committed, and the
+        # same request sent again is safe (requests are idempotent by their numbers), so say so.
+        log.warning("store_unavailable", path=request.path, error=str(e).splitlines()[0][:200])
+        response = _error(
+            ApiError(503, "store_unavailable", "the platform's database is busy; send the same request again")
+        )
+        response.headers["Retry-After"] = "1"
+        return response
     except Exception:
         log.exception("internal_error", path=request.path)
         return _error(ApiError(500, "internal", "internal error"))

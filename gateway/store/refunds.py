@@ -161,7 +161,9 @@ async def reserve(
         order_id = (await conn.execute(sa.select(refunds.c.order_id).where(refunds.c.id == refund_id))).scalar_one()
         order = await order_store.lock(db, conn, order_id)
         assert order is not None
-        refund = (await conn.execute(sa.select(refunds).where(refunds.c.id == refund_id))).one()
+        # The refund row is locked too: a worker of another instance may move it without touching the order.
+        query = sa.select(refunds).where(refunds.c.id == refund_id)
+        refund = (await conn.execute(query.with_for_update())).one()
         available = int(order.paid_fen or 0) - await counted_fen(conn, order.id, excluding=refund.id)
         if refund.state != from_state:
             return Reservation(refund, refund.state in COUNTED_REFUND, available)
@@ -171,10 +173,11 @@ async def reserve(
             row = await transition(
                 conn, refund.id, [from_state], state=RefundState.rejected.value, last_error=why, **facts
             )
-            assert row is not None
-            return Reservation(row, False, available, why)
+            return Reservation(row or refund, False, available, why)
         row = await transition(conn, refund.id, [from_state], state=RefundState.reserved.value, **facts, **values)
-        assert row is not None
+        if row is None:  # moved all the same: answer with the refund as it is
+            now = (await conn.execute(query)).one()
+            return Reservation(now, now.state in COUNTED_REFUND, available)
         return Reservation(row, True, available)
 
 

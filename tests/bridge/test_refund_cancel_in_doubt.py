@@ -147,7 +147,9 @@ async def test_dbproc_cancel_applied_before_a_crash_is_checked_not_resent(tmp_pa
             params=as_sent("refund.cancel", CANCEL),
         )
         await journal.update(entry.seq, State.in_flight, attempts_delta=1)
-        dispatcher = Dispatcher(journal, adapter, DispatchConfig(backoff_base_s=0.01, backoff_max_s=0.02), Metrics())
+        dispatcher = Dispatcher(
+            journal, adapter, DispatchConfig(backoff_base_s=0.01, backoff_max_s=0.02, his_timeout_s=0.5), Metrics()
+        )
         assert await dispatcher.start() == 1
         done = await dispatcher.wait(entry.seq, 10)
         assert done is not None and done.state is State.done, done
