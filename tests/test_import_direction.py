@@ -1,7 +1,7 @@
 """Imports flow one way: the gateway may use the bridge's protocol helpers (``protocol``, ``client``, ``catalog``,
-``clock``) and its configuration toolkit (``settings``), the sandbox only ``protocol``, ``terminal_protocol`` (its kiosk signs as a terminal) and ``clock``, and
-nothing imports the gateway. Checked on the source, so
-an import hidden inside a function counts as much as one at the top."""
+``clock``), its configuration toolkit (``settings``) and its error vocabulary (``errors``); the sandbox only
+``protocol``, ``terminal_protocol`` (its kiosk signs as a terminal) and ``clock``; and nothing imports the gateway.
+Checked on the source, so an import hidden inside a function counts as much as one at the top."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ALLOWED_FROM_BRIDGE = {
-    "gateway": {"bridge.protocol", "bridge.client", "bridge.catalog", "bridge.clock", "bridge.settings"},
+    "gateway": {
+        "bridge.protocol",
+        "bridge.client",
+        "bridge.catalog",
+        "bridge.clock",
+        "bridge.settings",
+        "bridge.errors",
+    },
     "sandbox": {"bridge.protocol", "bridge.terminal_protocol", "bridge.clock"},
 }
 
@@ -56,7 +63,7 @@ def test_only_the_protocol_helpers_of_the_bridge_are_imported(package: str) -> N
 
 
 def test_the_protocol_helpers_are_leaves() -> None:
-    for helper in ("protocol", "terminal_protocol", "clock", "settings"):
+    for helper in ("protocol", "terminal_protocol", "clock", "settings", "errors"):
         ours = {
             n
             for n in imported(REPO / "bridge" / f"{helper}.py")
