@@ -312,9 +312,9 @@ class GatewayConfig(StrictModel):
         for m in self.merchants:
             if m.hospital not in ids:
                 raise ValueError(f"merchant {m.id}: unknown hospital {m.hospital!r}")
-        for h in self.sms.hospitals:
-            if h not in ids:
-                raise ValueError(f"sms.hospitals: unknown hospital {h!r}")
+        for hospital_id in self.sms.hospitals:
+            if hospital_id not in ids:
+                raise ValueError(f"sms.hospitals: unknown hospital {hospital_id!r}")
         for h in self.hospitals:
             for a in h.apps:
                 if a.client_cert_cn and self.server.mtls is None:

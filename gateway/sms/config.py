@@ -322,13 +322,16 @@ class SmsConfig(StrictModel):
         return [self.defaults, *self._policies.values()]
 
     def resolve(self, base: Path) -> None:
-        def r(p: Path | None) -> Path | None:
-            return p if p is None or p.is_absolute() else base / p
+        def r(p: Path) -> Path:
+            return p if p.is_absolute() else base / p
 
-        self.secret_file = r(self.secret_file)
-        self.provider.record_file = r(self.provider.record_file)
+        def r_opt(p: Path | None) -> Path | None:
+            return None if p is None else r(p)
+
+        self.secret_file = r_opt(self.secret_file)
+        self.provider.record_file = r_opt(self.provider.record_file)
         for vendor in (self.provider.tencent, self.captcha.tencent):
             if vendor is not None:
-                vendor.secret_key_file = r(vendor.secret_key_file)
+                vendor.secret_key_file = r_opt(vendor.secret_key_file)
         if self.captcha.tencent is not None:
             self.captcha.tencent.app_secret_key_file = r(self.captcha.tencent.app_secret_key_file)

@@ -32,7 +32,7 @@ def build_provider(cfg: ProviderConfig, clock: Clock) -> SmsProvider:
         assert cfg.tencent is not None
         t = cfg.tencent
         api = _api("sms", t.endpoint, SMS_VERSION, t, clock)
-        return TencentSmsProvider(api, t.sdk_app_id, t.sign_name, dict(t.templates))
+        return TencentSmsProvider(api, t.sdk_app_id, t.sign_name, dict(t.templates.items()))
     return SandboxSmsProvider(signature=cfg.signature, record_file=cfg.record_file)
 
 

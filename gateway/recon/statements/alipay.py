@@ -118,7 +118,8 @@ def rows(
         return
     archive, detail, summary = _members(data)
     with archive:
-        yield from _detail(zip_lines(archive, detail, WHAT), merchant, tally, summary and (archive, summary))
+        summary_member = (archive, summary) if summary is not None else None
+        yield from _detail(zip_lines(archive, detail, WHAT), merchant, tally, summary_member)
 
 
 def _detail(
