@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,27 @@ class Secret(StrictModel, frozen=True):
         if not value:
             raise ValueError(f"environment variable {self.env} is not set")
         return value
+
+    def resolved(self, base: Path) -> Secret:
+        """The same secret with a relative ``file`` made absolute against the config's folder."""
+        if self.file is None or self.file.is_absolute():
+            return self
+        return Secret(file=base / self.file)
+
+
+def file_aliases(aliases: dict[str, str]) -> Callable[[type, Any], Any]:
+    """A ``model_validator(mode="before")`` accepting the deprecated ``X_file = "path"`` spelling of a secret
+    for ``X = { file = "path" }``, so configs written before ``Secret`` keep loading."""
+
+    def accept(cls: type, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in aliases.items():
+            if old in data:
+                if new in data:
+                    raise ValueError(f"give {new} or its older spelling {old}, not both")
+                data[new] = {"file": data.pop(old)}
+        return data
+
+    return accept

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from bridge.settings import StrictModel
+from bridge.settings import Secret, StrictModel, file_aliases
 
 Purpose = Literal["binding", "payment", "login"]
 PURPOSES: tuple[Purpose, ...] = ("binding", "payment", "login")
@@ -206,9 +206,11 @@ class BreakerConfig(StrictModel):
 
 class TencentCredentials(StrictModel):
     secret_id: Annotated[str, Field(min_length=1)] = ""
-    secret_key_file: Path | None = None
-    """A file holding the SecretKey (never the key itself in the config)."""
+    secret_key: Secret | None = None
+    """The SecretKey, from a file or the environment (``secret_key_file = "path"``: the older spelling)."""
     region: str = "ap-guangzhou"
+
+    _aliases = model_validator(mode="before")(file_aliases({"secret_key_file": "secret_key"}))
 
 
 class TencentSmsConfig(TencentCredentials):
@@ -231,7 +233,10 @@ class TencentSmsConfig(TencentCredentials):
 class TencentCaptchaConfig(TencentCredentials):
     endpoint: str = "https://captcha.tencentcloudapi.com"
     captcha_app_id: Annotated[int, Field(ge=1)]
-    app_secret_key_file: Path
+    app_secret_key: Secret
+    """The captcha app's key (``app_secret_key_file = "path"``: the older spelling)."""
+
+    _app_aliases = model_validator(mode="before")(file_aliases({"app_secret_key_file": "app_secret_key"}))
 
 
 class ProviderConfig(StrictModel):
@@ -331,7 +336,7 @@ class SmsConfig(StrictModel):
         self.secret_file = r_opt(self.secret_file)
         self.provider.record_file = r_opt(self.provider.record_file)
         for vendor in (self.provider.tencent, self.captcha.tencent):
-            if vendor is not None:
-                vendor.secret_key_file = r_opt(vendor.secret_key_file)
+            if vendor is not None and vendor.secret_key is not None:
+                vendor.secret_key = vendor.secret_key.resolved(base)
         if self.captcha.tencent is not None:
-            self.captcha.tencent.app_secret_key_file = r(self.captcha.tencent.app_secret_key_file)
+            self.captcha.tencent.app_secret_key = self.captcha.tencent.app_secret_key.resolved(base)
