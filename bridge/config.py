@@ -7,7 +7,6 @@ files (mode 0600); docs/OPERATIONS.md, "Secrets", names the one way to point at 
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,7 +14,15 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from bridge.egress.config import EgressConfig
 from bridge.intranet.config import IntranetConfig
-from bridge.settings import ConfigError, StrictModel, expand_env, host_port, read_toml, validation_error
+from bridge.settings import (
+    ConfigError,
+    StrictModel,
+    addresses_or_networks,
+    expand_env,
+    host_port,
+    read_toml,
+    validation_error,
+)
 
 __all__ = ["BridgeConfig", "ConfigError", "load_config"]
 
@@ -34,15 +41,7 @@ class ServerConfig(StrictModel):
 
     _check = field_validator("listen", "ops_listen")(host_port)
 
-    @field_validator("metrics_allow")
-    @classmethod
-    def _networks(cls, values: list[str]) -> list[str]:
-        for value in values:
-            try:
-                ipaddress.ip_network(value, strict=False)
-            except ValueError:
-                raise ValueError(f"{value!r} is not an address or a network (10.0.0.5, 10.0.0.0/24)") from None
-        return values
+    _check_networks = field_validator("metrics_allow")(addresses_or_networks)
 
 
 class ClientIdentity(StrictModel):

@@ -8,6 +8,7 @@ imports nothing of ours, so the gateway may use it as it uses the bridge's proto
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -42,6 +43,16 @@ def host_port(value: str) -> str:
     """A field validator: the value unchanged when it is ``HOST:PORT``."""
     parse_host_port(value)
     return value
+
+
+def addresses_or_networks(values: list[str]) -> list[str]:
+    """A field validator: the list unchanged when every item is an address or a network."""
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an address or network (10.0.0.5, 10.0.0.0/24, ::1)") from None
+    return values
 
 
 def expand_env(value: Any) -> Any:

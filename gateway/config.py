@@ -8,13 +8,20 @@ that every gateway instance on one database sees the same registry.
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bridge.settings import ConfigError, StrictModel, expand_env, host_port, read_toml, validation_error
+from bridge.settings import (
+    ConfigError,
+    StrictModel,
+    addresses_or_networks,
+    expand_env,
+    host_port,
+    read_toml,
+    validation_error,
+)
 from gateway.model import HisCommit, RefundPolicy
 from gateway.sms.config import SmsConfig
 
@@ -25,15 +32,6 @@ KeyId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_
 
 NOTIFY_SCHEDULE_S = (15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600)
 """Delays between attempts to deliver one notification to a business system: 15 retries over about 24 h."""
-
-
-def _networks(values: list[str]) -> list[str]:
-    for value in values:
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an address or a network (203.0.113.7, 10.0.0.0/8, ::1)") from None
-    return values
 
 
 Networks = Annotated[list[str], Field(max_length=1000)]
@@ -65,7 +63,7 @@ class ServerConfig(StrictModel):
     mtls: MtlsListener | None = None
 
     _check = field_validator("listen")(host_port)
-    _check_proxies = field_validator("trusted_proxies")(_networks)
+    _check_proxies = field_validator("trusted_proxies")(addresses_or_networks)
 
 
 class MetricsConfig(StrictModel):
@@ -77,7 +75,7 @@ class MetricsConfig(StrictModel):
     token_file: Path | None = None
     """A file whose first line is the bearer token scrapers send (``Authorization: Bearer …``)."""
 
-    _check = field_validator("allow")(_networks)
+    _check = field_validator("allow")(addresses_or_networks)
 
 
 class DatabaseConfig(StrictModel):
@@ -124,7 +122,7 @@ class NotificationsConfig(StrictModel):
     or a test receiver on loopback."""
     max_redirects: Annotated[int, Field(ge=0, le=10)] = 3
 
-    _check = field_validator("allow_addresses")(_networks)
+    _check = field_validator("allow_addresses")(addresses_or_networks)
 
 
 class BridgeLink(StrictModel):

@@ -15,6 +15,7 @@ from bridge.settings import (
     ConfigError,
     Secret,
     StrictModel,
+    addresses_or_networks,
     expand_env,
     file_aliases,
     parse_host_port,
@@ -95,3 +96,9 @@ def test_the_older_file_spelling_of_a_secret_is_still_accepted():
     with pytest.raises(ValidationError) as e:
         _Vendor.model_validate({"kee": 1})
     assert "kee" in str(validation_error("vendor.toml", e.value))
+
+
+def test_address_lists_take_addresses_and_networks_and_name_what_is_neither():
+    assert addresses_or_networks(["10.0.0.5", "10.0.0.0/24", "::1"]) == ["10.0.0.5", "10.0.0.0/24", "::1"]
+    with pytest.raises(ValueError, match="'the lobby' is not an address or network"):
+        addresses_or_networks(["10.0.0.5", "the lobby"])

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from bridge.catalog import PositiveFen
-from bridge.settings import StrictModel, host_port
+from bridge.settings import StrictModel, addresses_or_networks, host_port
 
 TerminalId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,20}$")]
 
@@ -64,15 +64,7 @@ class TerminalConfig(StrictModel):
     """The egress app it pays as (default: the first of ``[[egress.apps]]``)."""
     enabled: bool = True
 
-    @field_validator("addresses")
-    @classmethod
-    def _networks(cls, values: list[str]) -> list[str]:
-        for value in values:
-            try:
-                ipaddress.ip_network(value, strict=False)
-            except ValueError:
-                raise ValueError(f"{value!r} is not an address or network") from None
-        return values
+    _check_networks = field_validator("addresses")(addresses_or_networks)
 
     @model_validator(mode="after")
     def _consistent(self) -> TerminalConfig:

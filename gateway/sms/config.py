@@ -8,13 +8,12 @@ start, not at the first SMS.
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from bridge.settings import Secret, StrictModel, file_aliases
+from bridge.settings import Secret, StrictModel, addresses_or_networks, file_aliases
 
 Purpose = Literal["binding", "payment", "login"]
 PURPOSES: tuple[Purpose, ...] = ("binding", "payment", "login")
@@ -77,12 +76,6 @@ class SegmentPolicy(StrictModel):
     window's edge does not get a fresh allowance."""
 
 
-def _networks(values: list[str]) -> list[str]:
-    for v in values:
-        ipaddress.ip_network(v, strict=False)
-    return values
-
-
 class ListsPolicy(StrictModel):
     block_phones: list[str] = []
     allow_phones: list[str] = []
@@ -92,7 +85,7 @@ class ListsPolicy(StrictModel):
     allow_ips: list[str] = []
     """Exempt from the per-IP caps: the hospital's own Wi-Fi egress addresses."""
 
-    _nets = field_validator("block_ips", "allow_ips")(_networks)
+    _nets = field_validator("block_ips", "allow_ips")(addresses_or_networks)
 
     @field_validator("block_phones", "allow_phones")
     @classmethod
