@@ -26,8 +26,6 @@ UNIONPAY_FILE_URL = "https://filedownload.95516.com/"
 UNIONPAY_OWNER = "中国银联股份有限公司"
 """The organisation UnionPay's SDKs require in the third ``@`` field of a signing certificate's CN."""
 
-__all__ = ["Secret"]  # the one way to name a secret, where channel settings have always imported it
-
 KeyId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
