@@ -29,6 +29,7 @@ from adapters.profile import ProfileError, load_profile
 from bridge import catalog, protocol, tls
 from bridge.config import BridgeConfig, ConfigError, load_config
 from bridge.journal import JournalError, open_file
+from bridge.settings import parse_host_port
 from bridge.wiring import build_adapter
 
 MIB = 1024 * 1024
@@ -369,10 +370,10 @@ def check_journal(cfg: BridgeConfig, report: Report, t: Thresholds, clock: Calla
 def check_agent(cfg: BridgeConfig, report: Report) -> None:
     import json
 
-    host, _, port = cfg.server.ops_listen.rpartition(":")
-    if port == "0":
+    host, port = parse_host_port(cfg.server.ops_listen)
+    if port == 0:
         return
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else host.strip("[]")
+    host = "127.0.0.1" if host == "0.0.0.0" else host
     url = f"http://{host}:{port}/readyz"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:

@@ -23,6 +23,7 @@ from bridge.intranet.service import Intranet
 from bridge.logs import get_logger
 from bridge.ops_api import create_ops_app
 from bridge.reload import Reloader
+from bridge.settings import parse_host_port
 
 log = get_logger("bridge.server")
 
@@ -40,11 +41,6 @@ class RunningAgent:
             await self._runners.pop().cleanup()
 
 
-def _split(hostport: str) -> tuple[str, int]:
-    host, _, port = hostport.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def _bound_port(site: web.TCPSite) -> int:
     server = site._server  # aiohttp exposes no public accessor for the bound port when listening on port 0
     assert isinstance(server, asyncio.Server) and server.sockets
@@ -56,7 +52,7 @@ async def start_agent(cfg: BridgeConfig, *, adapter: Adapter | None = None) -> R
     agent = Agent(cfg, adapter=adapter)
     ops_runner = web.AppRunner(create_ops_app(agent), access_log=None)
     await ops_runner.setup()
-    ops_host, ops_port = _split(cfg.server.ops_listen)
+    ops_host, ops_port = parse_host_port(cfg.server.ops_listen)
     ops_site = web.TCPSite(ops_runner, ops_host, ops_port)
     await ops_site.start()
     ops_url = f"http://{ops_host}:{_bound_port(ops_site)}"
@@ -67,7 +63,7 @@ async def start_agent(cfg: BridgeConfig, *, adapter: Adapter | None = None) -> R
     except BaseException:
         await ops_runner.cleanup()
         raise
-    host, port = _split(cfg.server.listen)
+    host, port = parse_host_port(cfg.server.listen)
     ssl_ctx = tls.server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca)
     agent.ssl_context = ssl_ctx
     site = web.TCPSite(api_runner, host, port, ssl_context=ssl_ctx, backlog=1024)
@@ -95,7 +91,7 @@ async def _start_intranet(intranet: Intranet, listen: str, runners: list[web.App
     runner = web.AppRunner(create_intranet_app(intranet), access_log=None, shutdown_timeout=5)
     try:
         await runner.setup()
-        host, port = _split(listen)
+        host, port = parse_host_port(listen)
         tls_cfg = intranet.cfg.tls
         site = web.TCPSite(runner, host, port, ssl_context=server_context(tls_cfg) if tls_cfg else None, backlog=512)
         await site.start()

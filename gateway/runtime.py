@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from bridge import protocol
+from bridge.settings import parse_host_port
 from gateway import channel_trust
 from gateway.api.app import create_app
 from gateway.channels.base import Channel
@@ -137,11 +138,6 @@ class RunningGateway:
         await self.gateway.stop()
 
 
-def _split(hostport: str) -> tuple[str, int]:
-    host, _, port = hostport.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def mtls_context(cfg: MtlsListener) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(cfg.client_ca))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -157,12 +153,12 @@ async def start_gateway(cfg: GatewayConfig, **kwargs: Any) -> RunningGateway:
     runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
     try:
         await runner.setup()
-        host, port = _split(cfg.server.listen)
+        host, port = parse_host_port(cfg.server.listen)
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
         mtls_url = None
         if cfg.server.mtls is not None:
-            mhost, mport = _split(cfg.server.mtls.listen)
+            mhost, mport = parse_host_port(cfg.server.mtls.listen)
             msite = web.TCPSite(runner, mhost, mport, ssl_context=mtls_context(cfg.server.mtls), backlog=1024)
             await msite.start()
             mbound = int(runner.addresses[1][1])

@@ -1,9 +1,9 @@
 """Imports flow one way: the gateway may use the bridge's protocol helpers (``protocol``, ``client``, ``catalog``,
-``clock``), the sandbox only ``protocol``, ``terminal_protocol`` (its kiosk signs as a terminal) and ``clock``, and
-nothing imports the gateway. Inside the bridge and the gateway, modules import
-their own layer and the layers before it (README, "Imports flow one way"); no import loops; no import of our own
-modules hidden inside a function. Checked on the source, so an import inside a function counts as much as one at
-the top."""
+``clock``), its configuration toolkit (``settings``) and its error vocabulary (``errors``); the sandbox only
+``protocol``, ``terminal_protocol`` (its kiosk signs as a terminal) and ``clock``; and nothing imports the gateway.
+Inside the bridge and the gateway, modules import their own layer and the layers before it (README, "Imports flow
+one way"); no import loops; no import of our own modules hidden inside a function. Checked on the source, so an
+import inside a function counts as much as one at the top."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ALLOWED_FROM_BRIDGE = {
-    "gateway": {"bridge.protocol", "bridge.client", "bridge.catalog", "bridge.clock"},
+    "gateway": {
+        "bridge.protocol",
+        "bridge.client",
+        "bridge.catalog",
+        "bridge.clock",
+        "bridge.settings",
+        "bridge.errors",
+    },
     "sandbox": {"bridge.protocol", "bridge.terminal_protocol", "bridge.clock"},
 }
 
@@ -59,7 +66,7 @@ def test_only_the_protocol_helpers_of_the_bridge_are_imported(package: str) -> N
 
 
 def test_the_protocol_helpers_are_leaves() -> None:
-    for helper in ("protocol", "terminal_protocol", "clock"):
+    for helper in ("protocol", "terminal_protocol", "clock", "settings", "errors"):
         ours = {
             n
             for n in imported(REPO / "bridge" / f"{helper}.py")
@@ -192,6 +199,7 @@ LAYERS = {
             "bridge.tls",
             "bridge.logs",
             "bridge.errors",
+            "bridge.settings",
             "bridge.version",
             "bridge.client",
             "bridge.systemd",

@@ -15,9 +15,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from bridge import protocol
+from bridge.errors import ApiError
 from gateway.api import channel_callbacks, client_address, events, his, openapi, orders, terminals
 from gateway.api.auth import SERVICES, SIGNING_KEY, Handler, auth_middleware, sign_middleware
-from gateway.api.errors import ApiError
 from gateway.api.orders import json_response
 from gateway.channels import metrics as channel_metrics
 from gateway.console.app import create_console_app
@@ -31,7 +31,7 @@ PLATFORM_METRICS = web.AppKey("platform_metrics", PlatformMetrics)
 
 
 def _error(e: ApiError) -> web.Response:
-    return json_response(e.status, e.body())
+    return json_response(e.status, e.to_body())
 
 
 @web.middleware

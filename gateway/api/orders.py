@@ -9,8 +9,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import IntegrityError
 
+from bridge.errors import ApiError
 from gateway.api.auth import APP, BODY, SERVICES
-from gateway.api.errors import ApiError
 from gateway.api.schemas import CreateOrder, RequestRefund
 from gateway.model import BusinessType, OrderOrigin, OrderStatus
 from gateway.notify_guard import NotifyUrlRefused, app_hosts, check_url, networks

@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from aiohttp import web
 
+from bridge.errors import ApiError
 from gateway.api.auth import APP, SERVICES
-from gateway.api.errors import ApiError
 from gateway.api.orders import json_response, parse
 from gateway.api.schemas import WindowRefund
 from gateway.model import PAID_ORDER, RefundState
