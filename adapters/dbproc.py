@@ -64,6 +64,7 @@ from adapters.base import Adapter, AdapterError, InDoubtError, PermanentError, R
 from adapters.mapping.binding import OperationBinding
 from adapters.mapping.errors import MappingError
 from adapters.mapping.rows import ResultSet, RowExtractor, RowsReply, cell_text
+from adapters.profile import ProfileError
 
 if TYPE_CHECKING:
     from adapters.profile import CallOptions, OperationSpec, Profile
@@ -349,8 +350,6 @@ class DbprocAdapter(Adapter):
     protocol = "dbproc"
 
     def __init__(self, profile: Profile) -> None:
-        from adapters.profile import ProfileError
-
         settings = profile.settings
         if not isinstance(settings, DbprocSettings):
             raise ProfileError(profile.path.name, ["dbproc: the [dbproc] section did not validate"])

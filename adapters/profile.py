@@ -239,7 +239,7 @@ def _import(target: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProtocolSupport:
     """What the loader needs to know of one protocol; its adapter and settings are imported only when used,
     so a SOAP-only installation never imports pyodbc."""
@@ -247,26 +247,32 @@ class ProtocolSupport:
     adapter: str
     """``module:Class`` of the adapter, constructed with the loaded :class:`Profile`."""
     reply_format: str
+    """How replies are read: a key of ``EXTRACTORS``."""
     settings: str | None = None
+    """``module:Model`` validating the protocol's section; it may define ``resolve(base_dir, problems)``
+    returning a copy with paths made absolute. SOAP's model lives here."""
     escape: str | None = None
+    """How templates escape values: None is XML, ``"verbatim"`` none (bound SQL parameters), or
+    ``module:function`` applied to each value."""
     check: str | None = None
     """``module:function(OperationSpec) -> list[str]``: the protocol's own rules for one operation (SQL
     identifiers for stored procedures), each problem relative to the operation."""
-    """How templates escape values: None is XML, ``"verbatim"`` none (bound SQL parameters), or
-    ``module:function`` applied to each value."""
-    """``module:Model`` validating the protocol's section; it may define ``resolve(base_dir, problems)``
-    returning a copy with paths made absolute. SOAP's model lives here."""
 
 
 PROTOCOLS: dict[str, ProtocolSupport] = {
-    "soap": ProtocolSupport("adapters.soap:SoapAdapter", "xml"),
-    "hl7": ProtocolSupport("adapters.hl7:Hl7Adapter", "hl7", "adapters.hl7:Hl7Settings", "adapters.mapping.hl7:escape"),
+    "soap": ProtocolSupport(adapter="adapters.soap:SoapAdapter", reply_format="xml"),
+    "hl7": ProtocolSupport(
+        adapter="adapters.hl7:Hl7Adapter",
+        reply_format="hl7",
+        settings="adapters.hl7:Hl7Settings",
+        escape="adapters.mapping.hl7:escape",
+    ),
     "dbproc": ProtocolSupport(
-        "adapters.dbproc:DbprocAdapter",
-        "rows",
-        "adapters.dbproc:DbprocSettings",
-        "verbatim",
-        "adapters.dbproc:check_operation",
+        adapter="adapters.dbproc:DbprocAdapter",
+        reply_format="rows",
+        settings="adapters.dbproc:DbprocSettings",
+        escape="verbatim",
+        check="adapters.dbproc:check_operation",
     ),
 }
 

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from bridge import catalog, openapi, protocol, tls
 from bridge.agent import Agent, agent_lifetime
 from bridge.dispatcher import HisUnavailable, ReadFailed
-from bridge.errors import AUTH_STATUS, ApiError
+from bridge.errors import ApiError, auth_error
 from bridge.journal import Entry, JournalUnavailable, NonceReplayed, RequestConflict, State
 from bridge.logs import get_logger
 from bridge.version import agent_version
@@ -50,7 +50,7 @@ def _operation_label(request: web.Request) -> str:
 
 
 def _error(e: ApiError) -> web.Response:
-    response = _json(e.status, e.body())
+    response = _json(e.status, e.to_body())
     response[ERROR_CODE] = e.code
     return response
 
@@ -152,7 +152,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         )
     except protocol.EnvelopeError as e:
         agent.metrics.auth_failures.labels(e.code).inc()
-        raise ApiError(AUTH_STATUS.get(e.code, 401), e.code, e.message) from None
+        raise auth_error(e.code, e.message) from None
     nonce = (verified.key_id, verified.nonce, verified.timestamp + agent.cfg.signing.timestamp_window_s + 60)
     request[BODY] = body
     request[NONCE] = nonce

@@ -13,12 +13,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bridge import catalog, logs
+from adapters.base import AdapterError
+from adapters.profile import ProfileError, load_profile
+from bridge import catalog, doctor, logs, protocol, terminal_protocol, tls
+from bridge.certs import make_dev_certs
+from bridge.config import ConfigError, load_config
+from bridge.egress import admin as egress_admin
+from bridge.egress.check import check_outbound
+from bridge.egress.journal import EgressState
+from bridge.init import InitError, InitOptions, init, next_csr
+from bridge.journal import JournalCorrupt, State
+from bridge.journal_admin import AdminError, JournalAdmin, entry_text
+from bridge.server import serve
 
 
 def _load_config(path: str) -> Any:
-    from bridge.config import ConfigError, load_config
-
     try:
         return load_config(path)
     except ConfigError as e:
@@ -27,9 +36,6 @@ def _load_config(path: str) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from bridge.agent import serve
-    from bridge.journal import JournalCorrupt
-
     cfg = _load_config(args.config)
     logs.configure(cfg.logging.level, cfg.logging.format == "json")
     try:
@@ -59,8 +65,6 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
 
 def _check_profile(path: str | Path, overrides: dict[str, Any], problems: list[str], notes: list[str]) -> None:
     """A profile must bind every catalog operation; a local WSDL is also loaded to check calls and parameters."""
-    from adapters.profile import ProfileError, load_profile
-
     try:
         profile = load_profile(
             path,
@@ -108,8 +112,6 @@ def _report(problems: list[str], notes: list[str], what: str) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config, its keys and certificates, and the profile against the catalog; or, with
     ``--profile``, one profile alone, without a config, keys or a running HIS (for a vendor engineer)."""
-    from bridge import protocol, tls
-
     problems: list[str] = []
     notes: list[str] = []
     try:
@@ -134,15 +136,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             problems.append(f"{name} {path}: {e}")
     _check_profile(cfg.his.profile, {**cfg.his.overrides, **overrides}, problems, notes)
-    from bridge.egress.check import check_outbound
-
     check_outbound(cfg, problems, notes)
     return _report(problems, notes, "config")
 
 
 def cmd_certs_dev(args: argparse.Namespace) -> int:
-    from bridge.certs import make_dev_certs
-
     out = Path(args.out)
     try:
         certs = make_dev_certs(out, hospital=args.hospital, hosts=tuple(args.host or ("localhost", "127.0.0.1")))
@@ -154,21 +152,18 @@ def cmd_certs_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_egress(args: argparse.Namespace) -> int:
-    from bridge.egress import admin
-    from bridge.egress.journal import EgressState
-
     cfg = _load_config(args.config)
     if cfg.egress is None:
         print("this agent has no [egress]: no terminals pay through it", file=sys.stderr)
         return 2
     try:
         if args.egress_command == "show":
-            print(admin.detail(admin.one(cfg.egress.journal, args.terminal, args.request_id)))
+            print(egress_admin.detail(egress_admin.one(cfg.egress.journal, args.terminal, args.request_id)))
             return 0
         state = EgressState(args.state) if args.state else None
-        for request in admin.listing(cfg.egress.journal, state=state, terminal=args.terminal, limit=args.limit):
-            print(admin.line(request))
-    except admin.EgressAdminError as e:
+        for request in egress_admin.listing(cfg.egress.journal, state=state, terminal=args.terminal, limit=args.limit):
+            print(egress_admin.line(request))
+    except egress_admin.EgressAdminError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
@@ -176,8 +171,6 @@ def cmd_egress(args: argparse.Namespace) -> int:
 
 def cmd_terminal_key(args: argparse.Namespace) -> int:
     import os
-
-    from bridge import terminal_protocol
 
     out = Path(args.out)
     try:
@@ -206,8 +199,6 @@ def _ask(value: str | None, flag: str, prompt: str, default: str | None = None) 
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from bridge.init import InitError, InitOptions, init
-
     try:
         opts = InitOptions(
             hospital=_ask(args.hospital, "--hospital", "Hospital code (as the platform knows it)"),
@@ -232,8 +223,6 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_csr(args: argparse.Namespace) -> int:
-    from bridge.init import InitError, next_csr
-
     try:
         key, csr = next_csr(Path(args.config), args.host)
     except InitError as e:
@@ -244,8 +233,6 @@ def cmd_csr(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from bridge import doctor
-
     t = doctor.Thresholds(
         cert_warn_days=args.cert_warn_days,
         disk_warn_bytes=int(args.disk_warn_mb * doctor.MIB),
@@ -258,8 +245,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _journal_admin(args: argparse.Namespace) -> Any:
-    from bridge.journal_admin import AdminError, JournalAdmin
-
     path = Path(args.journal) if args.journal else _load_config(args.config).journal.path
     try:
         return JournalAdmin(path)
@@ -269,9 +254,6 @@ def _journal_admin(args: argparse.Namespace) -> Any:
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
-    from bridge.journal import State
-    from bridge.journal_admin import AdminError, entry_text
-
     admin = _journal_admin(args)
     try:
         if args.action == "list":
@@ -301,9 +283,6 @@ def cmd_journal(args: argparse.Namespace) -> int:
 def cmd_try(args: argparse.Namespace) -> int:
     """Dry run: show what one operation would put on the wire; with --send, send it and show the reply as
     received and as mapped. The output is stable for a given input, so it can be kept as a golden file."""
-    from adapters.base import AdapterError
-    from adapters.profile import ProfileError, load_profile
-
     op = catalog.get(args.operation)
     if op is None:
         print(f"unknown operation {args.operation!r}; known: {', '.join(catalog.OPERATIONS)}", file=sys.stderr)

@@ -2,42 +2,32 @@
 
 Paths are resolved against the config file's folder so that an installed agent's config can name
 ``certs/server.key`` and mean the file beside it. Secrets are never in the file itself: keys live in their own
-files (mode 0600), and any string may be taken from the environment with ``${env:NAME}``.
+files (mode 0600); docs/OPERATIONS.md, "Secrets", names the one way to point at one (``bridge.settings``).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import os
-import re
-import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from bridge.egress.config import EgressConfig
 from bridge.intranet.config import IntranetConfig
+from bridge.settings import (
+    ConfigError,
+    StrictModel,
+    addresses_or_networks,
+    expand_env,
+    host_port,
+    read_toml,
+    validation_error,
+)
 
-_ENV_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class ConfigError(Exception):
-    pass
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _hostport(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} is not HOST:PORT")
-    return value
+__all__ = ["BridgeConfig", "ConfigError", "load_config"]
 
 
-class ServerConfig(_Section):
+class ServerConfig(StrictModel):
     listen: str = "0.0.0.0:8443"
     ops_listen: str = "127.0.0.1:9109"
     """Plain-HTTP listener for /metrics, /healthz and /readyz: keep it on loopback or a monitoring network."""
@@ -49,20 +39,12 @@ class ServerConfig(_Section):
     metrics_token_file: Path | None = None
     """A file whose first line is a bearer token that also admits a scraper (``Authorization: Bearer …``)."""
 
-    _check = field_validator("listen", "ops_listen")(_hostport)
+    _check = field_validator("listen", "ops_listen")(host_port)
 
-    @field_validator("metrics_allow")
-    @classmethod
-    def _networks(cls, values: list[str]) -> list[str]:
-        for value in values:
-            try:
-                ipaddress.ip_network(value, strict=False)
-            except ValueError:
-                raise ValueError(f"{value!r} is not an address or a network (10.0.0.5, 10.0.0.0/24)") from None
-        return values
+    _check_networks = field_validator("metrics_allow")(addresses_or_networks)
 
 
-class ClientIdentity(_Section):
+class ClientIdentity(StrictModel):
     cn: str | None = None
     spki_sha256: str | None = None
     key_ids: list[str] | None = None
@@ -76,19 +58,19 @@ class ClientIdentity(_Section):
         return self
 
 
-class TlsConfig(_Section):
+class TlsConfig(StrictModel):
     cert: Path
     key: Path
     client_ca: Path
     allowed_clients: Annotated[list[ClientIdentity], Field(min_length=1)]
 
 
-class PeerKey(_Section):
+class PeerKey(StrictModel):
     key_id: str
     public_key: Path
 
 
-class SigningConfig(_Section):
+class SigningConfig(StrictModel):
     key_id: str
     key: Path
     """The bridge's own private key, which signs every response."""
@@ -96,7 +78,7 @@ class SigningConfig(_Section):
     clients: Annotated[list[PeerKey], Field(min_length=1)]
 
 
-class JournalConfig(_Section):
+class JournalConfig(StrictModel):
     path: Path = Path("var/journal.sqlite3")
     retention_days: Annotated[float, Field(gt=0)] = 30
     prune_interval_s: Annotated[float, Field(gt=0)] = 600
@@ -105,7 +87,7 @@ class JournalConfig(_Section):
     """At most this many journal writes share one commit."""
 
 
-class DispatchConfig(_Section):
+class DispatchConfig(StrictModel):
     sync_deadline_s: Annotated[float, Field(gt=0, le=120)] = 8
     """How long a write call waits for the HIS before answering ``pending``."""
     his_timeout_s: Annotated[float, Field(gt=0, le=600)] = 15
@@ -118,18 +100,18 @@ class DispatchConfig(_Section):
     read_concurrency: Annotated[int, Field(ge=1, le=1000)] = 32
 
 
-class HisConfig(_Section):
+class HisConfig(StrictModel):
     profile: Path
     overrides: dict[str, str] = {}
     """Profile settings replaced at load time, e.g. ``{"soap.base_url" = "http://10.1.2.3"}``."""
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(StrictModel):
     level: str = "info"
     format: Literal["json", "console"] = "json"
 
 
-class BridgeConfig(_Section):
+class BridgeConfig(StrictModel):
     hospital: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")]
     server: ServerConfig = ServerConfig()
     tls: TlsConfig
@@ -177,23 +159,6 @@ class BridgeConfig(_Section):
         return self
 
 
-def _expand_env(value: Any) -> Any:
-    if isinstance(value, str):
-
-        def sub(m: re.Match[str]) -> str:
-            name = m.group(1)
-            if name not in os.environ:
-                raise ConfigError(f"environment variable {name} is not set")
-            return os.environ[name]
-
-        return _ENV_RE.sub(sub, value)
-    if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(v) for v in value]
-    return value
-
-
 def _resolve_paths(cfg: BridgeConfig, base: Path) -> BridgeConfig:
     def r(p: Path) -> Path:
         return p if p.is_absolute() else (base / p)
@@ -217,16 +182,10 @@ def _resolve_paths(cfg: BridgeConfig, base: Path) -> BridgeConfig:
 
 def load_config(path: str | Path) -> BridgeConfig:
     path = Path(path)
+    raw = read_toml(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    try:
-        cfg = BridgeConfig.model_validate(_expand_env(raw))
+        cfg = BridgeConfig.model_validate(expand_env(raw))
     except ValidationError as e:
-        lines = [f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError("\n".join(lines)) from None
+        raise validation_error(path, e) from None
     cfg.source = path
     return _resolve_paths(cfg, path.parent.resolve())

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adapters.base import Adapter, AdapterError, ErrorKind
+from adapters.base import Adapter, AdapterError, ErrorKind, InDoubtError
 from bridge import catalog, clock
 from bridge.breaker import BreakerState, CircuitBreaker
 from bridge.config import DispatchConfig
@@ -57,6 +57,11 @@ class _Call:
     outcome: str
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+
+    @classmethod
+    def failed(cls, e: AdapterError) -> _Call:
+        """A failed call, as the journal records it: the error's kind, code and message."""
+        return cls(e.kind, error=e.as_dict())
 
 
 class Dispatcher:
@@ -340,11 +345,9 @@ class Dispatcher:
             if entry.state is not State.unknown:
                 return None if entry.state not in UNFINISHED else entry
         if op.from_check is None or "trade.check" not in self.adapter.operations():
-            error = {
-                "kind": "in_doubt",
-                "code": "no_status_query",
-                "message": "the profile binds no trade.check to resolve this in-doubt write",
-            }
+            error = InDoubtError(
+                "no_status_query", "the profile binds no trade.check to resolve this in-doubt write"
+            ).as_dict()
             return await self.journal.update(entry.seq, State.quarantined, expect=[State.unknown], error=error)
         params_model = op.input.model_validate(entry.params)
         check_params = op.check_input(params_model).model_dump(mode="json")
@@ -367,7 +370,7 @@ class Dispatcher:
             try:
                 result = op.output.model_validate(op.from_check(check)).model_dump(mode="json")
             except ValidationError as e:
-                error = {"kind": "in_doubt", "code": "check_unmappable", "message": str(e)[:500]}
+                error = InDoubtError("check_unmappable", str(e)[:500]).as_dict()
                 return await self.journal.update(entry.seq, State.quarantined, expect=[State.unknown], error=error)
             log.info("in_doubt_resolved", journal_id=entry.seq, found=True, trade_no=entry.business_key)
             return await self.journal.update(
@@ -397,41 +400,20 @@ class Dispatcher:
             call = _Call("done", result=result)
             breaker.success()
         except AdapterError as e:
-            call = _Call(e.kind, error=e.as_dict())
+            call = _Call.failed(e)
             if e.kind is ErrorKind.permanent:
                 breaker.neutral()
             else:
                 breaker.failure()
         except TimeoutError:
-            call = _Call(
-                ErrorKind.in_doubt,
-                error={
-                    "kind": "in_doubt",
-                    "code": "his_timeout",
-                    "message": f"no answer within {self.cfg.his_timeout_s} s",
-                },
-            )
+            call = _Call.failed(InDoubtError("his_timeout", f"no answer within {self.cfg.his_timeout_s} s"))
             breaker.failure()
         except ValidationError as e:
-            call = _Call(
-                ErrorKind.in_doubt,
-                error={
-                    "kind": "in_doubt",
-                    "code": "unexpected_reply",
-                    "message": f"HIS reply does not fit {operation}: {e}"[:800],
-                },
-            )
+            call = _Call.failed(InDoubtError("unexpected_reply", f"HIS reply does not fit {operation}: {e}"[:800]))
             breaker.neutral()
         except Exception as e:
             log.exception("adapter_crashed", operation=operation)
-            call = _Call(
-                ErrorKind.in_doubt,
-                error={
-                    "kind": "in_doubt",
-                    "code": "adapter_error",
-                    "message": f"{type(e).__name__}: {e}"[:800],
-                },
-            )
+            call = _Call.failed(InDoubtError("adapter_error", f"{type(e).__name__}: {e}"[:800]))
             breaker.failure()
         finally:
             self._calls_on[id(adapter)] -= 1

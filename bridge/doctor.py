@@ -24,8 +24,13 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
-from bridge import catalog
+from adapters.base import AdapterError, ErrorKind
+from adapters.profile import ProfileError, load_profile
+from bridge import catalog, protocol, tls
 from bridge.config import BridgeConfig, ConfigError, load_config
+from bridge.journal import JournalError, open_file
+from bridge.settings import parse_host_port
+from bridge.wiring import build_adapter
 
 MIB = 1024 * 1024
 
@@ -104,8 +109,6 @@ def run(
 
 
 def check_profile(cfg: BridgeConfig, report: Report) -> object | None:
-    from adapters.profile import ProfileError, load_profile
-
     try:
         profile = load_profile(
             cfg.his.profile,
@@ -135,8 +138,6 @@ def check_profile(cfg: BridgeConfig, report: Report) -> object | None:
 
 
 def check_keys(cfg: BridgeConfig, report: Report) -> None:
-    from bridge import protocol
-
     try:
         protocol.load_signing_key(cfg.signing.key_id, cfg.signing.key)
         for c in cfg.signing.clients:
@@ -157,8 +158,6 @@ def check_certificates(cfg: BridgeConfig, report: Report, t: Thresholds) -> None
     import datetime as dt
 
     from cryptography.hazmat.primitives import serialization
-
-    from bridge import tls
 
     now = dt.datetime.now(dt.UTC)
     renew = "`his-bridge csr --config FILE` makes a new key and CSR for the platform CA; then docs/OPERATIONS.md"
@@ -198,9 +197,6 @@ def check_certificates(cfg: BridgeConfig, report: Report, t: Thresholds) -> None
 
 
 async def check_his(cfg: BridgeConfig, report: Report, t: Thresholds) -> None:
-    from adapters.base import AdapterError, ErrorKind
-    from bridge.agent import build_adapter
-
     adapter = build_adapter(cfg)
     probe = {"trade_no": f"DOCTOR{int(time.time())}", "operation": "charge.commit"}
     fix = f"check the HIS is up and that this host may reach {adapter.endpoint} (firewall, DNS, [his] overrides)"
@@ -324,8 +320,6 @@ def fsync_latency(folder: Path, rounds: int = 5) -> float:
 
 
 def check_journal(cfg: BridgeConfig, report: Report, t: Thresholds, clock: Callable[[], float]) -> None:
-    from bridge.journal import JournalError, open_file
-
     path = cfg.journal.path
     if not path.exists():
         report.add(Level.OK, f"journal {path}: not created yet (the agent creates it at first start)")
@@ -376,10 +370,10 @@ def check_journal(cfg: BridgeConfig, report: Report, t: Thresholds, clock: Calla
 def check_agent(cfg: BridgeConfig, report: Report) -> None:
     import json
 
-    host, _, port = cfg.server.ops_listen.rpartition(":")
-    if port == "0":
+    host, port = parse_host_port(cfg.server.ops_listen)
+    if port == 0:
         return
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else host.strip("[]")
+    host = "127.0.0.1" if host == "0.0.0.0" else host
     url = f"http://{host}:{port}/readyz"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:

@@ -23,7 +23,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from bridge import protocol
+from bridge import protocol, tls
+from bridge.config import load_config
+from bridge.settings import parse_host_port
 
 PROTOCOLS = ("soap", "hl7", "dbproc")
 DEFAULT_PROFILES = {"soap": "soap-asmx-xml.toml", "hl7": "hl7-v24-gb18030.toml", "dbproc": "dbproc-postgresql.toml"}
@@ -126,10 +128,13 @@ def _his_overrides(protocol_name: str, endpoint: str) -> tuple[dict[str, str], s
     if protocol_name == "soap":
         return soap_overrides(endpoint), None
     if protocol_name == "hl7":
-        host, sep, port = endpoint.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise InitError(f"--endpoint for hl7 must be HOST:PORT of the HIS's MLLP listener, got {endpoint!r}")
-        return {"hl7.host": host.strip("[]"), "hl7.port": port}, None
+        try:
+            host, port = parse_host_port(endpoint)
+        except ValueError:
+            raise InitError(
+                f"--endpoint for hl7 must be HOST:PORT of the HIS's MLLP listener, got {endpoint!r}"
+            ) from None
+        return {"hl7.host": host, "hl7.port": str(port)}, None
     if "=" not in endpoint:
         raise InitError("--endpoint for dbproc must be an ODBC connection string (Driver=...;Server=...;...)")
     return {"dbproc.connection": "${env:HIS_DBPROC_CONNECTION}"}, f"HIS_DBPROC_CONNECTION={endpoint}\n"
@@ -200,9 +205,10 @@ def init(opts: InitOptions) -> list[Path]:
     if opts.protocol not in PROTOCOLS:
         raise InitError(f"protocol {opts.protocol!r}: one of {', '.join(PROTOCOLS)}")
     for name, value in (("--listen", opts.listen), ("--ops-listen", opts.ops_listen)):
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise InitError(f"{name} must be HOST:PORT, got {value!r}")
+        try:
+            parse_host_port(value)
+        except ValueError:
+            raise InitError(f"{name} must be HOST:PORT, got {value!r}") from None
     overrides, secrets = _his_overrides(opts.protocol, opts.endpoint)
     profile = opts.profile or profiles_dir() / DEFAULT_PROFILES[opts.protocol]
     if not profile.is_file():
@@ -247,7 +253,7 @@ def init(opts: InitOptions) -> list[Path]:
 
 
 def _default_hosts(listen: str) -> list[str]:
-    host = listen.rpartition(":")[0].strip("[]")
+    host = parse_host_port(listen)[0]
     hosts = [socket.getfqdn()]
     if host not in ("0.0.0.0", "::", ""):
         hosts.append(host)
@@ -273,8 +279,6 @@ def _hand_to_service_user(out: Path, user: str = "his-bridge") -> None:
 def next_csr(config_path: Path, hosts: list[str] | None = None) -> tuple[Path, Path]:
     """A fresh TLS key and CSR beside the current ones (``keys/server-next.key``, ``certs/server-next.csr``),
     for renewing the certificate while the agent keeps serving with the old one."""
-    from bridge.config import load_config
-
     cfg = load_config(config_path)
     key_path = cfg.tls.key.with_name("server-next.key")
     csr_path = cfg.tls.cert.with_name("server-next.csr")
@@ -282,8 +286,6 @@ def next_csr(config_path: Path, hosts: list[str] | None = None) -> tuple[Path, P
     if existing:
         raise InitError(f"refusing to overwrite {', '.join(existing)}")
     if not hosts:
-        from bridge import tls
-
         try:
             current = tls.load_certificate(cfg.tls.cert)
             san = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from adapters.base import PermanentError
 from bridge import catalog, clock
 from bridge.journal import UNFINISHED, Entry, JournalError, State, list_entries, open_file
 
@@ -117,7 +118,7 @@ class JournalAdmin:
                 result=json.dumps(clean, ensure_ascii=False),
             )
         if outcome == "failed":
-            error = {"kind": "permanent", "code": "resolved_by_operator", "message": note}
+            error = PermanentError("resolved_by_operator", note).as_dict()
             return self._set(
                 entry,
                 expect,

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import openapi
 from bridge.agent import Agent
+from bridge.errors import ApiError
 from bridge.version import agent_version
 
 OPS_AGENT = web.AppKey("ops_agent", Agent)
@@ -65,10 +66,8 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     agent = request.app[OPS_AGENT]
     if not _scraper_allowed(request):
-        return web.json_response(
-            {"error": {"code": "forbidden", "message": "metrics: not a server.metrics_allow address, no bearer token"}},
-            status=403,
-        )
+        refusal = ApiError(403, "forbidden", "metrics: not a server.metrics_allow address, no bearer token")
+        return web.json_response(refusal.to_body(), status=refusal.status)
     return web.Response(body=generate_latest(agent.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

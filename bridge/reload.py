@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import TYPE_CHECKING
 
 from adapters.base import AdapterError
 from adapters.profile import ProfileError
 from bridge import tls
+from bridge.agent import Agent
 from bridge.config import ConfigError, load_config
 from bridge.logs import get_logger
-
-if TYPE_CHECKING:
-    from bridge.agent import Agent
+from bridge.wiring import build_adapter, load_credentials
 
 log = get_logger("bridge.reload")
 
@@ -39,8 +37,6 @@ class Reloader:
             return await self._reload()
 
     async def _reload(self) -> bool:
-        from bridge.agent import build_adapter, load_credentials
-
         agent = self.agent
         source = agent.cfg.source
         try:

@@ -16,6 +16,11 @@ import re
 import sys
 from typing import Any
 
+from gateway.retention import archive as retention_archive
+from gateway.store import audit
+from gateway.store.db import Database
+from gateway.store.migrate import upgrade
+
 _ANCHOR = re.compile(r"([0-9]{1,18}):([0-9a-f]{64})")
 
 
@@ -27,11 +32,6 @@ def _anchor(value: str) -> tuple[int, str]:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from gateway.retention import archive as retention_archive
-    from gateway.store import audit
-    from gateway.store.db import Database
-    from gateway.store.migrate import upgrade
-
     async def go() -> int:
         db = Database(args.cfg.database.url, pool_size=args.cfg.database.pool_size)
         try:

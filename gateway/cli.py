@@ -27,7 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from gateway import audit_cli, logs
+from gateway.channels import cli as channels_cli
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.console import cli as console_cli
+from gateway.recon import cli as recon_cli
+from gateway.representations import order_view, refund_view
+from gateway.retention import cli as retention_cli
+from gateway.runtime import serve
+from gateway.store import audit, orders, outbox, refunds, registry
+from gateway.store.db import Database
+from gateway.store.migrate import upgrade
+from gateway.tenants import cli as tenants_cli
 
 DEFAULT_CONFIG = Path("config/gateway.toml")
 
@@ -38,8 +48,6 @@ def _configure_logging(cfg: GatewayConfig) -> None:
 
 def _with_db(fn: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from gateway.store.db import Database
-
         async def go() -> int:
             cfg = args.cfg
             db = Database(cfg.database.url, pool_size=cfg.database.pool_size)
@@ -54,16 +62,11 @@ def _with_db(fn: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> Callabl
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.runtime import serve
-
     asyncio.run(serve(args.cfg))
     return 0
 
 
 async def _migrate(db: Any, args: argparse.Namespace) -> int:
-    from gateway.store import registry
-    from gateway.store.migrate import upgrade
-
     revision = await upgrade(db)
     await registry.sync_from_config(db, args.cfg)
     print(f"database at revision {revision} ({db.dialect})")
@@ -71,8 +74,6 @@ async def _migrate(db: Any, args: argparse.Namespace) -> int:
 
 
 async def _resend(db: Any, args: argparse.Namespace) -> int:
-    from gateway.store import audit, outbox
-
     row = await outbox.resend(db, args.id)
     if row is None:
         print(f"no notification {args.id}", file=sys.stderr)
@@ -84,8 +85,6 @@ async def _resend(db: Any, args: argparse.Namespace) -> int:
 
 
 async def _list_notifications(db: Any, args: argparse.Namespace) -> int:
-    from gateway.store import outbox
-
     rows = await outbox.for_app(db, args.app, undelivered=args.undelivered, after_id=args.after, limit=args.limit)
     for r in rows:
         print(f"{r.id}\t{r.event_type}\t{r.subject_key}\t{r.state}\tattempts={r.attempts}\t{r.last_error or ''}")
@@ -93,9 +92,6 @@ async def _list_notifications(db: Any, args: argparse.Namespace) -> int:
 
 
 async def _show_order(db: Any, args: argparse.Namespace) -> int:
-    from gateway.store import orders, refunds
-    from gateway.views import order_view, refund_view
-
     order = await orders.by_business_no(db, args.hospital, args.business_order_no)
     if order is None:
         print("no such order", file=sys.stderr)
@@ -107,17 +103,6 @@ async def _show_order(db: Any, args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-def _register_channels(commands: Any) -> None:
-    """The channels package adds its own commands (``channels check-callback``) when it is there."""
-    try:
-        from gateway.channels import cli as channels_cli
-    except ImportError:
-        return
-    register = getattr(channels_cli, "register", None)
-    if register is not None:
-        register(commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,18 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("business_order_no")
     show.add_argument("--hospital", required=True)
     show.set_defaults(func=_with_db(_show_order))
-    _register_channels(commands)
-    from gateway.console import cli as console_cli
-
+    channels_cli.register(commands)
     console_cli.register(commands)
-    from gateway.recon import cli as recon_cli
-
     recon_cli.register(commands)
-    from gateway.tenants import cli as tenants_cli
-
     tenants_cli.register(commands)
-    from gateway.retention import cli as retention_cli
-
     retention_cli.register(commands)
     audit_cli.register(commands)
     return parser

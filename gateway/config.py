@@ -1,26 +1,32 @@
 """The gateway's configuration: one TOML file, validated before anything starts (the bridge's conventions).
 
-Paths resolve against the config file's folder; secrets live in their own files, and any string may be taken
-from the environment with ``${env:NAME}`` (the database URL's password, typically). Hospitals, their bridge
+Paths resolve against the config file's folder; secrets are named as docs/OPERATIONS.md, "Secrets", says
+(``bridge.settings.Secret``; ``${env:NAME}`` inside a string, for the database URL's password). Hospitals, their bridge
 agents and their apps, and the channel merchants are declared here and copied into the database at start, so
 that every gateway instance on one database sees the same registry.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import os
-import re
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bridge.settings import (
+    ConfigError,
+    StrictModel,
+    addresses_or_networks,
+    expand_env,
+    host_port,
+    read_toml,
+    validation_error,
+)
 from gateway.model import HisCommit, RefundPolicy
 from gateway.sms.config import SmsConfig
 
-_ENV_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+__all__ = ["ConfigError", "GatewayConfig", "load_config", "load_tenant_blocks", "parse_config", "resolve_files"]
+
 Ident = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")]
 KeyId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
@@ -28,34 +34,10 @@ NOTIFY_SCHEDULE_S = (15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 
 """Delays between attempts to deliver one notification to a business system: 15 retries over about 24 h."""
 
 
-class ConfigError(Exception):
-    pass
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _hostport(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} is not HOST:PORT")
-    return value
-
-
-def _networks(values: list[str]) -> list[str]:
-    for value in values:
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an address or a network (203.0.113.7, 10.0.0.0/8, ::1)") from None
-    return values
-
-
 Networks = Annotated[list[str], Field(max_length=1000)]
 
 
-class MtlsListener(_Section):
+class MtlsListener(StrictModel):
     """A second listener for callers that present a client certificate: the hospitals' agents, forwarding their
     kiosks' and windows' payments over mutual TLS. It serves the same business API."""
 
@@ -65,10 +47,10 @@ class MtlsListener(_Section):
     client_ca: Path
     """Only clients with a certificate from this CA complete the handshake."""
 
-    _check = field_validator("listen")(_hostport)
+    _check = field_validator("listen")(host_port)
 
 
-class ServerConfig(_Section):
+class ServerConfig(StrictModel):
     listen: str = "127.0.0.1:8600"
     public_url: str = "http://127.0.0.1:8600"
     """How the channels reach us: notify URLs are ``{public_url}/notify/{channel}/{merchant}``."""
@@ -80,11 +62,11 @@ class ServerConfig(_Section):
     """Which header the proxies write the caller's address into (``Forwarded`` is RFC 7239)."""
     mtls: MtlsListener | None = None
 
-    _check = field_validator("listen")(_hostport)
-    _check_proxies = field_validator("trusted_proxies")(_networks)
+    _check = field_validator("listen")(host_port)
+    _check_proxies = field_validator("trusted_proxies")(addresses_or_networks)
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(StrictModel):
     """``/metrics`` is off unless an address is allowed or a bearer token is set: the listener faces the
     internet (behind its proxy), and the figures name hospitals."""
 
@@ -93,23 +75,23 @@ class MetricsConfig(_Section):
     token_file: Path | None = None
     """A file whose first line is the bearer token scrapers send (``Authorization: Bearer …``)."""
 
-    _check = field_validator("allow")(_networks)
+    _check = field_validator("allow")(addresses_or_networks)
 
 
-class DatabaseConfig(_Section):
+class DatabaseConfig(StrictModel):
     url: str = "sqlite:///var/gateway.sqlite3"
     """SQLite for one instance; ``postgresql://user:${env:PGPASSWORD}@host/db`` for several."""
     pool_size: Annotated[int, Field(ge=1, le=200)] = 10
 
 
-class SigningConfig(_Section):
+class SigningConfig(StrictModel):
     key_id: KeyId = "gateway"
     key: Path
     """The gateway's private key: it signs API responses and notifications to business systems."""
     timestamp_window_s: Annotated[int, Field(ge=30, le=3600)] = 300
 
 
-class WorkersConfig(_Section):
+class WorkersConfig(StrictModel):
     enabled: bool = True
     poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     batch: Annotated[int, Field(ge=1, le=1000)] = 20
@@ -131,7 +113,7 @@ class WorkersConfig(_Section):
     """How often stuck HIS steps are looked for."""
 
 
-class NotificationsConfig(_Section):
+class NotificationsConfig(StrictModel):
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 10
     schedule_s: Annotated[list[float], Field(min_length=1, max_length=50)] = list(NOTIFY_SCHEDULE_S)
     allow_addresses: Networks = []
@@ -140,10 +122,10 @@ class NotificationsConfig(_Section):
     or a test receiver on loopback."""
     max_redirects: Annotated[int, Field(ge=0, le=10)] = 3
 
-    _check = field_validator("allow_addresses")(_networks)
+    _check = field_validator("allow_addresses")(addresses_or_networks)
 
 
-class BridgeLink(_Section):
+class BridgeLink(StrictModel):
     url: str
     ca: Path
     """The platform CA that signed the agent's server certificate."""
@@ -167,7 +149,7 @@ DEFAULT_OPERATIONS: tuple[AppOperation, ...] = ("orders", "refunds", "events")
 _HOST = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$"
 
 
-class AppConfig(_Section):
+class AppConfig(StrictModel):
     app_id: KeyId
     public_key: Path
     notify_url: Annotated[str, Field(pattern=r"^https?://[^/?#@]+", max_length=500)] | None = None
@@ -190,7 +172,7 @@ class AppConfig(_Section):
 _HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 
 
-class ReconConfig(_Section):
+class ReconConfig(StrictModel):
     """T+1 reconciliation (docs/RECONCILIATION.md)."""
 
     enabled: bool = True
@@ -219,7 +201,7 @@ class ReconConfig(_Section):
     """A failed scheduled run (statement not ready yet, the agent away) is tried again after this."""
 
 
-class HospitalConfig(_Section):
+class HospitalConfig(StrictModel):
     id: Ident
     name: str = ""
     refund_policy: RefundPolicy = RefundPolicy.finance
@@ -253,12 +235,12 @@ class MerchantConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(StrictModel):
     level: str = "info"
     format: Literal["json", "console"] = "json"
 
 
-class ConsoleConfig(_Section):
+class ConsoleConfig(StrictModel):
     """The finance console under ``/console/`` on the gateway's listener."""
 
     enabled: bool = True
@@ -269,7 +251,7 @@ class ConsoleConfig(_Section):
     login_window_s: Annotated[int, Field(ge=10, le=86400)] = 900
 
 
-class TenantsConfig(_Section):
+class TenantsConfig(StrictModel):
     """How a change to a hospital, app or merchant reaches this instance."""
 
     poll_s: Annotated[float, Field(gt=0, le=300)] = 2.0
@@ -281,7 +263,7 @@ class TenantsConfig(_Section):
 RetainedTable = Literal["orders", "callbacks", "notifications", "audit", "recon"]
 
 
-class RetentionConfig(_Section):
+class RetentionConfig(StrictModel):
     """Days each kind of row stays in the database before ``his-gateway archive`` moves it to a verified file
     (docs/OPERATIONS.md, "Retention"). A table not listed is kept for ever."""
 
@@ -295,7 +277,7 @@ class RetentionConfig(_Section):
     """On the schedule, remove the archived rows once their file is verified (else leave that to an operator)."""
 
 
-class GatewayConfig(_Section):
+class GatewayConfig(StrictModel):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
     signing: SigningConfig
@@ -328,9 +310,9 @@ class GatewayConfig(_Section):
         for m in self.merchants:
             if m.hospital not in ids:
                 raise ValueError(f"merchant {m.id}: unknown hospital {m.hospital!r}")
-        for h in self.sms.hospitals:
-            if h not in ids:
-                raise ValueError(f"sms.hospitals: unknown hospital {h!r}")
+        for hospital_id in self.sms.hospitals:
+            if hospital_id not in ids:
+                raise ValueError(f"sms.hospitals: unknown hospital {hospital_id!r}")
         for h in self.hospitals:
             for a in h.apps:
                 if a.client_cert_cn and self.server.mtls is None:
@@ -339,23 +321,6 @@ class GatewayConfig(_Section):
 
     def hospital(self, hospital_id: str) -> HospitalConfig:
         return next(h for h in self.hospitals if h.id == hospital_id)
-
-
-def _expand_env(value: Any) -> Any:
-    if isinstance(value, str):
-
-        def sub(m: re.Match[str]) -> str:
-            name = m.group(1)
-            if name not in os.environ:
-                raise ConfigError(f"environment variable {name} is not set")
-            return os.environ[name]
-
-        return _ENV_RE.sub(sub, value)
-    if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(v) for v in value]
-    return value
 
 
 def _resolve_paths(cfg: GatewayConfig, base: Path) -> GatewayConfig:
@@ -424,25 +389,16 @@ resolve_files = _resolve_files
 
 def parse_config(raw: dict[str, Any], *, base: Path, source: Path | None = None) -> GatewayConfig:
     try:
-        cfg = GatewayConfig.model_validate(_expand_env(raw))
+        cfg = GatewayConfig.model_validate(expand_env(raw))
     except ValidationError as e:
-        where = source or "config"
-        lines = [f"{where}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError("\n".join(lines)) from None
+        raise validation_error(source or "config", e) from None
     cfg.source = source
     return _resolve_paths(cfg, base)
 
 
 def load_config(path: str | Path) -> GatewayConfig:
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: no such file (start from config/gateway.example.toml; -c PATH names another config)"
-        ) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    raw = read_toml(path, missing_hint=" (start from config/gateway.example.toml; -c PATH names another config)")
     return parse_config(raw, base=path.parent.resolve(), source=path)
 
 
@@ -470,18 +426,12 @@ class TenantBlocks(BaseModel):
 def load_tenant_blocks(path: str | Path) -> TenantBlocks:
     """Read a file's tenant blocks; relative paths resolve against its folder, ``${env:NAME}`` is expanded."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    raw = read_toml(path)
     if "hospitals" not in raw and "merchants" not in raw:
         raise ConfigError(f"{path}: no [[hospitals]] or [[merchants]] blocks")
     try:
-        blocks = TenantBlocks.model_validate(_expand_env({k: raw[k] for k in ("hospitals", "merchants") if k in raw}))
+        blocks = TenantBlocks.model_validate(expand_env({k: raw[k] for k in ("hospitals", "merchants") if k in raw}))
     except ValidationError as e:
-        lines = [f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError("\n".join(lines)) from None
+        raise validation_error(path, e) from None
     _resolve_tenant_paths(blocks.hospitals, blocks.merchants, path.parent.resolve())
     return blocks

@@ -14,19 +14,22 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from bridge import protocol
+from bridge.settings import parse_host_port
 from gateway import channel_trust
-from gateway.channels import factory
+from gateway.api.app import create_app
 from gateway.channels.base import Channel
-from gateway.config import GatewayConfig, MerchantConfig, MtlsListener
+from gateway.channels.build import merchant_channel
+from gateway.config import GatewayConfig, MtlsListener
 from gateway.his import BridgeHis, HisLink
-from gateway.outbox import Deliverer
+from gateway.notify_delivery import Deliverer
+from gateway.recon.schedule import start_scheduler
 from gateway.retention.schedule import retention_forever
 from gateway.sagas import registration
 from gateway.sagas.escalation import escalate_forever
 from gateway.services import Services, log
 from gateway.sms.clock import Clock, system_clock
+from gateway.sms.service import SmsService
 from gateway.store import audit, registry
-from gateway.store.channel_state import SqlChannelState
 from gateway.store.db import Database
 from gateway.store.migrate import upgrade
 from gateway.tenants.watcher import TenantWatcher
@@ -34,15 +37,6 @@ from gateway.workers import Worker, build_workers, prune_nonces
 
 if TYPE_CHECKING:
     from gateway.sms.providers import SmsProvider
-    from gateway.sms.service import SmsService
-
-
-def build_channel(merchant: MerchantConfig, db: Database | None = None) -> Channel:
-    """The merchant's channel; with ``db`` its run-time memory (fetched certificates, UnionPay order times) is
-    the database, shared by every instance."""
-    settings = factory.channel_config(merchant.channel, merchant.channel_settings())
-    state = SqlChannelState(db, merchant.id) if db is not None else None
-    return factory.build_channel(settings, state=state)
 
 
 @dataclass
@@ -78,7 +72,7 @@ class Gateway:
         )
         self.watcher = TenantWatcher(
             self.svc,
-            build_channel=(lambda merchant: build_channel(merchant, db)) if self.channels is None else None,
+            build_channel=(lambda merchant: merchant_channel(merchant, db)) if self.channels is None else None,
             build_his=BridgeHis.from_config if self.his is None else None,
         )
         await self.watcher.start()
@@ -88,8 +82,6 @@ class Gateway:
         self.deliverer = Deliverer(self.svc, self.signing_key)
         self.workers = build_workers(self.svc, self.deliverer)
         if cfg.sms.enabled:
-            from gateway.sms.service import SmsService
-
             self.sms = SmsService(cfg.sms, db, clock=self.clock, provider=self.sms_provider, his_for=self.svc.his_for)
         self._tasks.append(asyncio.create_task(self.watcher.run(), name="tenants-watcher"))
         self._tasks.append(asyncio.create_task(audit.seal_forever(db), name="audit-sealer"))
@@ -105,8 +97,6 @@ class Gateway:
             if self.sms is not None:
                 self._tasks.append(asyncio.create_task(self.sms.run_pruner(), name="prune-sms"))
             if cfg.recon.enabled:
-                from gateway.recon.schedule import start_scheduler
-
                 self._tasks.append(start_scheduler(self.svc))
 
     async def stop(self) -> None:
@@ -128,8 +118,6 @@ class Gateway:
         await self.svc.db.close()
 
     def app(self) -> web.Application:
-        from gateway.api.app import create_app
-
         return create_app(self.svc, self.signing_key, sms=self.sms)
 
 
@@ -150,11 +138,6 @@ class RunningGateway:
         await self.gateway.stop()
 
 
-def _split(hostport: str) -> tuple[str, int]:
-    host, _, port = hostport.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def mtls_context(cfg: MtlsListener) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(cfg.client_ca))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -170,12 +153,12 @@ async def start_gateway(cfg: GatewayConfig, **kwargs: Any) -> RunningGateway:
     runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
     try:
         await runner.setup()
-        host, port = _split(cfg.server.listen)
+        host, port = parse_host_port(cfg.server.listen)
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
         mtls_url = None
         if cfg.server.mtls is not None:
-            mhost, mport = _split(cfg.server.mtls.listen)
+            mhost, mport = parse_host_port(cfg.server.mtls.listen)
             msite = web.TCPSite(runner, mhost, mport, ssl_context=mtls_context(cfg.server.mtls), backlog=1024)
             await msite.start()
             mbound = int(runner.addresses[1][1])

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from gateway.model import OPEN_ORDER, HisState, OrderStatus
-from gateway.outbox import Deliverer
+from gateway.notify_delivery import Deliverer
 from gateway.sagas import callbacks, compensation, payment, refund
 from gateway.services import Services, log
 from gateway.store import claims, events, nonces, outbox

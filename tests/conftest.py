@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.agent import RunningAgent, start_agent
 from bridge.certs import DevCerts, make_dev_certs
 from bridge.config import load_config
+from bridge.server import RunningAgent, start_agent
 from sandbox.cli import start_sandbox_his
 from tests.support.db_fixtures import (  # noqa: F401 - fixtures for the stored-procedure tests
     mariadb_server,

@@ -9,23 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from bridge.settings import StrictModel
 
 KeyId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EgressApp(_Section):
+class EgressApp(StrictModel):
     app_id: KeyId
     """The app id the gateway knows (``[[hospitals.apps]] app_id``, with ``kind = "agent"``)."""
     signing_key: Path
     """This app's private key (Ed25519 or RSA ≥ 2048); the gateway holds its public half."""
 
 
-class EgressConfig(_Section):
+class EgressConfig(StrictModel):
     gateway_url: str
     """The gateway's mutual-TLS listener, e.g. ``https://pay.example.cn:8643``."""
     ca: Path

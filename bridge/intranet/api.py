@@ -47,9 +47,9 @@ def _json(status: int, body: dict[str, Any]) -> web.Response:
     )
 
 
-def _refusal(status: int, code: str, message: str, details: Any = None) -> web.Response:
-    response = _json(status, ApiError(status, code, message, details).body())
-    response[OUTCOME] = code
+def _refusal(e: ApiError) -> web.Response:
+    response = _json(e.status, e.to_body())
+    response[OUTCOME] = e.code
     return response
 
 
@@ -70,25 +70,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     intranet = request.app[INTRANET]
     try:
         response = await handler(request)
-    except TerminalRefused as e:
-        intranet.metrics.refusals.labels(e.code).inc()
-        response = _refusal(e.status, e.code, e.message)
     except ApiError as e:
         intranet.metrics.refusals.labels(e.code).inc()
-        response = _refusal(e.status, e.code, e.message, e.details)
+        response = _refusal(e)
     except web.HTTPRequestEntityTooLarge as e:
         intranet.metrics.refusals.labels("body_too_large").inc()
-        response = _refusal(413, "body_too_large", e.text or "request body too large")
+        response = _refusal(ApiError(413, "body_too_large", e.text or "request body too large"))
     except web.HTTPNotFound:
-        response = _refusal(404, "not_found", f"no such resource {request.path}")
+        response = _refusal(ApiError(404, "not_found", f"no such resource {request.path}"))
     except web.HTTPMethodNotAllowed:
-        response = _refusal(405, "method_not_allowed", f"{request.method} not allowed here")
+        response = _refusal(ApiError(405, "method_not_allowed", f"{request.method} not allowed here"))
     except EgressJournalUnavailable as e:
         log.error("egress_journal_unavailable", error=str(e))
-        response = _refusal(503, "journal_unavailable", "the agent cannot write its journal; nothing was accepted")
+        response = _refusal(
+            ApiError(503, "journal_unavailable", "the agent cannot write its journal; nothing was accepted")
+        )
     except Exception:
         log.exception("intranet_internal_error", path=request.path)
-        response = _refusal(500, "internal", "internal error; nothing was forwarded")
+        response = _refusal(ApiError(500, "internal", "internal error; nothing was forwarded"))
     terminal = request.get(TERMINAL)
     if terminal is not None:
         operation = request.match_info.get("operation", "status")
@@ -221,7 +220,7 @@ async def handle_operation(request: web.Request) -> web.Response:
         body = _parse(request, operation)
         if operation in WRITES:
             sub = intranet.submission(terminal, operation, body, request.remote, request.get(NONCE))
-    except (TerminalRefused, ApiError):
+    except ApiError:
         await _spend_nonce(request)
         raise
     if operation in WRITES:

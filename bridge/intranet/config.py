@@ -13,9 +13,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from bridge.catalog import PositiveFen
+from bridge.settings import StrictModel, addresses_or_networks, host_port
 
 TerminalId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,20}$")]
 
@@ -41,18 +42,7 @@ REFUND_KINDS = frozenset({TerminalKind.window, TerminalKind.system})
 kiosk, since the gateway skips ``refund.apply`` for these."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _hostport(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} is not HOST:PORT")
-    return value
-
-
-class TerminalConfig(_Section):
+class TerminalConfig(StrictModel):
     id: TerminalId
     kind: TerminalKind
     name: str = ""
@@ -74,15 +64,7 @@ class TerminalConfig(_Section):
     """The egress app it pays as (default: the first of ``[[egress.apps]]``)."""
     enabled: bool = True
 
-    @field_validator("addresses")
-    @classmethod
-    def _networks(cls, values: list[str]) -> list[str]:
-        for value in values:
-            try:
-                ipaddress.ip_network(value, strict=False)
-            except ValueError:
-                raise ValueError(f"{value!r} is not an address or network") from None
-        return values
+    _check_networks = field_validator("addresses")(addresses_or_networks)
 
     @model_validator(mode="after")
     def _consistent(self) -> TerminalConfig:
@@ -104,14 +86,14 @@ class TerminalConfig(_Section):
         return [ipaddress.ip_network(a, strict=False) for a in self.addresses]
 
 
-class IntranetTls(_Section):
+class IntranetTls(StrictModel):
     cert: Path
     key: Path
     terminal_ca: Path | None = None
     """The hospital's own CA; terminals with a certificate from it may authenticate with it (``auth = "mtls"``)."""
 
 
-class IntranetConfig(_Section):
+class IntranetConfig(StrictModel):
     listen: str
     """On the hospital LAN only (never the DMZ's internet side): e.g. ``10.20.0.5:8480``."""
     tls: IntranetTls | None = None
@@ -124,7 +106,7 @@ class IntranetConfig(_Section):
     per_terminal_concurrency: Annotated[int, Field(ge=1, le=1000)] = 8
     terminals: Annotated[list[TerminalConfig], Field(min_length=1)]
 
-    _check = field_validator("listen")(_hostport)
+    _check = field_validator("listen")(host_port)
 
     @model_validator(mode="after")
     def _terminals(self) -> IntranetConfig:

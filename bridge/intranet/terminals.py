@@ -14,19 +14,14 @@ from pathlib import Path
 
 from bridge import terminal_protocol, tls
 from bridge.egress.config import EgressConfig
+from bridge.errors import ApiError
 from bridge.intranet.config import IntranetConfig, TerminalConfig, TerminalOperation
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class TerminalRefused(Exception):
+class TerminalRefused(ApiError):
     """The request is refused before anything is journaled; ``code`` is stable."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

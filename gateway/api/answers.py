@@ -1,6 +1,6 @@
 """What the business API answers, as models: the OpenAPI document publishes them (``gateway.api.openapi``), a
 generated client can read them, and the fuzzing tests hold every real answer to them. The shapes are the ones
-``gateway.views`` builds, field for field."""
+``gateway.representations`` builds, field for field."""
 
 from __future__ import annotations
 

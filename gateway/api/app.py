@@ -15,11 +15,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from bridge import protocol
-from gateway.api import callbacks, client_address, events, his, openapi, orders, terminals
+from bridge.errors import ApiError
+from gateway.api import channel_callbacks, client_address, events, his, openapi, orders, terminals
 from gateway.api.auth import SERVICES, SIGNING_KEY, Handler, auth_middleware, sign_middleware
-from gateway.api.errors import ApiError
 from gateway.api.orders import json_response
 from gateway.channels import metrics as channel_metrics
+from gateway.console.app import create_console_app
 from gateway.platform_metrics import PlatformMetrics
 from gateway.services import Services, log
 from gateway.sms import api as sms_api
@@ -30,7 +31,7 @@ PLATFORM_METRICS = web.AppKey("platform_metrics", PlatformMetrics)
 
 
 def _error(e: ApiError) -> web.Response:
-    return json_response(e.status, e.body())
+    return json_response(e.status, e.to_body())
 
 
 @web.middleware
@@ -129,7 +130,7 @@ def create_app(
     terminals.add_routes(app)
     events.add_routes(app)
     his.add_routes(app)
-    callbacks.add_routes(app)
+    channel_callbacks.add_routes(app)
     if sms is not None:
         sms_api.add_routes(app, sms)
     app[OPENAPI] = json.dumps(openapi.build(), ensure_ascii=False).encode()
@@ -137,7 +138,5 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     if svc.cfg.console.enabled:
-        from gateway.console.app import create_console_app
-
         app.add_subapp("/console", create_console_app(svc))
     return app

@@ -16,8 +16,8 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from bridge import protocol
+from bridge.errors import ApiError, auth_error
 from gateway.api import permissions
-from gateway.api.errors import AUTH_STATUS, ApiError
 from gateway.model import utcnow
 from gateway.services import Services, log
 from gateway.store import nonces, registry
@@ -27,10 +27,6 @@ SERVICES = web.AppKey("services", Services)
 SIGNING_KEY = web.AppKey("signing_key", protocol.SigningKey)
 APP = web.RequestKey("app", registry.App)
 BODY = web.RequestKey("body", bytes)
-
-
-def _refuse(code: str, message: str) -> ApiError:
-    return ApiError(AUTH_STATUS.get(code, 401), code, message)
 
 
 @web.middleware
@@ -47,7 +43,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         verified = _verify(app, request, body, window)
     except protocol.EnvelopeError as e:
         log.info("api_auth_refused", code=e.code, key_id=key_id[:64])
-        raise _refuse(e.code, e.message) from None
+        raise auth_error(e.code, e.message) from None
     assert app is not None
     if app.client_cert_cn is not None and client_cn != app.client_cert_cn:
         log.info("api_client_cert_refused", app=app.id, cn=client_cn)
@@ -62,7 +58,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         )
     expires = dt.datetime.fromtimestamp(verified.timestamp + window + 60, dt.UTC)
     if not await nonces.remember(svc.db, app.id, verified.nonce, expires):
-        raise _refuse("replayed_nonce", "this nonce was already used; sign every request afresh")
+        raise auth_error("replayed_nonce", "this nonce was already used; sign every request afresh")
     request[APP] = app
     request[BODY] = body
     return await handler(request)

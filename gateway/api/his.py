@@ -16,8 +16,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from bridge import catalog
+from bridge.errors import ApiError
 from gateway.api.auth import APP, SERVICES
-from gateway.api.errors import ApiError
 from gateway.api.orders import json_response, parse
 from gateway.his import HisUnavailable
 from gateway.his_reads import ReadCache, read

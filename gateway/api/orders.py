@@ -9,17 +9,17 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import IntegrityError
 
+from bridge.errors import ApiError
 from gateway.api.auth import APP, BODY, SERVICES
-from gateway.api.errors import ApiError
 from gateway.api.schemas import CreateOrder, RequestRefund
 from gateway.model import BusinessType, OrderOrigin, OrderStatus
 from gateway.notify_guard import NotifyUrlRefused, app_hosts, check_url, networks
+from gateway.representations import order_view, refund_view
 from gateway.sagas import compensation, payment, refund
 from gateway.services import UnknownMerchant
 from gateway.store import locks
 from gateway.store import orders as order_store
 from gateway.store import refunds as refund_store
-from gateway.views import order_view, refund_view
 
 MAX_PAGE_SIZE = 200
 MAX_PAGE = 1_000_000

@@ -16,17 +16,17 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from aiohttp import web
 
+from bridge.errors import ApiError
 from gateway.api.auth import APP, SERVICES
-from gateway.api.errors import ApiError
 from gateway.api.orders import json_response, parse
 from gateway.api.schemas import WindowRefund
 from gateway.model import PAID_ORDER, RefundState
+from gateway.representations import order_view, refund_view
 from gateway.sagas import refund as refund_saga
 from gateway.sagas import window_refund
 from gateway.store import orders as order_store
 from gateway.store import refunds as refund_store
 from gateway.store.tables import orders, refunds
-from gateway.views import order_view, refund_view
 
 HOSPITAL_TZ = ZoneInfo("Asia/Shanghai")
 MAX_DAY_ROWS = 5000

@@ -11,10 +11,9 @@ import abc
 import datetime as dt
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from gateway.channels.keys import KeyInfo
+from gateway.channels.key_info import KeyInfo
 
 
 class Scene(StrEnum):

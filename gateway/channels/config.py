@@ -12,11 +12,12 @@ after) so that a key can be rotated without downtime — the new record next to 
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, Field, model_validator
+
+from bridge.settings import Secret, StrictModel
 
 WECHAT_BASE_URL = "https://api.mch.weixin.qq.com"
 ALIPAY_GATEWAY_URL = "https://openapi.alipay.com/gateway.do"
@@ -28,33 +29,7 @@ UNIONPAY_OWNER = "中国银联股份有限公司"
 KeyId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Secret(_Strict):
-    """A secret read at start-up from exactly one of a file (trailing newline stripped) or an env variable."""
-
-    file: Path | None = None
-    env: str | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Secret:
-        if (self.file is None) == (self.env is None):
-            raise ValueError("a secret comes from exactly one of `file` or `env`")
-        return self
-
-    def read(self) -> str:
-        if self.file is not None:
-            return self.file.read_text(encoding="utf-8").strip()
-        assert self.env is not None
-        value = os.environ.get(self.env)
-        if not value:
-            raise ValueError(f"environment variable {self.env} is not set")
-        return value
-
-
-class MerchantKey(_Strict):
+class MerchantKey(StrictModel, frozen=True):
     """One of the merchant's signing keys. The newest key whose ``valid_from`` has passed (and that is neither
     retired nor expired) signs; the others stay listed for ``channels keys`` until their record is removed."""
 
@@ -83,12 +58,12 @@ def _unique_ids(keys: list[MerchantKey]) -> None:
         raise ValueError("merchant_keys: ids must be unique")
 
 
-class Timeouts(_Strict):
+class Timeouts(StrictModel, frozen=True):
     connect_s: float = Field(5.0, gt=0)
     total_s: float = Field(15.0, gt=0)
 
 
-class CodepayPolling(_Strict):
+class CodepayPolling(StrictModel, frozen=True):
     """How long a 付款码 payment waiting for the payer (password entry) is polled before it is reversed.
 
     WeChat and Alipay both advise: query every few seconds for about 30 s, then cancel (撤销)."""
@@ -100,7 +75,7 @@ class CodepayPolling(_Strict):
     reverse_attempts: int = Field(3, ge=1)
 
 
-class TrustRefresh(_Strict):
+class TrustRefresh(StrictModel, frozen=True):
     """When a channel's own certificates are fetched again (WeChat platform certificates)."""
 
     interval_s: float = Field(12 * 3600, gt=0, description="scheduled download, shared by all instances")
@@ -108,7 +83,7 @@ class TrustRefresh(_Strict):
     min_interval_s: float = Field(60, ge=0, description="on-demand downloads (unknown serial) at most this often")
 
 
-class WechatConfig(_Strict):
+class WechatConfig(StrictModel, frozen=True):
     channel: Literal["wechat"] = "wechat"
     mchid: str = Field(min_length=1)
     appid: str = Field(min_length=1)
@@ -153,7 +128,7 @@ class WechatConfig(_Strict):
         return [MerchantKey(id="default", private_key_file=self.private_key_file, serial=self.merchant_serial_no)]
 
 
-class AlipayConfig(_Strict):
+class AlipayConfig(StrictModel, frozen=True):
     """Public-key mode (``alipay_public_key_file``) or public-key-certificate mode (``alipay_cert_file`` and
     ``alipay_root_cert_file``, each merchant key with its ``certificate_file``: the app public key certificate)."""
 
@@ -197,7 +172,7 @@ class AlipayConfig(_Strict):
         return [MerchantKey(id="default", private_key_file=self.app_private_key_file)]
 
 
-class UnionPayConfig(_Strict):
+class UnionPayConfig(StrictModel, frozen=True):
     """A UnionPay online-payment (全渠道, 5.1.0) merchant: its signing certificates (``merchant_keys``, each a
     PKCS#12 file with its password, the ``certId`` taken from the certificate) and UnionPay's intermediate and
     root certificates, against which every ``signPubKeyCert`` is checked."""

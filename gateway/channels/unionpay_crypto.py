@@ -133,10 +133,6 @@ def parse_answer(text: str) -> dict[str, str]:
     return fields
 
 
-def render_answer(fields: Mapping[str, str]) -> str:
-    return "&".join(f"{k}={v}" for k, v in fields.items())
-
-
 def form_body(fields: Mapping[str, str]) -> bytes:
     return urlencode(dict(fields)).encode("ascii")
 

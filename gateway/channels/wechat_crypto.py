@@ -126,10 +126,11 @@ def load_private_key(pem: bytes) -> rsa.RSAPrivateKey:
 
 def load_public_key(pem: bytes) -> rsa.RSAPublicKey:
     """A PEM public key, or the public key of a PEM certificate."""
-    if b"BEGIN CERTIFICATE" in pem:
-        key = x509.load_pem_x509_certificate(pem).public_key()
-    else:
-        key = serialization.load_pem_public_key(pem)
+    key: object = (
+        x509.load_pem_x509_certificate(pem).public_key()
+        if b"BEGIN CERTIFICATE" in pem
+        else serialization.load_pem_public_key(pem)
+    )
     if not isinstance(key, rsa.RSAPublicKey):
         raise ValueError("WeChat Pay keys are RSA")
     return key

@@ -19,7 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.console import auth
 from gateway.console.auth import Role, UserError
+from gateway.store.db import Database
+from gateway.store.migrate import upgrade
 
 PASSWORD_ENV = "HIS_CONSOLE_PASSWORD"
 
@@ -39,10 +42,6 @@ def read_password(path: Path | None) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gateway.console import auth
-    from gateway.store.db import Database
-    from gateway.store.migrate import upgrade
-
     async def go() -> None:
         cfg = args.cfg
         db = Database(cfg.database.url, pool_size=cfg.database.pool_size)

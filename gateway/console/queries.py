@@ -59,7 +59,15 @@ async def channel_days(db: Database, hospital: str, day: dt.date) -> list[Channe
         figures = (await conn.execute(latest_run)).scalar()
         if figures:
             for channel, f in figures.items():
-                out[channel] = ChannelDay(channel, **{k: int(f.get(k, 0)) for k in CHANNEL_FIELDS})
+                out[channel] = ChannelDay(
+                    channel,
+                    pay_count=int(f.get("pay_count", 0)),
+                    pay_fen=int(f.get("pay_fen", 0)),
+                    refund_count=int(f.get("refund_count", 0)),
+                    refund_fen=int(f.get("refund_fen", 0)),
+                    fee_fen=int(f.get("fee_fen", 0)),
+                    statements=int(f.get("statements", 0)),
+                )
         else:
             latest = (
                 sa.select(sa.func.max(statements.c.id))

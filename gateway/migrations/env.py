@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from gateway.store.tables import metadata
+from gateway.store.all_tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -5,20 +5,16 @@ See docs/RECONCILIATION.md. ``run_reconciliation`` is the one entry point the sc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import datetime as dt
+from typing import Any
 
-if TYPE_CHECKING:
-    import datetime as dt
-
-    from gateway.config import GatewayConfig
-    from gateway.recon.runs import RunSummary
-    from gateway.store.db import Database
+from gateway.config import GatewayConfig
+from gateway.recon.runs import RunSummary, run_day
+from gateway.store.db import Database
 
 
 async def run_reconciliation(
     db: Database, cfg: GatewayConfig, hospital: str, day: dt.date, **kwargs: Any
 ) -> RunSummary:
     """Reconcile one hospital's day (a new version of it); see ``gateway.recon.runs.run_day``."""
-    from gateway.recon.runs import run_day
-
     return await run_day(db, cfg, hospital, day, **kwargs)

@@ -14,8 +14,13 @@ import json
 import sys
 from typing import Any, TextIO
 
+from gateway.channels.build import merchant_channel
+from gateway.recon import run_reconciliation
 from gateway.recon.normalize import StatementError, shanghai_today
+from gateway.recon.statements import check, rows
+from gateway.recon.statements.store import fetch
 from gateway.store import tenants as tenant_store
+from gateway.store.db import Database
 from gateway.tenants.snapshot import Tenants
 
 
@@ -58,8 +63,6 @@ class ProgressBar:
 
 
 def _parse_statement(args: argparse.Namespace) -> int:
-    from gateway.recon.statements import check, rows
-
     data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()  # noqa: SIM115
     try:
         check(args.channel, data, merchant=args.merchant)  # a statement that does not add up prints no row
@@ -73,8 +76,6 @@ def _parse_statement(args: argparse.Namespace) -> int:
 
 
 def _with_db(args: argparse.Namespace, fn: Any) -> int:
-    from gateway.store.db import Database
-
     async def go() -> int:
         db = Database(args.cfg.database.url, pool_size=args.cfg.database.pool_size)
         try:
@@ -93,13 +94,10 @@ async def _tenants(db: Any, cfg: Any) -> Tenants:
 
 
 def _fetch_statements(args: argparse.Namespace) -> int:
-    from gateway.recon.statements.store import fetch
-    from gateway.runtime import build_channel
-
     async def go(db: Any) -> int:
         status = 0
         for m in (await _tenants(db, args.cfg)).merchants_of(args.hospital):
-            channel = build_channel(m, db)
+            channel = merchant_channel(m, db)
             try:
                 got = await fetch(db, args.hospital, m.id, m.channel, channel, args.date)
                 p = got.parsed
@@ -117,16 +115,13 @@ def _fetch_statements(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gateway.recon import run_reconciliation
-    from gateway.runtime import build_channel
-
     async def go(db: Any) -> int:
         bar = ProgressBar()
         tenants = await _tenants(db, args.cfg)
         try:
             summary = await run_reconciliation(
                 db, args.cfg, args.hospital, args.date, tenants=tenants, trigger="cli", progress=bar,
-                build_channel=lambda m: build_channel(tenants.merchants[m], db),
+                build_channel=lambda m: merchant_channel(tenants.merchants[m], db),
             )  # fmt: skip
         except Exception as exc:
             bar.close()

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.model import utcnow
+from gateway.recon.normalize import shanghai_today
 from gateway.store import audit
 from gateway.store.db import Database
 from gateway.store.recon_tables import EXCEPTION_CLASSES, RECON_CLASSES, recon_exceptions, recon_runs
@@ -249,8 +250,6 @@ async def daily_totals(
 ) -> list[dict[str, Any]]:
     """One entry per day (oldest first) for the last ``last_n_days`` days before ``today``, from each day's
     latest run; days without a run have ``run_version`` None and zero counts."""
-    from gateway.recon.normalize import shanghai_today
-
     end = (today or shanghai_today()) - dt.timedelta(days=1)
     start = end - dt.timedelta(days=last_n_days - 1)
     r = recon_runs.c

@@ -11,6 +11,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
+from bridge.client import BridgeError
 from gateway.recon.normalize import SHANGHAI
 
 MAX_PAGE = 1000
@@ -34,8 +35,6 @@ class BridgeReconSource:
         self.client = link.client
 
     async def fetch_page(self, day: dt.date, page: int, page_size: int) -> dict[str, Any]:
-        from bridge.client import BridgeError
-
         params = {"date": day.isoformat(), "page": page, "page_size": page_size}
         try:
             result = await self.client.call("recon.fetch", params)

@@ -22,7 +22,7 @@ class StatementError(ValueError):
     """The statement cannot be trusted as a whole: the batch fails loudly, nothing of it is used."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StatementRow:
     channel: str
     merchant: str

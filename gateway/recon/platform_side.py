@@ -187,24 +187,3 @@ async def his_keys_of(db: Database, hospital: str, keys: Iterable[str]) -> dict[
             for row in await conn.execute(stmt):
                 out[f"refund:{row.his_refund_id}"] = f"refund:{row.out_refund_no}"
     return out
-
-
-async def fully_refunded(db: Database, hospital: str, out_trade_nos: Iterable[str]) -> set[str]:
-    """Of these payments, those whose settled refunds add up to what was paid (netting an over-collection)."""
-    nos = list(out_trade_nos)
-    found: set[str] = set()
-    refunded = (
-        sa.select(sa.func.coalesce(sa.func.sum(refunds.c.amount_fen), 0))
-        .where(refunds.c.order_id == orders.c.id, refunds.c.state.in_(SETTLED_REFUND))
-        .scalar_subquery()
-    )
-    async with db.read() as conn:
-        for i in range(0, len(nos), 500):
-            stmt = sa.select(orders.c.out_trade_no).where(
-                orders.c.hospital_id == hospital,
-                orders.c.out_trade_no.in_(nos[i : i + 500]),
-                orders.c.paid_fen > 0,
-                refunded >= orders.c.paid_fen,
-            )
-            found.update(r[0] for r in await conn.execute(stmt))
-    return found

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from gateway.store.tables import UtcDateTime
+from gateway.store.schema import UtcDateTime
 
 
 def _kind(column: sa.Column[Any]) -> str:

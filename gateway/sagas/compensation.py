@@ -7,21 +7,20 @@ closed only once the channel says so. If the channel says it was paid meanwhile,
 
 from __future__ import annotations
 
-from typing import Any
-
 from gateway.channels.base import ChannelError, Scene, TradeState
 from gateway.model import OPEN_ORDER, OrderStatus, utcnow
 from gateway.sagas import payment
 from gateway.services import Services, log
 from gateway.store import claims
 from gateway.store import orders as order_store
+from gateway.store.orders import Order
 from gateway.store.tables import orders
 
 CLOSE_GRACE_S = 60
 """How long past expiry a trade the channel has never heard of is still given to appear."""
 
 
-async def check(svc: Services, order: Any) -> Any:
+async def check(svc: Services, order: Order) -> Order:
     """One compensation step for an open order; leaves it rescheduled, or settled by the channel's word."""
     channel = svc.channel(order.merchant_id)
     try:
@@ -34,11 +33,11 @@ async def check(svc: Services, order: Any) -> Any:
     now = utcnow()
     if not (order.close_requested or now >= order.expires_at):
         nxt = min(order.expires_at, svc.backoff(order.attempts))
-        return await order_store.update(svc.db, order.id, OPEN_ORDER, attempts=order.attempts + 1, due_at=nxt)
+        return await order_store.update(svc.db, order.id, OPEN_ORDER, attempts=order.attempts + 1, due_at=nxt) or order
     if status.state == TradeState.not_found:
         if order.close_requested or (now - order.expires_at).total_seconds() >= CLOSE_GRACE_S:
             return await _closed_by_channel(svc, order, "the channel has no such trade")
-        return await order_store.update(svc.db, order.id, OPEN_ORDER, due_at=svc.soon(CLOSE_GRACE_S))
+        return await order_store.update(svc.db, order.id, OPEN_ORDER, due_at=svc.soon(CLOSE_GRACE_S)) or order
     try:
         if order.scene == Scene.codepay:
             await channel.reverse(order.out_trade_no)
@@ -57,7 +56,7 @@ async def check(svc: Services, order: Any) -> Any:
     return await payment.apply_trade_status(svc, order, status, source="compensation")
 
 
-async def _closed_by_channel(svc: Services, order: Any, why: str) -> Any:
+async def _closed_by_channel(svc: Services, order: Order, why: str) -> Order:
     async with svc.db.write() as conn:
         row = await order_store.transition(
             conn, order.id, OPEN_ORDER, status=OrderStatus.closed.value, last_error=why, due_at=None
@@ -67,7 +66,7 @@ async def _closed_by_channel(svc: Services, order: Any, why: str) -> Any:
         return row or order
 
 
-async def _retry_later(svc: Services, order: Any, error: ChannelError, *, soon: bool = False) -> Any:
+async def _retry_later(svc: Services, order: Order, error: ChannelError, *, soon: bool = False) -> Order:
     due = svc.soon(svc.cfg.workers.retry_base_s) if soon and order.attempts < 3 else svc.backoff(order.attempts)
     return (
         await order_store.update(
@@ -77,7 +76,7 @@ async def _retry_later(svc: Services, order: Any, error: ChannelError, *, soon: 
     )
 
 
-async def request_close(svc: Services, order: Any) -> Any:
+async def request_close(svc: Services, order: Order) -> Order:
     """The business system wants the order closed: mark it, and close now if no worker holds it."""
     async with svc.db.write() as conn:
         row = await order_store.transition(conn, order.id, OPEN_ORDER, close_requested=True)

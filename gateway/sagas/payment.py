@@ -32,13 +32,13 @@ from gateway.model import (
     OrderStatus,
     utcnow,
 )
+from gateway.representations import order_view
 from gateway.sagas.common import hold_unrecorded, new_trade_no
 from gateway.services import Services, log
 from gateway.store import audit, claims, finance_exceptions, outbox, registry
 from gateway.store import orders as order_store
 from gateway.store.orders import Order
 from gateway.store.tables import orders
-from gateway.views import order_view
 
 SUCCESS_STATES = (TradeState.success, TradeState.refund)
 CLOSED_STATES = (TradeState.closed, TradeState.revoked)

@@ -20,6 +20,7 @@ from gateway.channels.base import ChannelError, RefundRequest, RefundStatus
 from gateway.channels.base import RefundState as ChannelRefundState
 from gateway.his import HisAnswer, HisUnavailable, write_once
 from gateway.model import ExceptionKind, HisState, OrderStatus, RefundOrigin, RefundState, utcnow
+from gateway.representations import refund_view
 from gateway.sagas.common import new_trade_no
 from gateway.services import Services, log
 from gateway.store import audit, finance_exceptions, outbox
@@ -28,7 +29,6 @@ from gateway.store import refunds as refund_store
 from gateway.store.orders import Order
 from gateway.store.refunds import Refund
 from gateway.store.tables import orders
-from gateway.views import refund_view
 
 REFUNDABLE_ORDER = (OrderStatus.completed, OrderStatus.his_rejected)
 RESEND_CODES = frozenset({"NOT_FOUND", "RESOURCE_NOT_EXISTS", "REFUND_NOT_EXIST", "TRADE_NOT_EXIST"})

@@ -10,7 +10,6 @@ exception finance sees, never a silent refusal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
@@ -33,7 +32,9 @@ class NewWindowRefund:
     reason: str | None = None
 
 
-async def request(svc: Services, app: registry.App, order: order_store.Order, new: NewWindowRefund) -> tuple[Any, bool]:
+async def request(
+    svc: Services, app: registry.App, order: order_store.Order, new: NewWindowRefund
+) -> tuple[refund_store.Refund, bool]:
     """Record the window's refund and drive it as far as it goes now; idempotent on the business refund no."""
     if order.status not in PAID_ORDER:
         raise refund_saga.NotRefundable(

@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 
+from bridge.errors import ApiError
 from gateway.api.auth import APP
-from gateway.api.errors import ApiError
 from gateway.api.orders import json_response, parse
 from gateway.sms.captcha import CaptchaAnswer
 from gateway.sms.config import Purpose

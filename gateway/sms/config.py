@@ -8,22 +8,20 @@ start, not at the first SMS.
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from bridge.settings import Secret, StrictModel, addresses_or_networks, file_aliases
+from gateway.sms.phones import normalize
 
 Purpose = Literal["binding", "payment", "login"]
 PURPOSES: tuple[Purpose, ...] = ("binding", "payment", "login")
 DAY_S = 86400
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Cap(_Model):
+class Cap(StrictModel):
     """At most ``limit`` requests per aligned window of ``window_s``; past it, ask for a captcha or refuse."""
 
     window_s: Annotated[int, Field(ge=1, le=31 * DAY_S)]
@@ -31,26 +29,26 @@ class Cap(_Model):
     action: Literal["captcha", "refuse"] = "captcha"
 
 
-class CodePolicy(_Model):
+class CodePolicy(StrictModel):
     length: Annotated[int, Field(ge=4, le=8)] = 6
     ttl_s: Annotated[int, Field(ge=60, le=1800)] = 300
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 5
 
 
-class PhonePolicy(_Model):
+class PhonePolicy(StrictModel):
     resend_interval_s: Annotated[int, Field(ge=0, le=3600)] = 60
     per_hour: Annotated[int, Field(ge=1)] = 5
     per_day: Annotated[int, Field(ge=1)] = 10
 
 
-class IpMissingPolicy(_Model):
+class IpMissingPolicy(StrictModel):
     points: Annotated[int, Field(ge=0)] = 60
     """An app that leaves out the caller's address hides the strongest per-caller signal: those requests share one
     address bucket (``no address``) under the same caps, and carry these risk points — the riskiest case, never
     the safest."""
 
 
-class IpPolicy(_Model):
+class IpPolicy(StrictModel):
     enabled: bool = True
     caps: list[Cap] = [
         Cap(window_s=60, limit=5),
@@ -63,14 +61,14 @@ class IpPolicy(_Model):
     missing: IpMissingPolicy = IpMissingPolicy()
 
 
-class DevicePolicy(_Model):
+class DevicePolicy(StrictModel):
     enabled: bool = True
     caps: list[Cap] = [Cap(window_s=60, limit=3), Cap(window_s=3600, limit=8), Cap(window_s=DAY_S, limit=20)]
     missing_fingerprint_points: Annotated[int, Field(ge=0)] = 40
     """A browser that sends no client-side fingerprint did not run the page's script: suspicious, not proof."""
 
 
-class SegmentPolicy(_Model):
+class SegmentPolicy(StrictModel):
     enabled: bool = True
     prefix_len: Annotated[int, Field(ge=3, le=10)] = 7
     caps: list[Cap] = [Cap(window_s=60, limit=3), Cap(window_s=600, limit=10), Cap(window_s=DAY_S, limit=150)]
@@ -79,13 +77,7 @@ class SegmentPolicy(_Model):
     window's edge does not get a fresh allowance."""
 
 
-def _networks(values: list[str]) -> list[str]:
-    for v in values:
-        ipaddress.ip_network(v, strict=False)
-    return values
-
-
-class ListsPolicy(_Model):
+class ListsPolicy(StrictModel):
     block_phones: list[str] = []
     allow_phones: list[str] = []
     """Never asked for a captcha (test numbers, staff); still bound by the per-phone caps and the budget."""
@@ -94,17 +86,15 @@ class ListsPolicy(_Model):
     allow_ips: list[str] = []
     """Exempt from the per-IP caps: the hospital's own Wi-Fi egress addresses."""
 
-    _nets = field_validator("block_ips", "allow_ips")(_networks)
+    _nets = field_validator("block_ips", "allow_ips")(addresses_or_networks)
 
     @field_validator("block_phones", "allow_phones")
     @classmethod
     def _phones(cls, values: list[str]) -> list[str]:
-        from gateway.sms.phones import normalize
-
         return [normalize(v) for v in values]
 
 
-class IdentityPolicy(_Model):
+class IdentityPolicy(StrictModel):
     """Caps per person as the app knows them (WeChat openid, Alipay user id, the app's own user id). The app signs
     its requests, so an attacker needs a real account per identity: these caps bound what each one yields."""
 
@@ -120,7 +110,7 @@ class IdentityPolicy(_Model):
 KnownMode = Literal["require", "prefer", "off"]
 
 
-class KnownPatientsPolicy(_Model):
+class KnownPatientsPolicy(StrictModel):
     """Whether the number must be the one the HIS has on file (``require``: otherwise nothing is sent, and the
     answer is the same as for a sent code), only counts in its favour (``prefer``), or is not looked up."""
 
@@ -142,7 +132,7 @@ class KnownPatientsPolicy(_Model):
         return mode
 
 
-class ConversionPolicy(_Model):
+class ConversionPolicy(StrictModel):
     """The verify rate (codes verified ÷ codes settled) per scope, and how a scope escalates when it falls.
 
     A code settles as ``verified``, or as ``failed`` once ``sms.conversion_grace_s`` has passed without it being
@@ -181,7 +171,7 @@ class ConversionPolicy(_Model):
     ``phone_failures`` gets nothing more (silently) while its scope is escalated."""
 
 
-class Policy(_Model):
+class Policy(StrictModel):
     captcha_threshold: Annotated[int, Field(ge=1)] = 100
     """A request whose risk points reach this needs a solved captcha."""
     daily_budget: Annotated[int, Field(ge=0)] | None = None
@@ -197,7 +187,7 @@ class Policy(_Model):
     conversion: ConversionPolicy = ConversionPolicy()
 
 
-class BreakerConfig(_Model):
+class BreakerConfig(StrictModel):
     window_s: Annotated[int, Field(ge=10, le=DAY_S)] = 300
     max_sends: Annotated[int, Field(ge=1)] = 300
     """More SMS than this in one window (all hospitals) opens the breaker: every request needs a captcha for
@@ -206,11 +196,13 @@ class BreakerConfig(_Model):
     """Once this share of the daily budget is spent, every request needs a captcha."""
 
 
-class TencentCredentials(_Model):
+class TencentCredentials(StrictModel):
     secret_id: Annotated[str, Field(min_length=1)] = ""
-    secret_key_file: Path | None = None
-    """A file holding the SecretKey (never the key itself in the config)."""
+    secret_key: Secret | None = None
+    """The SecretKey, from a file or the environment (``secret_key_file = "path"``: the older spelling)."""
     region: str = "ap-guangzhou"
+
+    _aliases = model_validator(mode="before")(file_aliases({"secret_key_file": "secret_key"}))
 
 
 class TencentSmsConfig(TencentCredentials):
@@ -233,10 +225,13 @@ class TencentSmsConfig(TencentCredentials):
 class TencentCaptchaConfig(TencentCredentials):
     endpoint: str = "https://captcha.tencentcloudapi.com"
     captcha_app_id: Annotated[int, Field(ge=1)]
-    app_secret_key_file: Path
+    app_secret_key: Secret
+    """The captcha app's key (``app_secret_key_file = "path"``: the older spelling)."""
+
+    _app_aliases = model_validator(mode="before")(file_aliases({"app_secret_key_file": "app_secret_key"}))
 
 
-class ProviderConfig(_Model):
+class ProviderConfig(StrictModel):
     """``kind = "sandbox"`` records messages (in memory, and to ``record_file`` when set); ``"tencent"`` sends
     through Tencent Cloud SMS (``SendSms``) with the ``[sms.provider.tencent]`` settings."""
 
@@ -252,7 +247,7 @@ class ProviderConfig(_Model):
         return self
 
 
-class CaptchaConfig(_Model):
+class CaptchaConfig(StrictModel):
     """``kind = "sandbox"`` (the default) issues and checks its own puzzles; ``"tencent"`` has the page show
     Tencent Cloud's captcha and checks its tickets with ``DescribeCaptchaResult``."""
 
@@ -274,7 +269,7 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class SmsConfig(_Model):
+class SmsConfig(StrictModel):
     enabled: bool = False
     secret_file: Path | None = None
     """At least 32 random bytes; keys the phone and IP hashes, the code hashes and the sandbox captcha."""
@@ -324,13 +319,16 @@ class SmsConfig(_Model):
         return [self.defaults, *self._policies.values()]
 
     def resolve(self, base: Path) -> None:
-        def r(p: Path | None) -> Path | None:
-            return p if p is None or p.is_absolute() else base / p
+        def r(p: Path) -> Path:
+            return p if p.is_absolute() else base / p
 
-        self.secret_file = r(self.secret_file)
-        self.provider.record_file = r(self.provider.record_file)
+        def r_opt(p: Path | None) -> Path | None:
+            return None if p is None else r(p)
+
+        self.secret_file = r_opt(self.secret_file)
+        self.provider.record_file = r_opt(self.provider.record_file)
         for vendor in (self.provider.tencent, self.captcha.tencent):
-            if vendor is not None:
-                vendor.secret_key_file = r(vendor.secret_key_file)
+            if vendor is not None and vendor.secret_key is not None:
+                vendor.secret_key = vendor.secret_key.resolved(base)
         if self.captcha.tencent is not None:
-            self.captcha.tencent.app_secret_key_file = r(self.captcha.tencent.app_secret_key_file)
+            self.captcha.tencent.app_secret_key = self.captcha.tencent.app_secret_key.resolved(base)

@@ -245,11 +245,11 @@ class Conversion:
                 return
             if row is None:
                 insert = postgresql.insert if self.db.is_postgres else sqlite.insert
-                stmt = insert(t).values(scope=state.scope, since=now, **values).on_conflict_do_nothing()
-                changed = (await conn.execute(stmt)).rowcount == 1
+                first = insert(t).values(scope=state.scope, since=now, **values).on_conflict_do_nothing()
+                changed = (await conn.execute(first)).rowcount == 1
             else:
-                stmt = sa.update(t).where(t.c.scope == state.scope, t.c.level == previous)
-                changed = (await conn.execute(stmt.values(since=now, **values))).rowcount == 1
+                step = sa.update(t).where(t.c.scope == state.scope, t.c.level == previous)
+                changed = (await conn.execute(step.values(since=now, **values))).rowcount == 1
             if not changed:
                 return
             detail = {

@@ -77,7 +77,7 @@ class SqlStorage(Storage):
         t = sms_counters
         async with self.db.read() as conn:
             rows = await conn.execute(sa.select(t.c.key, t.c.count).where(t.c.key.in_(keys), t.c.expires_at > now))
-            found = {r.key: int(r.count) for r in rows}
+            found = {key: int(count) for key, count in rows}
         return [found.get(k, 0) for k in keys]
 
     async def get_expiry(self, key: str) -> float:

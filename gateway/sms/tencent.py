@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -138,10 +137,6 @@ class TencentApi:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-
-
-def read_secret(path: Path) -> str:
-    return path.read_text().strip()
 
 
 class TencentSmsProvider:

@@ -3,8 +3,7 @@ default) or Tencent Cloud's."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from bridge.settings import Secret
 from gateway.sms.captcha import CaptchaProvider, SandboxCaptcha
 from gateway.sms.clock import Clock
 from gateway.sms.config import CaptchaConfig, ProviderConfig, TencentCredentials
@@ -16,14 +15,14 @@ SMS_VERSION = "2021-01-11"
 CAPTCHA_VERSION = "2019-07-22"
 
 
-def _secret(path: Path | None, what: str) -> str:
-    if path is None:
+def _secret(secret: Secret | None, what: str) -> str:
+    if secret is None:
         raise ValueError(f"{what} is not configured")
-    return path.read_text().strip()
+    return secret.read()
 
 
 def _api(service: str, endpoint: str, version: str, creds: TencentCredentials, clock: Clock) -> TencentApi:
-    key = _secret(creds.secret_key_file, f"sms.{service} secret_key_file")
+    key = _secret(creds.secret_key, f"sms.{service} secret_key")
     return TencentApi(service, endpoint, version, creds.secret_id, key, clock, region=creds.region)
 
 
@@ -32,7 +31,7 @@ def build_provider(cfg: ProviderConfig, clock: Clock) -> SmsProvider:
         assert cfg.tencent is not None
         t = cfg.tencent
         api = _api("sms", t.endpoint, SMS_VERSION, t, clock)
-        return TencentSmsProvider(api, t.sdk_app_id, t.sign_name, dict(t.templates))
+        return TencentSmsProvider(api, t.sdk_app_id, t.sign_name, dict(t.templates.items()))
     return SandboxSmsProvider(signature=cfg.signature, record_file=cfg.record_file)
 
 
@@ -41,6 +40,6 @@ def build_captcha(cfg: CaptchaConfig, key: bytes, counters: Counters, clock: Clo
         assert cfg.tencent is not None
         t = cfg.tencent
         api = _api("captcha", t.endpoint, CAPTCHA_VERSION, t, clock)
-        app_key = _secret(t.app_secret_key_file, "sms.captcha.tencent.app_secret_key_file")
+        app_key = _secret(t.app_secret_key, "sms.captcha.tencent.app_secret_key")
         return TencentCaptcha(api, t.captcha_app_id, app_key, key, counters, clock, cfg.ttl_s)
     return SandboxCaptcha(key, counters, clock, cfg.ttl_s)

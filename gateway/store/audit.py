@@ -21,7 +21,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -178,31 +178,31 @@ async def verify(
             )
             rows = list(await conn.execute(stmt))
             for row in rows:
-                where = {"rows": checked, "head_seq": expected - 1, "head_hash": prev, "unsealed": unsealed}
+                where = Verdict(rows=checked, head_seq=expected - 1, head_hash=prev, unsealed=unsealed)
                 if row.chain_seq != expected:
-                    return Verdict(
-                        **where,
+                    return replace(
+                        where,
                         broken_at=int(row.id),
                         problem=f"chain positions {expected}..{row.chain_seq - 1} are missing before row "
                         f"{row.id}: sealed rows were deleted",
                     )
                 if row.prev_hash != prev:
-                    return Verdict(
-                        **where,
+                    return replace(
+                        where,
                         broken_at=int(row.id),
                         problem=f"row {row.id} (position {row.chain_seq}) does not follow the row before it: "
                         "its previous hash differs (a row before it was replaced)",
                     )
                 if row.row_hash != row_hash(prev, expected, row):
-                    return Verdict(
-                        **where,
+                    return replace(
+                        where,
                         broken_at=int(row.id),
                         problem=f"row {row.id} (position {row.chain_seq}) was altered after it was sealed: "
                         "its content no longer matches its hash",
                     )
                 if anchor is not None and anchor[0] == expected and anchor[1] != row.row_hash:
-                    return Verdict(
-                        **where,
+                    return replace(
+                        where,
                         broken_at=int(row.id),
                         problem=f"position {expected} (row {row.id}) has hash {row.row_hash}, not the {anchor[1]} "
                         "recorded for it: the chain was rewritten from there or before",

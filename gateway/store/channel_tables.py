@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from gateway.store.tables import Id, UtcDateTime, metadata
+from gateway.store.schema import Id, UtcDateTime, metadata
 
 channel_certificates = sa.Table(
     "channel_certificates",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from gateway.store.tables import Id, Money, UtcDateTime, metadata
+from gateway.store.schema import Id, Money, UtcDateTime, metadata
 
 CONSOLE_ROLES = ("viewer", "clerk", "approver", "admin")
 PROPOSAL_STATES = ("proposed", "approved", "rejected", "done", "failed", "cancelled")

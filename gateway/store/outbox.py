@@ -2,7 +2,7 @@
 
 A notification is written in the same transaction as the state change it announces, so an order cannot
 complete without its notification existing, and (event type, subject) is unique, so a state change applied
-twice still announces once. Delivery is the outbox worker's (``gateway.outbox``).
+twice still announces once. Delivery is the outbox worker's (``gateway.notify_delivery``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from gateway.store.tables import Id, Money, UtcDateTime, metadata
+from gateway.store.schema import Id, Money, UtcDateTime, metadata
 
 JOB_STATES = ("due", "running", "done", "failed")
 LOCK_STATES = ("locking", "locked", "failed", "used", "releasing", "released")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from gateway.store.tables import Id, Money, UtcDateTime, metadata
+from gateway.store.schema import Id, Money, UtcDateTime, metadata
 
 RECON_CLASSES = (
     "over_collection",

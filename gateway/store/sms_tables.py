@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from gateway.store.tables import Id, UtcDateTime, metadata
+from gateway.store.schema import Id, UtcDateTime, metadata
 
 sms_codes = sa.Table(
     "sms_codes",

@@ -11,48 +11,9 @@ worker holds it.
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any
-
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect
 
-metadata = sa.MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-        "ck": "ck_%(table_name)s_%(constraint_name)s",
-    }
-)
-
-
-class UtcDateTime(sa.TypeDecorator[dt.datetime]):
-    """Aware UTC datetimes on every backend (SQLite keeps naive text; PostgreSQL ``timestamptz``)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime: the gateway stores aware UTC times only")
-        value = value.astimezone(dt.UTC)
-        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = dt.datetime.fromisoformat(value)
-        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
-Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-"""SQLite only autoincrements an ``INTEGER PRIMARY KEY``."""
-Money = sa.BigInteger
+from gateway.store.schema import Id, Money, UtcDateTime, metadata
 
 
 def _id() -> sa.Column[int]:
@@ -262,9 +223,3 @@ audit_log = sa.Table(
     sa.Index(None, "chain_seq", unique=True),
 )
 """Tamper-evident: ``gateway.store.audit`` chains each sealed row to the one before it (migration 0008)."""
-
-from gateway.store import channel_tables as _channel_tables  # noqa: E402, F401 - the channels' memory
-from gateway.store import console_tables as _console_tables  # noqa: E402, F401 - the console's tables
-from gateway.store import platform_tables as _platform_tables  # noqa: E402, F401 - tenants, leases, locks, archives
-from gateway.store import recon_tables as _recon_tables  # noqa: E402, F401 - reconciliation's tables on this metadata
-from gateway.store import sms_tables as _sms_tables  # noqa: E402, F401 - the SMS defences' tables

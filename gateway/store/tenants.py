@@ -92,7 +92,7 @@ class HospitalRow:
             bridge=BridgeLink.model_validate(self.bridge) if self.bridge else None,
             recon_at=self.recon_at,
             enabled=self.enabled,
-            read_cache=self.read_cache,  # type: ignore[arg-type]
+            read_cache=self.read_cache,
             his_commit=HisCommit(self.his_commit),
         )
 

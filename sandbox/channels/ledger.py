@@ -59,10 +59,6 @@ def new_serial(prefix: str, now: dt.datetime) -> str:
     return prefix + now.strftime("%Y%m%d") + "".join(secrets.choice("0123456789") for _ in range(14))
 
 
-class LedgerError(Exception):
-    pass
-
-
 class Ledger:
     def __init__(self, db_path: str | Path, *, clock: Clock | None = None) -> None:
         self.db_path = Path(db_path)

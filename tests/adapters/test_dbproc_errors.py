@@ -13,8 +13,8 @@ import pytest
 from adapters.base import InDoubtError, PermanentError, RetryableError
 from adapters.dbproc import DbprocAdapter
 from tests.adapters.test_dbproc_profiles import dbproc_adapter, paid
-from tests.support.databases import free_port
 from tests.support.db_fixtures import SandboxDb
+from tests.support.rig import free_port
 
 INJECTION = "P0001'; DROP TABLE bills; --"
 

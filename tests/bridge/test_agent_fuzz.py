@@ -22,8 +22,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from bridge import catalog, openapi, protocol
-from bridge.agent import start_agent
 from bridge.config import load_config
+from bridge.server import start_agent
 from bridge.version import agent_version
 from sandbox.cli import start_sandbox_his
 from tests.support.fuzzrig import (

@@ -13,8 +13,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from bridge import openapi, protocol
-from bridge.agent import start_agent
 from bridge.config import ConfigError, load_config
+from bridge.server import start_agent
 from bridge.version import agent_version
 from tests.support.rig import bridge_config_toml, client_ssl, prepay
 

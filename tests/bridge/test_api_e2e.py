@@ -394,8 +394,8 @@ async def test_not_ready_until_recovery_completes(bridge_factory, dev_certs):
 
 
 async def test_agent_starts_while_the_his_is_down_and_delivers_when_it_comes_up(tmp_path, dev_certs):
-    from bridge.agent import start_agent
     from bridge.config import load_config
+    from bridge.server import start_agent
     from sandbox.cli import start_sandbox_his
     from tests.support.rig import bridge_config_toml, free_port
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from bridge.agent import start_agent
 from bridge.config import load_config
+from bridge.server import start_agent
 from sandbox.cli import start_sandbox_his
 from sandbox.his.faults import FaultRule
 from tests.support.hl7rig import HL7_PROFILE

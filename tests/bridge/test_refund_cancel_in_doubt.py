@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from bridge import catalog
-from bridge.agent import start_agent
 from bridge.config import DispatchConfig, load_config
 from bridge.dispatcher import Dispatcher
 from bridge.journal import Journal, State
 from bridge.metrics import Metrics
+from bridge.server import start_agent
 from sandbox.cli import SandboxHis, start_sandbox_his
 from sandbox.his.faults import FaultRule
 from tests.adapters.test_dbproc_errors import wait_and_kill

@@ -15,10 +15,9 @@ from gateway.runtime import RunningGateway, start_gateway
 from sandbox.channels import SandboxChannels, start_sandbox_channels
 from sandbox.channels.wechat import WechatPlatform
 from tests.support.channelrig import WECHAT_MCHID, SandboxAdmin, wechat_config, wechat_settings, write_wechat_trust
-from tests.support.databases import free_port
 from tests.support.gateway_rig import MERCHANT, ApiClient, gateway_config, make_keys
 from tests.support.memory_channel import MemoryChannel
-from tests.support.rig import make_client
+from tests.support.rig import free_port, make_client
 
 
 async def _fresh_pg_database(port: int) -> str:

@@ -21,8 +21,8 @@ from bridge import protocol
 from gateway.store import locks
 from gateway.store import orders as order_store
 from tests.gateway.saga_helpers import deliver_callback
-from tests.support.databases import free_port
 from tests.support.gateway_rig import eventually, make_due
+from tests.support.rig import free_port
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "APPS.md"
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")

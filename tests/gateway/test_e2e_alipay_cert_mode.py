@@ -15,8 +15,8 @@ from sandbox.channels import start_sandbox_channels
 from sandbox.channels.alipay import AlipayCertificates
 from tests.gateway.saga_helpers import get
 from tests.support.channelrig import ALIPAY_SELLER_ID, alipay_cert_config, alipay_settings, write_alipay_cert_trust
-from tests.support.databases import free_port
 from tests.support.gateway_rig import HOSPITAL, MERCHANT, eventually, order_body
+from tests.support.rig import free_port
 
 
 @pytest.fixture

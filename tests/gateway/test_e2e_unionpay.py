@@ -23,8 +23,8 @@ from sandbox.channels import start_sandbox_channels
 from sandbox.channels.unionpay import UnionPayIdentity
 from tests.gateway.saga_helpers import get
 from tests.support.channelrig import unionpay_config, unionpay_key, unionpay_settings, write_unionpay_trust
-from tests.support.databases import free_port
 from tests.support.gateway_rig import HOSPITAL, MERCHANT, eventually, order_body
+from tests.support.rig import free_port
 
 
 def channel_now() -> dt.datetime:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from gateway.store.all_tables import metadata
 from gateway.store.db import Database
 from gateway.store.migrate import current_revision, head_revision, upgrade
-from gateway.store.tables import metadata
 
 
 async def test_upgrade_builds_the_declared_schema(db_url):

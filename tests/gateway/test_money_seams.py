@@ -30,9 +30,8 @@ from gateway.store.tables import orders, refunds
 from sandbox.his.faults import FaultRule
 from tests.gateway.saga_helpers import create, deliver_callback, get, paid_order, sandbox_paid_order, settle
 from tests.support.console_rig import user
-from tests.support.databases import free_port
 from tests.support.gateway_rig import HOSPITAL, drain, eventually, make_due
-from tests.support.rig import make_client
+from tests.support.rig import free_port, make_client
 
 CLERK, APPROVER = user("clerk1", "clerk"), user("approver1", "approver")
 

@@ -12,9 +12,8 @@ from gateway.his import BridgeHis
 from gateway.store.tables import orders
 from sandbox.his.faults import FaultRule
 from tests.gateway.saga_helpers import create, get, sandbox_paid_order, settle
-from tests.support.databases import free_port
 from tests.support.gateway_rig import HOSPITAL, drain, eventually, make_due, order_body
-from tests.support.rig import make_client
+from tests.support.rig import free_port, make_client
 
 
 async def test_paid_order_is_committed_to_the_his_once_and_announced(

@@ -8,9 +8,8 @@ from __future__ import annotations
 from gateway.his import BridgeHis
 from sandbox.his.faults import FaultRule
 from tests.gateway.saga_helpers import get, sandbox_paid_order, settle
-from tests.support.databases import free_port
 from tests.support.gateway_rig import HOSPITAL, order_body
-from tests.support.rig import make_client
+from tests.support.rig import free_port, make_client
 
 
 async def _refund(client, order_no: str, refund_no: str, amount_fen: int) -> tuple[int, dict]:

@@ -280,6 +280,7 @@ async def test_a_changed_row_or_file_stops_the_removal(setup, tmp_path):
     assert manifest["file_sha256"] == callbacks.sha256 and manifest["tables"]["channel_events"]["rows"] == 30 * 6
 
 
+@pytest.mark.system  # runs his-gateway as a process
 def test_the_cli_runs_the_policy(tmp_path, keys, sqlite_url):
     config = tmp_path / "gateway.toml"
     config.write_text(

@@ -18,8 +18,8 @@ from sandbox.channels import start_sandbox_channels
 from sandbox.channels.wechat import WechatPlatform
 from tests.gateway.saga_helpers import get
 from tests.support.channelrig import WECHAT_MCHID, wechat_config, wechat_settings, write_wechat_trust
-from tests.support.databases import free_port
 from tests.support.gateway_rig import MERCHANT, eventually, order_body
+from tests.support.rig import free_port
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bridge import protocol, tls
-from bridge.agent import start_agent
 from bridge.client import BridgeClient
 from bridge.config import load_config
+from bridge.server import start_agent
 from tests.support.rig import SANDBOX_PROFILE
 
 pytestmark = pytest.mark.system

@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sandbox.day.faults import FaultKind
 
+pytestmark = pytest.mark.system
 BIN = Path(sys.executable).parent
 
 

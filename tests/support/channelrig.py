@@ -14,7 +14,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.channels.config import AlipayConfig, Secret, UnionPayConfig, WechatConfig
+from bridge.settings import Secret
+from gateway.channels.config import AlipayConfig, UnionPayConfig, WechatConfig
 from sandbox.channels import AlipaySettings, SandboxChannels, UnionPaySettings, WechatSettings
 from sandbox.channels import crypto as sandbox_crypto
 from sandbox.channels.alipay import AlipayCertificates

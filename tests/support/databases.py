@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.rig import free_port
+
 PG_BIN_DIRS = [Path(p) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]
 MARIADB_SBIN = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
 BOOTSTRAP_HINT = "run scripts/bootstrap as root (it installs postgresql, mariadb-server, unixodbc and the ODBC drivers)"
@@ -32,12 +34,6 @@ DB_PASSWORD = "his-bridge-test"
 
 class DatabaseUnavailable(RuntimeError):
     """A test database cannot be started; the message says what to install."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def odbc_driver(*candidates: str) -> str:

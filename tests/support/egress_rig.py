@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bridge import protocol, terminal_protocol
-from bridge.agent import RunningAgent, start_agent
 from bridge.certs import DevCerts
 from bridge.config import load_config
+from bridge.server import RunningAgent, start_agent
 from gateway.config import GatewayConfig, parse_config
 from gateway.runtime import RunningGateway, start_gateway
 from sandbox.channels import AlipaySettings, SandboxChannels, WechatSettings, start_sandbox_channels

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.support.databases import free_port
+from tests.support.rig import free_port
 
 
 def gateway_toml(directory: Path, *, port: int, db_url: str, signing_key: Path, extra: str = "") -> Path:

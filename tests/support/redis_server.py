@@ -12,7 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.databases import DatabaseUnavailable, free_port
+from tests.support.databases import DatabaseUnavailable
+from tests.support.rig import free_port
 
 HINT = "run scripts/bootstrap as root (it installs redis-server), or: apt-get install redis-server"
 

@@ -122,19 +122,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_ready(ops_url: str, proc: subprocess.Popen, timeout_s: float = 30) -> None:
-    """Until the agent's /readyz says ready (its journal is recovered); fails if the process exits first."""
+async def wait_ready(
+    url: str, proc: subprocess.Popen, timeout_s: float = 30, *, path: str = "/readyz", log: Path | None = None
+) -> None:
+    """Until ``GET url + path`` answers 200 (the agent's /readyz: its journal is recovered; a gateway's /healthz);
+    fails if the process exits first, quoting the end of its ``log`` when there is one."""
+
+    def tail() -> str:
+        return log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     async with aiohttp.ClientSession() as session:
         while loop.time() < deadline:
             if proc.poll() is not None:
-                raise AssertionError(f"agent exited with {proc.returncode}")
+                raise AssertionError(f"{url}: the process exited with {proc.returncode} {tail()}")
             try:
-                async with session.get(ops_url + "/readyz") as r:
+                async with session.get(url + path) as r:
                     if r.status == 200:
                         return
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.05)
-    raise AssertionError("agent did not become ready")
+    raise AssertionError(f"{url}{path} did not become ready {tail()}")

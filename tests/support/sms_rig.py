@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge.agent import RunningAgent, start_agent
 from bridge.certs import make_dev_certs
 from bridge.config import load_config
+from bridge.server import RunningAgent, start_agent
 from gateway.config import GatewayConfig
 from gateway.his import BridgeHis, HisLink
 from gateway.runtime import RunningGateway, start_gateway

@@ -18,7 +18,7 @@ BASE = "/console"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SERVICES = web.AppKey("console_services", Services)
 ENV = web.AppKey("console_jinja", jinja2.Environment)
-SESSION = web.RequestKey("console_session", Session | None)  # type: ignore[arg-type]
+SESSION = web.RequestKey[Session | None]("console_session")
 LANG = web.RequestKey("console_lang", str)
 
 

@@ -118,7 +118,8 @@ def rows(
         return
     archive, detail, summary = _members(data)
     with archive:
-        yield from _detail(zip_lines(archive, detail, WHAT), merchant, tally, summary and (archive, summary))
+        summary_member = (archive, summary) if summary is not None else None
+        yield from _detail(zip_lines(archive, detail, WHAT), merchant, tally, summary_member)
 
 
 def _detail(
@@ -177,17 +178,17 @@ def _detail(
             refund_total += total
             refund_net += net
             yield StatementRow(
-                "alipay",
-                pid,
-                trade_no,
-                out_trade_no,
-                refund_no or None,
-                None,
-                "refund",
-                amount,
-                fee,
-                when(t),
-                "success",
+                channel="alipay",
+                merchant=pid,
+                channel_trade_no=trade_no,
+                out_trade_no=out_trade_no,
+                out_refund_no=refund_no or None,
+                channel_refund_no=None,
+                type="refund",
+                amount_fen=amount,
+                fee_fen=fee,
+                time=when(t),
+                status="success",
             )
         else:
             amount = abs(total)
@@ -196,7 +197,17 @@ def _detail(
             pay_total += total
             pay_net += net
             yield StatementRow(
-                "alipay", pid, trade_no, out_trade_no, None, None, "pay", amount, fee, when(t), "success"
+                channel="alipay",
+                merchant=pid,
+                channel_trade_no=trade_no,
+                out_trade_no=out_trade_no,
+                out_refund_no=None,
+                channel_refund_no=None,
+                type="pay",
+                amount_fen=amount,
+                fee_fen=fee,
+                time=when(t),
+                status="success",
             )
     if header is None:
         raise StatementError(f"{WHAT}: no header row (支付宝交易号, …)")

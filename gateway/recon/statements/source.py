@@ -16,6 +16,7 @@ import io
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
+from typing import IO
 
 from gateway.recon.normalize import StatementError
 
@@ -31,7 +32,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK"
 
 
-def _read_chunks(stream: io.BufferedIOBase | zipfile.ZipExtFile | gzip.GzipFile, what: str) -> Iterator[bytes]:
+def _read_chunks(stream: io.BufferedIOBase | IO[bytes], what: str) -> Iterator[bytes]:
     try:
         while chunk := stream.read(CHUNK):
             yield chunk

@@ -165,22 +165,34 @@ def _records(zm: Iterable[bytes], day: dt.date, file_merchant: str, mer_id: str)
         query_id, order_id = _text(line, s_query, "查询流水号", n), _text(line, s_order, "商户订单号", n)
         if txn_type == PAYMENT:
             rows.append(
-                StatementRow("unionpay", mer_id, query_id, order_id, None, None, "pay", amount, -fee, t, "success")
+                StatementRow(
+                    channel="unionpay",
+                    merchant=mer_id,
+                    channel_trade_no=query_id,
+                    out_trade_no=order_id,
+                    out_refund_no=None,
+                    channel_refund_no=None,
+                    type="pay",
+                    amount_fen=amount,
+                    fee_fen=-fee,
+                    time=t,
+                    status="success",
+                )
             )
         else:
             rows.append(
                 StatementRow(
-                    "unionpay",
-                    mer_id,
-                    _text(line, s_orig_query, "原交易查询流水号", n),
-                    _text(line, s_orig_order, "原始交易订单号", n),
-                    order_id,
-                    query_id,
-                    "refund",
-                    amount,
-                    -fee,
-                    t,
-                    "success",
+                    channel="unionpay",
+                    merchant=mer_id,
+                    channel_trade_no=_text(line, s_orig_query, "原交易查询流水号", n),
+                    out_trade_no=_text(line, s_orig_order, "原始交易订单号", n),
+                    out_refund_no=order_id,
+                    channel_refund_no=query_id,
+                    type="refund",
+                    amount_fen=amount,
+                    fee_fen=-fee,
+                    time=t,
+                    status="success",
                 )
             )
     parsed = ParsedStatement(rows, StatementTotals(count=len(rows)))

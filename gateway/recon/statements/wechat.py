@@ -117,17 +117,17 @@ def rows(
             n_refund += 1
             refund_rows_fen += refund_fen
             yield StatementRow(
-                "wechat",
-                mch,
-                v[i_trade].strip(),
-                v[i_out].strip(),
-                out_refund or None,
-                refund_id or None,
-                "refund",
-                refund_fen,
-                fee_fen,
-                when(t),
-                refund_state or "success",
+                channel="wechat",
+                merchant=mch,
+                channel_trade_no=v[i_trade].strip(),
+                out_trade_no=v[i_out].strip(),
+                out_refund_no=out_refund or None,
+                channel_refund_no=refund_id or None,
+                type="refund",
+                amount_fen=refund_fen,
+                fee_fen=fee_fen,
+                time=when(t),
+                status=refund_state or "success",
             )
         else:
             amount = to_fen_abs(v[i_total] if i_total is not None and v[i_total].strip() else v[i_settled])
@@ -135,17 +135,17 @@ def rows(
             pay_fen += amount
             pay_fee_sum += fee
             yield StatementRow(
-                "wechat",
-                mch,
-                v[i_trade].strip(),
-                v[i_out].strip(),
-                None,
-                None,
-                "pay",
-                amount,
-                fee_fen,
-                when(v[i_time]),
-                state.lower() or "success",
+                channel="wechat",
+                merchant=mch,
+                channel_trade_no=v[i_trade].strip(),
+                out_trade_no=v[i_out].strip(),
+                out_refund_no=None,
+                channel_refund_no=None,
+                type="pay",
+                amount_fen=amount,
+                fee_fen=fee_fen,
+                time=when(v[i_time]),
+                status=state.lower() or "success",
             )
     tally.count, tally.pay_count, tally.refund_count = n_pay + n_refund, n_pay, n_refund
     tally.pay_fen, tally.refund_fen, tally.fee_fen = pay_fen, refund_rows_fen, row_fee_fen

@@ -7,8 +7,9 @@ import datetime as dt
 
 import pytest
 
+from bridge.settings import Secret
 from gateway.channels.base import ChannelError
-from gateway.channels.config import MerchantKey, Secret
+from gateway.channels.config import MerchantKey
 from gateway.channels.keys import KeyRing, KeyStatus, SigningKey, load_merchant_key
 from gateway.channels.unionpay_crypto import cert_id
 from gateway.channels.wechat_crypto import certificate_serial

@@ -12,9 +12,10 @@ import sys
 import aiohttp
 import pytest
 
+from bridge.settings import Secret
 from gateway.channels.alipay import AlipayChannel
 from gateway.channels.base import PaymentRequest, Scene, TradeState
-from gateway.channels.config import AlipayConfig, MerchantKey, Secret, UnionPayConfig, WechatConfig
+from gateway.channels.config import AlipayConfig, MerchantKey, UnionPayConfig, WechatConfig
 from gateway.channels.unionpay import UnionPayChannel
 from gateway.channels.wechat import WechatPayChannel
 from tests.support.channelrig import (

@@ -20,8 +20,8 @@ from sandbox.channels.wechat import WechatPlatform
 from tests.gateway.saga_helpers import get
 from tests.support.channelrig import wechat_config, wechat_settings, write_wechat_trust
 from tests.support.console_rig import ConsoleClient, add_staff
-from tests.support.databases import free_port
 from tests.support.gateway_rig import HOSPITAL, eventually, order_body
+from tests.support.rig import free_port
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from gateway.store.recon_tables import recon_runs, statements
 from sandbox.channels import start_sandbox_channels
 from tests.gateway.saga_helpers import get
 from tests.support.channelrig import wechat_config, wechat_settings, write_wechat_trust
-from tests.support.databases import free_port
 from tests.support.gateway_rig import HOSPITAL, MERCHANT, eventually, order_body
+from tests.support.rig import free_port
 
 
 @pytest.fixture

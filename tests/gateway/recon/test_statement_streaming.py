@@ -206,8 +206,19 @@ def test_a_file_without_line_ends_is_refused_without_being_held():
 def test_a_parser_not_yet_streaming_registers_as_it_is():
     def whole_parse(data: bytes | str, *, merchant: str | None = None) -> ParsedStatement:
         """Written against the older interface: all rows in a list, then check_totals on the whole."""
-        row = StatementRow("unionpay", merchant or "898", "U1", "P-1", None, None, "pay", 1250, 3,
-                           dt.datetime(2025, 3, 14, 9, tzinfo=dt.UTC), "success")  # fmt: skip
+        row = StatementRow(
+            channel="unionpay",
+            merchant=merchant or "898",
+            channel_trade_no="U1",
+            out_trade_no="P-1",
+            out_refund_no=None,
+            channel_refund_no=None,
+            type="pay",
+            amount_fen=1250,
+            fee_fen=3,
+            time=dt.datetime(2025, 3, 14, 9, tzinfo=dt.UTC),
+            status="success",
+        )
         parsed = ParsedStatement([row], StatementTotals(count=1, pay_fen=1250 if data == b"ok" else 1300))
         check_totals(parsed, "unionpay statement")
         return parsed

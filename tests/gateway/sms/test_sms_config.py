@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from bridge.settings import Secret
 from gateway.config import ConfigError, parse_config
 from gateway.sms.config import SmsConfig
 
@@ -51,3 +54,29 @@ def test_bad_settings_fail_at_load(tmp_path, sms, complaint):
 def test_defaults_match_the_issue():
     policy = SmsConfig().defaults
     assert (policy.phone.resend_interval_s, policy.code.ttl_s, policy.code.max_attempts) == (60, 300, 5)
+
+
+def _tencent(secret: dict, app_secret: dict) -> dict:
+    return {
+        "provider": {
+            "kind": "tencent",
+            "tencent": {"secret_id": "AKID", **secret, "sdk_app_id": "1400", "sign_name": "医院",
+                        "templates": {"binding": "1", "payment": "2", "login": "3"}},
+        },
+        "captcha": {"kind": "tencent", "tencent": {"secret_id": "AKID", **secret, "captcha_app_id": 7, **app_secret}},
+    }  # fmt: skip
+
+
+def test_tencent_keys_are_secrets_named_by_file_or_environment_and_the_older_file_keys_still_load(tmp_path):
+    old = parse_config(
+        raw(tmp_path, _tencent({"secret_key_file": "tencent.key"}, {"app_secret_key_file": "captcha.key"})),
+        base=tmp_path,
+    )
+    assert old.sms.provider.tencent.secret_key == Secret(file=tmp_path / "tencent.key")
+    assert old.sms.captcha.tencent.app_secret_key == Secret(file=tmp_path / "captcha.key")
+    new = parse_config(
+        raw(tmp_path, _tencent({"secret_key": {"env": "TENCENT_KEY"}}, {"app_secret_key": {"file": "/etc/c.key"}})),
+        base=tmp_path,
+    )
+    assert new.sms.provider.tencent.secret_key == Secret(env="TENCENT_KEY")
+    assert new.sms.captcha.tencent.app_secret_key == Secret(file=Path("/etc/c.key"))

@@ -4,13 +4,10 @@ Redis, not in the database."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import subprocess
 import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
@@ -21,8 +18,8 @@ from gateway.sms.limits_store import REDIS_KEY_PREFIX
 from gateway.sms.providers import read_records
 from gateway.store.db import Database
 from gateway.store.sms_tables import sms_counters
-from tests.support.databases import free_port
 from tests.support.gateway_rig import APP_ID, ApiClient
+from tests.support.rig import free_port, wait_ready
 from tests.support.sms_rig import SmsApp, client, write_secret
 
 pytestmark = pytest.mark.system
@@ -79,22 +76,6 @@ def spawn(config: Path, log: Path) -> subprocess.Popen:
         )
 
 
-def tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-2000:]
-
-
-async def wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(600):
-            assert process.poll() is None, f"the gateway exited: {tail(log)}"
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{url}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"the gateway at {url} did not come up: {tail(log)}")
-
-
 async def test_two_processes_share_the_counters_on_one_redis(tmp_path, keys, pg_url, redis_server):
     processes: list[subprocess.Popen] = []
     apps: list[SmsApp] = []
@@ -106,7 +87,7 @@ async def test_two_processes_share_the_counters_on_one_redis(tmp_path, keys, pg_
             process = spawn(config, log)
             processes.append(process)
             url = f"http://127.0.0.1:{port}"
-            await wait_ready(url, process, log)
+            await wait_ready(url, process, 60, path="/healthz", log=log)
             apps.append(SmsApp(ApiClient(url, keys.app, keys.gateway.public())))
         a, b = apps
         wifi = "100.64.7.7"
