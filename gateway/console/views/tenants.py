@@ -9,12 +9,15 @@ File paths typed here must be absolute: they are read by every gateway instance,
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 import tomllib
+from collections.abc import Awaitable, Callable
 from typing import Any, get_args
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
 from gateway.config import AppOperation, BridgeLink, HospitalConfig, MerchantConfig
@@ -38,11 +41,17 @@ class FormError(Exception):
         self.why = why
 
 
-def _admin(request: web.Request) -> str:
-    user = session_of(request).user
-    if not user.can(Role.admin):
-        raise PermissionError
-    return f"console:{user.username}"[:64]
+def admin_only(handler: Callable[[web.Request, str], Awaitable[web.StreamResponse]]) -> Handler:
+    """Tenant pages and forms are the admin's: anyone else gets 403; the handler gets the actor to audit."""
+
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.StreamResponse:
+        user = session_of(request).user
+        if not user.can(Role.admin):
+            return _forbidden(request)
+        return await handler(request, f"console:{user.username}"[:64])
+
+    return checked
 
 
 def _forbidden(request: web.Request) -> web.Response:
@@ -78,11 +87,8 @@ def relative_files(settings: Any, where: str = "") -> list[str]:
 # --- pages -------------------------------------------------------------------------------------------------
 
 
-async def overview(request: web.Request) -> web.StreamResponse:
-    try:
-        _admin(request)
-    except PermissionError:
-        return _forbidden(request)
+@admin_only
+async def overview(request: web.Request, who: str) -> web.StreamResponse:
     return await _overview(request)
 
 
@@ -107,11 +113,8 @@ async def _overview(request: web.Request, *, status: int = 200, error: str | Non
     )
 
 
-async def hospital_page(request: web.Request) -> web.StreamResponse:
-    try:
-        _admin(request)
-    except PermissionError:
-        return _forbidden(request)
+@admin_only
+async def hospital_page(request: web.Request, who: str) -> web.StreamResponse:
     return await _hospital(request)
 
 
@@ -139,11 +142,8 @@ async def _hospital(request: web.Request, *, status: int = 200, error: str | Non
     )
 
 
-async def app_page(request: web.Request) -> web.StreamResponse:
-    try:
-        _admin(request)
-    except PermissionError:
-        return _forbidden(request)
+@admin_only
+async def app_page(request: web.Request, who: str) -> web.StreamResponse:
     return await _app(request)
 
 
@@ -177,11 +177,8 @@ async def _app(request: web.Request, *, status: int = 200, error: str | None = N
     )
 
 
-async def merchant_page(request: web.Request) -> web.StreamResponse:
-    try:
-        _admin(request)
-    except PermissionError:
-        return _forbidden(request)
+@admin_only
+async def merchant_page(request: web.Request, who: str) -> web.StreamResponse:
     return await _merchant(request)
 
 
@@ -247,11 +244,8 @@ def _hospital_spec(form: Any, hospital_id: str, current: store.HospitalRow | Non
         raise _validation(e) from None
 
 
-async def add_hospital(request: web.Request) -> web.StreamResponse:
-    try:
-        who = _admin(request)
-    except PermissionError:
-        return _forbidden(request)
+@admin_only
+async def add_hospital(request: web.Request, who: str) -> web.StreamResponse:
     form = await request.post()
     hospital_id = _text(form, "id", 32)
     try:
@@ -262,11 +256,8 @@ async def add_hospital(request: web.Request) -> web.StreamResponse:
     return redirect(f"/admin/hospitals/{hospital_id}", done="flash.tenant_saved")
 
 
-async def update_hospital(request: web.Request) -> web.StreamResponse:
-    try:
-        who = _admin(request)
-    except PermissionError:
-        return _forbidden(request)
+@admin_only
+async def update_hospital(request: web.Request, who: str) -> web.StreamResponse:
     db = request.app[SERVICES].db
     hospital_id = request.match_info["id"]
     current = await store.get_hospital(db, hospital_id)
@@ -285,11 +276,8 @@ def _flash(outcome: str) -> str:
 
 
 def _switch(kind: str, page: str) -> Any:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        try:
-            who = _admin(request)
-        except PermissionError:
-            return _forbidden(request)
+    @admin_only
+    async def handler(request: web.Request, who: str) -> web.StreamResponse:
         row_id = request.match_info["id"]
         enabled = (await request.post()).get("enabled") == "1"
         try:
@@ -315,11 +303,8 @@ def _operations(form: Any) -> tuple[str, ...]:
     return tuple(op for op in OPERATIONS if form.get(f"op_{op}"))
 
 
-async def add_app(request: web.Request) -> web.StreamResponse:
-    try:
-        who = _admin(request)
-    except PermissionError:
-        return _forbidden(request)
+@admin_only
+async def add_app(request: web.Request, who: str) -> web.StreamResponse:
     hospital_id = request.match_info["id"]
     form = await request.post()
     app_id = _text(form, "app_id", 64)
@@ -338,11 +323,8 @@ async def add_app(request: web.Request) -> web.StreamResponse:
     return redirect(f"/admin/apps/{app_id}", done="flash.tenant_saved")
 
 
-async def update_app(request: web.Request) -> web.StreamResponse:
-    try:
-        who = _admin(request)
-    except PermissionError:
-        return _forbidden(request)
+@admin_only
+async def update_app(request: web.Request, who: str) -> web.StreamResponse:
     db = request.app[SERVICES].db
     current = await store.get_app(db, request.match_info["id"])
     if current is None:
@@ -361,11 +343,8 @@ async def update_app(request: web.Request) -> web.StreamResponse:
     return redirect(f"/admin/apps/{current.id}", done=_flash(outcome))
 
 
-async def rotate_key(request: web.Request) -> web.StreamResponse:
-    try:
-        who = _admin(request)
-    except PermissionError:
-        return _forbidden(request)
+@admin_only
+async def rotate_key(request: web.Request, who: str) -> web.StreamResponse:
     app_id = request.match_info["id"]
     form = await request.post()
     try:
@@ -382,11 +361,8 @@ async def rotate_key(request: web.Request) -> web.StreamResponse:
     return redirect(f"/admin/apps/{app_id}", done="flash.key_added" if outcome == "added" else "flash.tenant_unchanged")
 
 
-async def retire_key(request: web.Request) -> web.StreamResponse:
-    try:
-        who = _admin(request)
-    except PermissionError:
-        return _forbidden(request)
+@admin_only
+async def retire_key(request: web.Request, who: str) -> web.StreamResponse:
     app_id = request.match_info["id"]
     try:
         await store.retire_app_key(
@@ -426,11 +402,8 @@ def _merchant_spec(form: Any, merchant_id: str, current: store.MerchantRow | Non
         raise _validation(e) from None
 
 
-async def add_merchant(request: web.Request) -> web.StreamResponse:
-    try:
-        who = _admin(request)
-    except PermissionError:
-        return _forbidden(request)
+@admin_only
+async def add_merchant(request: web.Request, who: str) -> web.StreamResponse:
     form = await request.post()
     merchant_id = _text(form, "merchant_id", 64)
     try:
@@ -441,11 +414,8 @@ async def add_merchant(request: web.Request) -> web.StreamResponse:
     return redirect(f"/admin/merchants/{merchant_id}", done="flash.tenant_saved")
 
 
-async def update_merchant(request: web.Request) -> web.StreamResponse:
-    try:
-        who = _admin(request)
-    except PermissionError:
-        return _forbidden(request)
+@admin_only
+async def update_merchant(request: web.Request, who: str) -> web.StreamResponse:
     db = request.app[SERVICES].db
     current = await store.get_merchant(db, request.match_info["id"])
     if current is None:
