@@ -12,20 +12,17 @@ deletes in bounded batches.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import queue
 import sqlite3
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge import clock as shared_clock
+from bridge import group_commit
+from bridge.group_commit import FileKind, GroupCommitFile
 
 APPLICATION_ID = 0x48425231  # "HBR1": marks the file as ours, so a foreign SQLite file is never adopted
 SCHEMA_VERSION = 1
@@ -156,59 +153,21 @@ CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces(expires_at);
 """
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 10000")
-    return conn
+KIND = FileKind(
+    name="journal",
+    application_id=APPLICATION_ID,
+    schema=_SCHEMA,
+    schema_version=SCHEMA_VERSION,
+    foreign=JournalCorrupt,
+    unavailable=JournalUnavailable,
+)
 
 
 def open_file(path: Path, *, create: bool = True) -> sqlite3.Connection:
-    """Open the journal file, creating it if asked, and refuse anything that is not ours."""
-    path = Path(path)
-    exists = path.exists() and path.stat().st_size > 0
-    if not exists and not create:
+    """Open the journal file, creating it if asked, and refuse anything that is not ours (or is damaged)."""
+    if not create and not (Path(path).exists() and Path(path).stat().st_size > 0):
         raise JournalError(f"{path}: no journal here")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = _connect(path)
-    try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if exists and app_id != APPLICATION_ID:
-            raise JournalCorrupt(
-                f"{path} is a SQLite file but not a HIS Bridge journal (application_id={app_id:#x}, "
-                f"tables={sorted(tables)}); refusing to use or replace it"
-            )
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        if not exists:
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise JournalCorrupt(f"{path}: journal schema {version} is newer than this agent ({SCHEMA_VERSION})")
-        result = conn.execute("PRAGMA quick_check(1)").fetchone()[0] if exists else "ok"
-        if result != "ok":
-            raise JournalCorrupt(f"{path}: journal is damaged: {result}")
-    except sqlite3.DatabaseError as e:
-        conn.close()
-        raise JournalCorrupt(f"{path}: cannot be read as a journal: {e}") from None
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-@dataclass
-class _Job:
-    fn: Callable[[sqlite3.Connection], Any]
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-
-
-class _Stop:
-    pass
+    return group_commit.open_file(path, KIND, create=create, check=True)
 
 
 class Journal:
@@ -222,115 +181,34 @@ class Journal:
         clock: Callable[[], float] = shared_clock.now,
     ) -> None:
         self.path = Path(path)
-        self.max_batch = max_batch
-        self._on_commit = on_commit
-        self._on_error = on_error
         self._clock = clock
-        self._queue: queue.SimpleQueue[_Job | _Stop] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
-        self._wconn: sqlite3.Connection | None = None
-        self._rconn: sqlite3.Connection | None = None
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-read")
-        self.commits = 0
-        self.failing: str | None = None
+        # A job raises only before it has written anything (a conflict is detected on a no-op insert), so the
+        # journal's writes need no savepoints.
+        self._file = GroupCommitFile(
+            self.path, KIND, max_batch=max_batch, savepoints=False, on_commit=on_commit, on_error=on_error
+        )
+        self._write = self._file.write
+        self._read = self._file.read
+
+    @property
+    def failing(self) -> str | None:
         """Why the last commit failed (disk full, I/O error), or None once a commit succeeds again: the writer
         thread survives a failed commit, so the journal recovers by itself when space returns."""
+        return self._file.failing
 
-    # --- lifecycle -----------------------------------------------------------------------------------------
-
-    async def open(self) -> None:
-        self._wconn = await asyncio.to_thread(open_file, self.path)
-        self._rconn = _connect(self.path)
-        self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
-        self._writer.start()
+    @property
+    def commits(self) -> int:
+        return self._file.commits
 
     @property
     def writer_alive(self) -> bool:
-        return self._writer is not None and self._writer.is_alive()
+        return self._file.writer_alive
+
+    async def open(self) -> None:
+        await self._file.open(check=True)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._queue.put(_Stop())
-            await asyncio.to_thread(self._writer.join)
-            self._writer = None
-        self._reader.shutdown(wait=True)
-        for conn in (self._wconn, self._rconn):
-            if conn is not None:
-                conn.close()
-
-    # --- the writer ----------------------------------------------------------------------------------------
-
-    def _write_loop(self) -> None:
-        conn = self._wconn
-        assert conn is not None
-        while True:
-            first = self._queue.get()
-            if isinstance(first, _Stop):
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(nxt, _Stop):
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._run_batch(conn, batch)
-            if stop:
-                return
-
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        """Run a batch in one transaction and one fsync. A job raises only before it has written anything (a
-        conflict is detected on a no-op insert), so a failing job needs no savepoint; a SQLite error fails
-        the whole batch and nothing of it is kept."""
-        outcomes: list[tuple[bool, Any]] = []
-        started = time.perf_counter()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                try:
-                    outcomes.append((True, job.fn(conn)))
-                except sqlite3.Error:
-                    raise
-                except Exception as e:
-                    outcomes.append((False, e))
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            err = JournalUnavailable(f"journal cannot commit: {e}")
-            outcomes = [(False, err)] * len(batch)
-            self.failing = str(e)
-            if self._on_error is not None:
-                self._on_error(str(e))
-        else:
-            self.commits += 1
-            self.failing = None
-            if self._on_commit is not None:
-                self._on_commit(time.perf_counter() - started, len(batch))
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        for job, (ok, value) in zip(batch, outcomes, strict=True):
-            by_loop.setdefault(job.loop, []).append((job.future, ok, value))
-        for loop, settled in by_loop.items():
-            loop.call_soon_threadsafe(_settle_all, settled)
-
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._writer is None:
-            raise JournalUnavailable("journal is not open")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(fn, fut, loop))
-        return await fut
-
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._rconn
-        assert conn is not None
-        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, conn)
+        await self._file.close()
 
     # --- writes --------------------------------------------------------------------------------------------
 
@@ -547,15 +425,3 @@ def _insert_nonce(conn: sqlite3.Connection, key_id: str, nonce: str, expires_at:
         (key_id, nonce, expires_at),
     )
     return cur.rowcount == 1
-
-
-def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    """Answer a batch in its commit order with one wake-up of the loop: that order is the journal's, which is
-    what keeps calls of one trade in arrival order."""
-    for fut, ok, value in settled:
-        if fut.done():
-            continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)

@@ -200,6 +200,7 @@ LAYERS = {
             "bridge.logs",
             "bridge.errors",
             "bridge.settings",
+            "bridge.group_commit",
             "bridge.version",
             "bridge.client",
             "bridge.systemd",

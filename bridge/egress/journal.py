@@ -17,18 +17,17 @@ One thread writes, group-committing what waits for it; reads use a second connec
 
 from __future__ import annotations
 
-import asyncio
 import json
-import queue
 import sqlite3
-import threading
-import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
+
+from bridge import clock as shared_clock
+from bridge import group_commit
+from bridge.group_commit import FileKind, GroupCommitFile
 
 APPLICATION_ID = 0x48424531  # "HBE1": an egress journal, never confused with the HIS journal
 SCHEMA_VERSION = 1
@@ -164,147 +163,44 @@ CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces(expires_at);
 """
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 10000")
-    return conn
+KIND = FileKind(
+    name="egress journal",
+    application_id=APPLICATION_ID,
+    schema=_SCHEMA,
+    schema_version=SCHEMA_VERSION,
+    foreign=EgressJournalError,
+    unavailable=EgressJournalUnavailable,
+)
 
 
 def open_file(path: Path) -> sqlite3.Connection:
     """Open (or create) the egress journal; a SQLite file that is not one is refused, never replaced."""
-    path = Path(path)
-    exists = path.exists() and path.stat().st_size > 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = _connect(path)
-    try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        if exists and app_id != APPLICATION_ID:
-            raise EgressJournalError(f"{path} is not a HIS Bridge egress journal (application_id={app_id:#x})")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        if not exists:
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise EgressJournalError(f"{path}: schema {version} is newer than this agent ({SCHEMA_VERSION})")
-    except sqlite3.DatabaseError as e:
-        conn.close()
-        raise EgressJournalError(f"{path}: cannot be read as an egress journal: {e}") from None
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    return group_commit.open_file(path, KIND)
 
 
 def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
-@dataclass
-class _Job:
-    fn: Callable[[sqlite3.Connection], Any]
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-
-
 class EgressJournal:
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time, max_batch: int = 128) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = shared_clock.now, max_batch: int = 128) -> None:
         self.path = Path(path)
         self._clock = clock
-        self.max_batch = max_batch
-        self._wconn: sqlite3.Connection | None = None
-        self._rconn: sqlite3.Connection | None = None
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="egress-read")
-        self.failing: str | None = None
+        # Each write in its own savepoint: a job that refuses (a replayed nonce, a daily limit) undoes only
+        # itself. Under load a payment's two fsyncs become a fraction of one.
+        self._file = GroupCommitFile(self.path, KIND, max_batch=max_batch, savepoints=True)
+        self._write = self._file.write
+        self._read = self._file.read
+
+    @property
+    def failing(self) -> str | None:
+        return self._file.failing
 
     async def open(self) -> None:
-        self._wconn = await asyncio.to_thread(open_file, self.path)
-        self._rconn = _connect(self.path)
-        self._writer = threading.Thread(target=self._write_loop, name="egress-writer", daemon=True)
-        self._writer.start()
+        await self._file.open()
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._queue.put(None)
-            await asyncio.to_thread(self._writer.join)
-            self._writer = None
-        self._reader.shutdown(wait=True)
-        for conn in (self._wconn, self._rconn):
-            if conn is not None:
-                conn.close()
-        self._wconn = self._rconn = None
-
-    def _write_loop(self) -> None:
-        """Group commit: every write waiting when the writer comes round shares one transaction and one fsync
-        (each in its own savepoint, so a job that refuses — a replayed nonce, a daily limit — undoes only
-        itself). Under load this turns a payment's two fsyncs into a fraction of one."""
-        conn = self._wconn
-        assert conn is not None
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch, stop = [first], False
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._run_batch(conn, batch)
-            if stop:
-                return
-
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    value = job.fn(conn)
-                except sqlite3.Error:
-                    raise
-                except Exception as e:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    outcomes.append((False, e))
-                    continue
-                conn.execute("RELEASE job")
-                outcomes.append((True, value))
-            conn.execute("COMMIT")
-            self.failing = None
-        except sqlite3.Error as e:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            self.failing = str(e)
-            outcomes = [(False, EgressJournalUnavailable(f"egress journal cannot commit: {e}"))] * len(batch)
-        for job, (ok, value) in zip(batch, outcomes, strict=True):
-            job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
-
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._writer is None:
-            raise EgressJournalUnavailable("the egress journal is not open")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(fn, future, loop))
-        return await future
-
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._rconn
-        if conn is None:
-            raise EgressJournalUnavailable("the egress journal is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, conn)
+        await self._file.close()
 
     # --- writes --------------------------------------------------------------------------------------------
 
@@ -546,12 +442,3 @@ def _insert_nonce(conn: sqlite3.Connection, terminal_id: str, nonce: str, expire
         (terminal_id, nonce, expires_at),
     )
     return cur.rowcount == 1
-
-
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)

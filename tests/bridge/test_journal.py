@@ -40,7 +40,7 @@ async def test_settings_are_durable(journal, tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     # synchronous is per connection: check the writer's own setting
-    assert journal._wconn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert journal._file._wconn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
 async def test_concurrent_writes_share_commits(journal):
