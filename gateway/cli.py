@@ -26,7 +26,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import audit_cli, logs
+from bridge import logs
+from gateway import audit_cli
 from gateway.channels import cli as channels_cli
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.console import cli as console_cli

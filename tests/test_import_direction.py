@@ -22,6 +22,7 @@ ALLOWED_FROM_BRIDGE = {
         "bridge.clock",
         "bridge.settings",
         "bridge.errors",
+        "bridge.logs",
     },
     "sandbox": {"bridge.protocol", "bridge.terminal_protocol", "bridge.clock"},
 }
@@ -66,7 +67,7 @@ def test_only_the_protocol_helpers_of_the_bridge_are_imported(package: str) -> N
 
 
 def test_the_protocol_helpers_are_leaves() -> None:
-    for helper in ("protocol", "terminal_protocol", "clock", "settings", "errors"):
+    for helper in ("protocol", "terminal_protocol", "clock", "settings", "errors", "logs", "group_commit"):
         ours = {
             n
             for n in imported(REPO / "bridge" / f"{helper}.py")
@@ -230,7 +231,6 @@ LAYERS = {
         [
             "gateway.model",
             "gateway.config",
-            "gateway.logs",
             "gateway.client",
             "gateway.sms.config",
             "gateway.sms.phones",

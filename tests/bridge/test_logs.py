@@ -1,4 +1,5 @@
 import json
+import logging
 
 import structlog
 
@@ -43,3 +44,35 @@ def test_a_traceback_is_masked_after_it_is_formatted(capsys):
     assert "Traceback" in line["exception"] and "ValueError" in line["exception"]
     assert "110105********0011" in line["exception"] and "138****0001" in line["exception"]
     assert "110105198503120011" not in err and "13800000001" not in err
+
+
+def test_a_library_record_through_the_standard_library_is_one_masked_json_line(capsys):
+    """zeep, aiohttp and SQLAlchemy log through the standard library: their lines are masked JSON too, not raw
+    text on stderr (found by the hardening issue: a library warning quoting a patient's phone went out as is)."""
+
+    logs.configure("info", json=True)
+    try:
+        logging.getLogger("zeep.transports").warning(
+            "HTTP 500 for patient %s, phone %s", "110105198503120011", "13800000001"
+        )
+        logging.getLogger("aiohttp.access").debug("below the level: not written")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    lines = [json.loads(x) for x in capsys.readouterr().err.strip().splitlines()]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["event"] == "HTTP 500 for patient 110105********0011, phone 138****0001"
+    assert line["logger"] == "zeep.transports" and line["level"] == "warning" and "timestamp" in line
+
+
+def test_payment_codes_and_secrets_are_masked_on_the_agent_too(capsys):
+    """The intranet listener forwards a scanner's 付款码: a bearer credential while it lives."""
+    logs.configure("info", json=True)
+    try:
+        structlog.get_logger("t").info("codepay", auth_code="134567890123456789", token="abc", password="")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["auth_code"] == "134************789" and line["token"] == "***" and line["password"] == ""

@@ -5,6 +5,8 @@ reconciling, working the exceptions at the console and checking the three ledger
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,19 +16,30 @@ import pytest
 
 from sandbox.day.faults import FaultKind
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.timeout(960)]
 BIN = Path(sys.executable).parent
 
 
+DAY_TIMEOUT_S = 900
+
+
 def day(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str, subprocess.CompletedProcess[str]]:
-    done = subprocess.run(
-        [str(BIN / "his-sandbox"), "day", "--work", str(tmp_path / "day"), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    report = done.stdout
-    return json.loads(report.strip().splitlines()[-1]), report + done.stderr[-3000:], done
+    """Run a day as an operator does. In its own process group: if the test is cut short, the day is stopped
+    with SIGTERM (it stops its stack on the way out), then the whole group is killed, so no HIS, channel, agent
+    or gateway process outlives the test."""
+    argv = [str(BIN / "his-sandbox"), "day", "--work", str(tmp_path / "day"), *args]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=DAY_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    done = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    return json.loads(out.strip().splitlines()[-1]), out + err[-3000:], done
 
 
 def test_a_short_day_with_every_fault_loses_nothing_and_flags_only_what_the_faults_explain(tmp_path: Path) -> None:
