@@ -17,6 +17,7 @@ from gateway.api import answers, his, his_answers, schemas
 from gateway.api.events import MAX_ID, MAX_LIMIT
 from gateway.api.orders import FLAGS, MAX_PAGE, MAX_PAGE_SIZE
 from gateway.model import OrderStatus
+from gateway.sms import api as sms_api
 
 REF = "#/components/schemas/{model}"
 
@@ -77,6 +78,7 @@ ERRORS = {
     "405": "Method not allowed.",
     "409": "A replayed nonce; or the conflict the operation names.",
     "413": "Body too large.",
+    "429": "Too many requests.",
     "422": "The body does not fit the schema (schema_violation, with details), or a refused notify_url.",
     "500": "Internal error.",
     "503": "A channel could not be reached (channel_unavailable): send the same request again.",
@@ -215,6 +217,47 @@ def _his_paths() -> dict[str, Any]:
     }
 
 
+SMS_ERRORS = {
+    "403": "Solve the captcha first (captcha_required, with captcha: provider, challenge_id, params), then send "
+    "the request again with captcha; or requests from this client are not accepted (sms_refused). As for every "
+    "endpoint: the operation is not allowed to the app, or the app is disabled.",
+    "404": "SMS codes are not enabled on this gateway (not_found).",
+    "429": "Too many code requests from this client (sms_rate_limited): try again later.",
+    "503": "Codes cannot be sent now (sms_unavailable): try again later.",
+}
+
+
+def _sms_operation(operation_id: str, summary: str, answer: tuple[type[BaseModel], str], body: type[BaseModel]) -> Any:
+    operation = _operation(operation_id, summary, {"200": answer}, ["404", "409", "422", "429", "503"], body=body)
+    for status, text in SMS_ERRORS.items():
+        if status in operation["responses"]:
+            operation["responses"][status] = _json(answers.Error, text)
+    return dict(operation, responses=dict(sorted(operation["responses"].items())))
+
+
+def _sms_paths() -> dict[str, Any]:
+    return {
+        "/v1/sms/otp": {
+            "post": _sms_operation(
+                "request_sms_code",
+                "Send a verification code to a patient's phone for login, binding a medical card or paying. Pass "
+                "what the app knows of the browser (client) and of the person (identity): the defences against "
+                "SMS pumping weigh them. The answer is the same whether a code went out or not.",
+                (sms_api.OtpSent, "Accepted."),
+                sms_api.OtpBody,
+            )
+        },
+        "/v1/sms/verify": {
+            "post": _sms_operation(
+                "verify_sms_code",
+                "Check a code the patient typed; a code verifies once.",
+                (sms_api.Verified, "Whether the code was right."),
+                sms_api.VerifyBody,
+            )
+        },
+    }
+
+
 def build(version: str = "1") -> dict[str, Any]:
     models: list[tuple[type[BaseModel], Any]] = [
         (schemas.CreateOrder, "validation"),
@@ -239,6 +282,10 @@ def build(version: str = "1") -> dict[str, Any]:
         (his.PatientQuery, "validation"),
         (his.BillsQuery, "validation"),
         (his.LockRequest, "validation"),
+        (sms_api.OtpBody, "validation"),
+        (sms_api.VerifyBody, "validation"),
+        (sms_api.OtpSent, "serialization"),
+        (sms_api.Verified, "serialization"),
     ]
     _, defs = models_json_schema(models, ref_template=REF)
     order_no = _path_param("business_order_no")
@@ -374,6 +421,7 @@ def build(version: str = "1") -> dict[str, Any]:
         },
     }
     paths.update(_his_paths())
+    paths.update(_sms_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "HIS Bridge gateway business API", "version": version, "description": SIGNING},

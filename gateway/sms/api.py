@@ -73,6 +73,22 @@ class VerifyBody(_Body):
     code: Annotated[str, Field(min_length=1, max_length=16)]
 
 
+class OtpSent(BaseModel):
+    """The same answer whether a code went out, the live one was re-sent, or a per-phone rule dropped it."""
+
+    status: Literal["sent"] = "sent"
+    resend_after_s: int
+    """Wait at least this long before asking for another code for this phone."""
+    expires_in_s: int
+    """How long a code lives."""
+
+
+class Verified(BaseModel):
+    """``false`` for a wrong, expired, used-up or missing code alike."""
+
+    verified: bool
+
+
 def _phone(raw: str) -> str:
     try:
         return normalize(raw)
@@ -101,8 +117,8 @@ async def request_otp(request: web.Request) -> web.Response:
     decision = await sms.request_code(req)
     policy = sms.cfg.policy(app.hospital_id, body.purpose)
     if decision.action in ("send", "silent"):
-        sent = {"status": "sent", "resend_after_s": policy.phone.resend_interval_s, "expires_in_s": policy.code.ttl_s}
-        return json_response(200, sent)
+        sent = OtpSent(resend_after_s=policy.phone.resend_interval_s, expires_in_s=policy.code.ttl_s)
+        return json_response(200, sent.model_dump())
     if decision.action == "captcha":
         assert decision.challenge is not None
         c = decision.challenge
@@ -116,7 +132,7 @@ async def verify_otp(request: web.Request) -> web.Response:
     sms, app = request.app[SMS], request[APP]
     body = parse(request, VerifyBody)
     ok = await sms.verify_code(app.hospital_id, body.purpose, _phone(body.phone), body.code)
-    return json_response(200, {"verified": ok})
+    return json_response(200, Verified(verified=ok).model_dump())
 
 
 def add_routes(app: web.Application, sms: SmsService) -> None:

@@ -23,6 +23,8 @@ from openapi_spec_validator import validate
 from gateway.api import openapi
 from gateway.config import AppOperation
 from gateway.runtime import start_gateway
+from gateway.sms.config import SmsConfig
+from gateway.sms.providers import SandboxSmsProvider
 from tests.support.fuzzrig import (
     CHECKS,
     NEGATIVE_CHECKS,
@@ -34,6 +36,7 @@ from tests.support.fuzzrig import (
 )
 from tests.support.gateway_rig import MERCHANT, ApprovingHis, drain, gateway_config, make_keys, order_body
 from tests.support.memory_channel import MemoryChannel
+from tests.support.sms_rig import sms_section
 
 DOCUMENT = openapi.build()
 MODES = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
@@ -60,8 +63,16 @@ class GatewayRig:
         cfg = gateway_config(
             tmp, self.keys, f"sqlite+aiosqlite:///{tmp / 'gateway.sqlite3'}", app={"operations": list(OPERATION_NAMES)}
         )
+        cfg.sms = SmsConfig.model_validate(sms_section(tmp))  # the SMS endpoints are in the contract too
+        cfg.sms.resolve(tmp)
         self.running = self.loop.run(
-            start_gateway(cfg, channels={MERCHANT: self.channel}, his={"H001": ApprovingHis()}, run_workers=False)
+            start_gateway(
+                cfg,
+                channels={MERCHANT: self.channel},
+                his={"H001": ApprovingHis()},
+                run_workers=False,
+                sms_provider=SandboxSmsProvider(),
+            )
         )
         self.url = self.running.url
         self.session = requests.Session()
@@ -118,6 +129,8 @@ def test_the_document_is_valid_openapi_and_names_every_business_endpoint():
         ("/v1/his/registration-locks", "POST"),
         ("/v1/his/registration-locks/{lock_no}", "GET"),
         ("/v1/his/registration-locks/{lock_no}/unlock", "POST"),
+        ("/v1/sms/otp", "POST"),
+        ("/v1/sms/verify", "POST"),
     }
     schemas = DOCUMENT["components"]["schemas"]
     assert schemas["CreateOrder"]["examples"] and schemas["RequestRefund"]["examples"]
