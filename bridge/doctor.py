@@ -3,16 +3,19 @@
 Every check yields OK, WARN or FAIL and never stops the others, so one run shows everything that is wrong:
 config and profile, keys and certificates (and days to expiry), the HIS (a harmless ``trade.check`` on a
 number that cannot exist), the clock against the platform (request signatures carry a timestamp), the journal's
-disk (free space, fsync latency), the journal itself (backlog, entries in doubt or quarantined) and whether the
+disk (free space, fsync latency), the journal itself (backlog, entries in doubt or quarantined), the way out for
+the hospital's terminals (keys, the gateway over mutual TLS, what waits in the outbound journal) and whether the
 running agent answers its readiness probe. The exit code is the worst finding: 0 OK, 1 WARN, 2 FAIL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import os
 import shutil
+import sqlite3
 import ssl
 import statistics
 import tempfile
@@ -28,6 +31,8 @@ from adapters.base import AdapterError, ErrorKind
 from adapters.profile import ProfileError, load_profile
 from bridge import catalog, protocol, tls
 from bridge.config import BridgeConfig, ConfigError, load_config
+from bridge.egress.check import check_outbound
+from bridge.egress.gateway import GatewayClient as EgressClient
 from bridge.journal import JournalError, open_file
 from bridge.settings import parse_host_port
 from bridge.wiring import build_adapter
@@ -62,6 +67,8 @@ class Thresholds:
     backlog_warn: int = 100
     pending_warn_s: float = 900
     his_timeout_s: float = 10
+    egress_wait_warn_s: float = 3600
+    """A refund queued for the platform, or a terminal payment in doubt, this long is worth a look."""
 
 
 @dataclass
@@ -104,6 +111,8 @@ def run(
     check_clock(cfg, report, platform_url, t, clock)
     check_disk(cfg, report, t)
     check_journal(cfg, report, t, clock)
+    if cfg.egress is not None:
+        asyncio.run(check_egress(cfg, report, t, clock))
     check_agent(cfg, report)
     return report
 
@@ -365,6 +374,57 @@ def check_journal(cfg: BridgeConfig, report: Report, t: Thresholds, clock: Calla
         )
     else:
         report.add(Level.OK, "journal: nothing quarantined")
+
+
+async def check_egress(cfg: BridgeConfig, report: Report, t: Thresholds, clock: Callable[[], float]) -> None:
+    """The kiosks' and windows' door out: the terminals' and apps' keys and certificates, the gateway's
+    mutual-TLS listener, and what waits in the outbound journal."""
+    egress = cfg.egress
+    assert egress is not None
+    problems: list[str] = []
+    notes: list[str] = []
+    check_outbound(cfg, problems, notes)
+    for problem in problems:
+        report.add(Level.FAIL, problem, "`his-bridge check --config FILE` shows the same; fix the file, then reload")
+    for note in notes:
+        report.add(Level.WARN if "plain HTTP" in note else Level.OK, note)
+    client = EgressClient(egress)
+    try:
+        reachable = await client.reachable()
+    finally:
+        await client.close()
+    if reachable:
+        report.add(Level.OK, f"egress: the gateway {egress.gateway_url} answers over mutual TLS")
+    else:
+        report.add(
+            Level.FAIL,
+            f"egress: cannot reach the gateway {egress.gateway_url} over mutual TLS: kiosk payments fail at once, "
+            "window refunds queue",
+            "check the DMZ's route and firewall to the platform, the client certificate and the gateway CA",
+        )
+    if not egress.journal.exists():
+        report.add(Level.OK, f"outbound journal {egress.journal}: none yet")
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{egress.journal}?mode=ro", uri=True)) as conn:
+            rows = conn.execute(
+                "SELECT state, COUNT(*), MIN(created_at) FROM requests WHERE state IN ('queued', 'in_doubt') "
+                "GROUP BY state"
+            ).fetchall()
+    except sqlite3.Error as e:
+        report.add(Level.FAIL, f"outbound journal {egress.journal}: cannot be read: {e}", "his-bridge egress list")
+        return
+    waiting = {state: (count, oldest) for state, count, oldest in rows}
+    if not waiting:
+        report.add(Level.OK, f"outbound journal {egress.journal}: nothing waiting")
+        return
+    for state, (count, oldest) in sorted(waiting.items()):
+        age = clock() - oldest
+        what = f"outbound journal: {count} {state.replace('_', ' ')}, the oldest {age / 60:.0f} min"
+        fix = "the link to the platform is down or the gateway refuses: his-bridge egress list --state " + state
+        report.add(
+            Level.WARN if age > t.egress_wait_warn_s else Level.OK, what, fix if age > t.egress_wait_warn_s else ""
+        )
 
 
 def check_agent(cfg: BridgeConfig, report: Report) -> None:
