@@ -44,6 +44,8 @@ def _columns(t: Translate, hospitals: dict[str, str]) -> list[tuple[str, Callabl
         (t("field.reference"), lambda r: r.get("reference") or ""),
         (t("field.handled_by"), lambda r: r.get("handled_by") or ""),
         (t("field.handled_at"), lambda r: local_time(r.get("handled_at"))),
+        # Last, and the same in every language: what a spreadsheet's formulas and other tools key on.
+        (t("field.class_code"), lambda r: r["class"]),
     ]
 
 

@@ -58,6 +58,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "field.channel_fen": ("渠道金额", "Channel amount"),
     "field.handled_by": ("处理人", "Handled by"),
     "field.handled_at": ("处理时间", "Handled at"),
+    "field.class_code": ("类别代码", "Class code"),
     "field.updated_at": ("更新时间", "Updated"),
     "field.id": ("编号", "No."),
     "action.filter": ("筛选", "Filter"),

@@ -25,15 +25,6 @@ STATUSES = {
 }
 """The English export's status words, back to the statuses (a class or status not listed is kept as written, in
 snake case)."""
-CLASSES = {
-    "waiting for its counterpart": "cross_day",
-    "his step stuck": "his_stuck",
-    "refused by the his": "his_rejected",
-    "refund write-back failed": "writeback_failed",
-    "refund paid after failure": "refund_late_success",
-    "his booked a payment held back from it": "his_receipt_on_held",
-}
-"""The English export's class names that are not their code in words, as finance reads them (docs/CONSOLE.md)."""
 REMEDY_RE = re.compile(r'id="remedy-([a-z_]+)" data-allowed="(yes|no)"')
 COLUMNS = {
     "id": "No.",
@@ -48,6 +39,7 @@ COLUMNS = {
     "channel_amount": "Channel amount",
     "detail": "Difference",
     "note": "Note",
+    "class_code": "Class code",
 }
 
 
@@ -127,7 +119,7 @@ class Console:
         return ConsoleException(
             id=int(get["id"]),
             day=dt.date.fromisoformat(get["day"]),
-            cls=CLASSES.get(get["class"].strip().lower(), _key(get["class"])),
+            cls=get["class_code"] or _key(get["class"]),
             status=status,
             entry=_key(get["entry"]),
             out_trade_no=get["out_trade_no"],

@@ -133,6 +133,7 @@ async def test_exports_of_the_filtered_list(console, client_factory):
     rows = list(csv.reader(io.StringIO(body.decode("utf-8-sig"))))
     assert rows[0][:5] == ["编号", "对账日", "医院", "渠道", "类别"]
     assert len(rows) == 2 and rows[1][0] == str(over) and rows[1][4] == "长款"
+    assert (rows[0][-1], rows[1][-1]) == ("类别代码", "over_collection")  # the code, in every language
     assert "1234.56" in rows[1] and "" in rows[1]
 
     status, headers, body = await client.get_bytes("/exceptions.xlsx", status="all", lang="en")
@@ -140,5 +141,6 @@ async def test_exports_of_the_filtered_list(console, client_factory):
     sheet = load_workbook(io.BytesIO(body)).active
     values = list(sheet.values)
     assert values[0][:5] == ("No.", "Day", "Hospital", "Channel", "Class") and len(values) == 3
+    assert values[0][-1] == "Class code" and {v[-1] for v in values[1:]} == {"over_collection", "under_collection"}
     over_row = next(v for v in values[1:] if v[0] == over)
     assert Decimal(str(over_row[13])) == Decimal("1234.56") and over_row[4] == "Over-collection"
