@@ -48,6 +48,20 @@ def mask_processor(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
     return event
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the moment of the record, not the one at configuration: a host that
+    swaps the stream (a test runner's capture, a daemon's redirect) would otherwise leave us writing to a closed
+    file."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure(level: str = "info", json: bool = True) -> None:
     """Our events, and the standard library's records (aiohttp, zeep, SQLAlchemy, the sandboxes' own loggers), as
     one stream of masked lines: a library's warning quotes whatever it was given, a patient's number included."""
@@ -68,7 +82,7 @@ def configure(level: str = "info", json: bool = True) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, stamp],

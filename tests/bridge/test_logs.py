@@ -76,3 +76,22 @@ def test_payment_codes_and_secrets_are_masked_on_the_agent_too(capsys):
         logging.getLogger().handlers.clear()
     line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert line["auth_code"] == "134************789" and line["token"] == "***" and line["password"] == ""
+
+
+def test_library_records_follow_stderr_when_it_is_replaced(monkeypatch):
+    """A host that swaps stderr after configuration (a daemon's redirect, a test runner's capture) must not leave
+    the standard library's records writing to the closed stream (seen in CI as "I/O operation on closed file")."""
+    import io
+
+    first = io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    logs.configure("info", json=True)
+    try:
+        first.close()
+        second = io.StringIO()
+        monkeypatch.setattr("sys.stderr", second)
+        logging.getLogger("httpx").info("HTTP Request: GET %s", "http://his/ws?wsdl")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    assert json.loads(second.getvalue())["event"] == "HTTP Request: GET http://his/ws?wsdl"
