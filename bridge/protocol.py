@@ -185,7 +185,8 @@ class VerifiedRequest:
     timestamp: int
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
+def required_header(headers: Mapping[str, str], name: str) -> str:
+    """A signing header's value; its absence means the request is unsigned."""
     value = headers.get(name)
     if not value:
         raise EnvelopeError("unsigned", f"missing header {name}")
@@ -217,10 +218,10 @@ def verify_request(
 ) -> VerifiedRequest:
     """Check a request's signature and timestamp. The nonce's freshness is the caller's to check (it needs
     durable storage); this only checks its shape."""
-    key_id = _header(headers, HEADER_KEY_ID)
-    ts_raw = _header(headers, HEADER_TIMESTAMP)
-    nonce = _header(headers, HEADER_NONCE)
-    signature = _header(headers, HEADER_SIGNATURE)
+    key_id = required_header(headers, HEADER_KEY_ID)
+    ts_raw = required_header(headers, HEADER_TIMESTAMP)
+    nonce = required_header(headers, HEADER_NONCE)
+    signature = required_header(headers, HEADER_SIGNATURE)
     if not NONCE_RE.match(nonce):
         raise EnvelopeError("bad_nonce", "nonce must be 16-64 characters of [A-Za-z0-9_-]")
     key = keys.get(key_id)
@@ -251,11 +252,11 @@ def verify_response(
     window_s: int = DEFAULT_WINDOW_S,
     now: float | None = None,
 ) -> None:
-    key_id = _header(headers, HEADER_KEY_ID)
+    key_id = required_header(headers, HEADER_KEY_ID)
     if key_id != key.key_id:
         raise EnvelopeError("unknown_key", f"response signed by {key_id!r}, expected {key.key_id!r}")
-    ts_raw = _header(headers, HEADER_TIMESTAMP)
+    ts_raw = required_header(headers, HEADER_TIMESTAMP)
     check_timestamp(ts_raw, window_s, now)
-    signature = _header(headers, HEADER_SIGNATURE)
+    signature = required_header(headers, HEADER_SIGNATURE)
     if not key.verify(response_string(status, request_nonce, ts_raw, body), signature):
         raise EnvelopeError("bad_signature", "response signature does not match")

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bridge import clock
-from bridge.protocol import EnvelopeError, check_timestamp
+from bridge.protocol import EnvelopeError, check_timestamp, required_header
 
 SCHEME = "HBT1"
 
@@ -95,13 +95,6 @@ class VerifiedTerminalRequest:
     timestamp: int
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
-    value = headers.get(name)
-    if not value:
-        raise EnvelopeError("unsigned", f"missing header {name}")
-    return value
-
-
 def claimed_terminal(headers: Mapping[str, str]) -> str | None:
     """The terminal id a request names, if it names a well-formed one (before anything is verified)."""
     value = headers.get(HEADER_TERMINAL, "")
@@ -120,10 +113,10 @@ def verify_request(
 ) -> VerifiedTerminalRequest:
     """Check one request's HMAC and timestamp against the key of the terminal it names. The nonce's freshness
     is the caller's to check (it needs durable storage)."""
-    terminal = _header(headers, HEADER_TERMINAL)
-    ts_raw = _header(headers, HEADER_TIMESTAMP)
-    nonce = _header(headers, HEADER_NONCE)
-    signature = _header(headers, HEADER_SIGNATURE)
+    terminal = required_header(headers, HEADER_TERMINAL)
+    ts_raw = required_header(headers, HEADER_TIMESTAMP)
+    nonce = required_header(headers, HEADER_NONCE)
+    signature = required_header(headers, HEADER_SIGNATURE)
     if not NONCE_RE.match(nonce):
         raise EnvelopeError("bad_nonce", "nonce must be 16-64 characters of [A-Za-z0-9_-]")
     ts = check_timestamp(ts_raw, window_s, now)
@@ -149,9 +142,9 @@ def verify_response(
     now: float | None = None,
 ) -> None:
     """What a terminal does with every answer: refuse it unless the agent signed it for this request."""
-    ts_raw = _header(headers, HEADER_TIMESTAMP)
+    ts_raw = required_header(headers, HEADER_TIMESTAMP)
     check_timestamp(ts_raw, window_s, now)
-    signature = _header(headers, HEADER_SIGNATURE)
+    signature = required_header(headers, HEADER_SIGNATURE)
     expected = mac(key, response_string(status, request_nonce, ts_raw, body))
     if not hmac.compare_digest(expected, signature):
         raise EnvelopeError("bad_signature", "answer HMAC does not match")
