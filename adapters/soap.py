@@ -23,6 +23,13 @@ One caveat of HTTP keep-alive: a request written onto a pooled connection that t
 fails with ``RemoteProtocolError`` although the HIS never saw it. It is still reported as in doubt (the
 bridge then asks ``trade.check``); being wrong in that direction costs a query, never a duplicate.
 
+At most ``max_connections`` calls are inside httpx at once: the rest wait on the adapter's own semaphore (up to
+``connect_timeout_s``, then retryable: nothing was sent). httpx's pool never queues a request, because httpcore
+1.0.9 leaks a pool slot for good when a queued request is cancelled (encode/httpcore#1093): under the 20,000-order
+simulated day the pool filled with connections stuck "connecting" and every write failed with ``PoolTimeout``
+against a healthy HIS. Should a slot leak anyway, a ``PoolTimeout`` (which cannot happen otherwise) replaces the
+client; the old one is closed once every call that may still use it has ended.
+
 The WSDL is loaded once at :meth:`SoapAdapter.start` in a worker thread (zeep's loader is synchronous). When
 it comes from a URL and ``wsdl_cache`` is set, the fetched copy is kept on disk and used when the HIS cannot
 serve it, so a restart or a dry run does not depend on the HIS answering ``?wsdl``.
@@ -37,6 +44,7 @@ import logging
 import os
 import ssl
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -108,6 +116,11 @@ class _Transport(AsyncTransport):
         return response
 
 
+class _NoFreeConnection(Exception):
+    def __init__(self, size: int, waited_s: float) -> None:
+        super().__init__(f"all {size} connections to the HIS stayed busy for {waited_s:g} s; nothing was sent")
+
+
 class SoapAdapter(Adapter):
     """One SOAP HIS endpoint driven by one profile."""
 
@@ -124,6 +137,8 @@ class SoapAdapter(Adapter):
         self._binding: SoapBinding | None = None
         self._transport: _Transport | None = None
         self._lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(self.settings.max_connections)
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def operations(self) -> frozenset[str]:
         return self.profile.operations
@@ -167,22 +182,71 @@ class SoapAdapter(Adapter):
         async with self._lock:
             transport, self._transport = self._transport, None
             self._client = self._service = self._binding = None
+            for task in list(self._retiring):
+                task.cancel()
+            for task in list(self._retiring):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if transport is not None:
                 await _close_transport(transport)
 
-    def _make_transport(self) -> _Transport:
+    def _http_settings(self) -> tuple[httpx.Timeout, ssl.SSLContext | bool, httpx.BasicAuth | None]:
         s = self.settings
         timeout = httpx.Timeout(s.operation_timeout_s, connect=s.connect_timeout_s, pool=s.connect_timeout_s)
         verify: ssl.SSLContext | bool = s.verify_tls
         if s.ca_file:
             verify = ssl.create_default_context(cafile=s.ca_file)
         auth = httpx.BasicAuth(s.username, s.password) if s.username and s.password is not None else None
-        limits = httpx.Limits(max_connections=s.max_connections, max_keepalive_connections=s.max_connections)
+        return timeout, verify, auth
+
+    def _make_client(self) -> httpx.AsyncClient:
+        timeout, verify, auth = self._http_settings()
+        n = self.settings.max_connections
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+        client = httpx.AsyncClient(timeout=timeout, verify=verify, auth=auth, limits=limits)
+        client.headers = {"User-Agent": f"Zeep/{zeep.__version__} (www.python-zeep.org)"}  # as zeep's transport sets it
+        return client
+
+    def _make_transport(self) -> _Transport:
+        timeout, verify, auth = self._http_settings()
         return _Transport(
-            client=httpx.AsyncClient(timeout=timeout, verify=verify, auth=auth, limits=limits),
+            client=self._make_client(),
             wsdl_client=httpx.Client(timeout=timeout, verify=verify, auth=auth),
-            operation_timeout=s.operation_timeout_s,
+            operation_timeout=self.settings.operation_timeout_s,
         )
+
+    @contextlib.asynccontextmanager
+    async def _connection_slot(self) -> AsyncIterator[None]:
+        """One of ``max_connections`` places inside httpx, waited for here, where a cancellation is harmless."""
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise _NoFreeConnection(self.settings.max_connections, self.settings.connect_timeout_s) from None
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def _renew_client(self) -> None:
+        """The pool said it was full while fewer calls than its size were in it: slots leaked. Calls from now on
+        get a fresh client; the old one is closed after the longest a call still on it can take."""
+        transport = self._transport
+        if transport is None:
+            return
+        old, transport.client = transport.client, self._make_client()
+        log.warning("SOAP connection pool to %s leaked its slots; replaced with a fresh one", self.address)
+        linger = self.settings.connect_timeout_s + 2 * self.settings.operation_timeout_s
+
+        async def retire() -> None:
+            try:
+                await asyncio.sleep(linger)
+            finally:
+                await old.aclose()
+
+        task = asyncio.get_running_loop().create_task(retire())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _load_wsdl(self, transport: _Transport) -> Document:
         location = self.settings.wsdl
@@ -287,15 +351,19 @@ class SoapAdapter(Adapter):
         assert self._service is not None
         deadline = self.settings.connect_timeout_s + self.settings.operation_timeout_s + 1
         try:
-            async with asyncio.timeout(deadline):
+            async with asyncio.timeout(deadline), self._connection_slot():
                 result = await self._service[binding.call](**args)
         except Exception as exc:
+            if isinstance(exc, httpx.PoolTimeout):
+                self._renew_client()
             raise self._classify(binding, spec.fault_in_doubt, exc) from exc
         text = _result_text(binding, spec.result, result)
         return binding.reply(text), text
 
     def _classify(self, binding: OperationBinding, fault_in_doubt: bool, exc: Exception) -> Exception:
         where = f"{binding.operation} ({binding.call} at {self.address})"
+        if isinstance(exc, _NoFreeConnection):
+            return RetryableError("connect_timeout", f"{where}: {exc}")
         if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
             return RetryableError("connect_timeout", f"{where}: {type(exc).__name__}")
         if isinstance(exc, httpx.ConnectError):

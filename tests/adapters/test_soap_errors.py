@@ -1,6 +1,7 @@
 """SOAP failure classification against servers that misbehave on purpose, and WSDL loading."""
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -265,3 +266,50 @@ async def test_wsdl_cache_serves_when_the_his_cannot(tmp_path: Path) -> None:
     nothing = load_profile(PROFILE, overrides={"soap.base_url": down["soap.base_url"]}, environ={}).build_adapter()
     with pytest.raises(RetryableError, match="wsdl_unavailable"):
         await nothing.start()
+
+
+async def test_calls_cancelled_under_load_do_not_wedge_the_connection_pool() -> None:
+    """The 20,000-order day found the agent's every HIS write failing with ``PoolTimeout`` against a healthy HIS:
+    httpcore 1.0.9 leaks a pool slot for good when a request is cancelled at the wrong moment
+    (encode/httpcore#1093), and the dispatcher's deadline cancels calls whenever the HIS is slow. Here calls are
+    cancelled at random through seconds of churn on a pool of two, as that day did; then the HIS is quick again
+    and the adapter must be able to call it (before the fix about half the runs ended with every call refused)."""
+    import random
+
+    rng = random.Random(1093)
+    inner = "<Response><ResultCode>0</ResultCode><ResultMsg>成功</ResultMsg><ReceiptNo>SF001</ReceiptNo></Response>"
+    reply = respond(200, envelope("CommitCharge", inner))
+    churning = True
+
+    async def behave(writer: asyncio.StreamWriter, request: bytes) -> None:
+        if churning:
+            await asyncio.sleep(rng.uniform(0.0, 0.3))
+            if rng.random() < 0.1:
+                writer.transport.abort()
+                return
+        await reply(writer, request)
+
+    async def cancelled_at_random() -> None:
+        with contextlib.suppress(Exception, asyncio.TimeoutError):
+            await asyncio.wait_for(adapter.call("charge.commit", CHARGE), rng.uniform(0.001, 0.3))
+
+    settings = {"soap.max_connections": 2, "soap.connect_timeout_s": 0.5, "soap.operation_timeout_s": 1.0}
+    async with raw_server(behave) as url:
+        adapter = adapter_for(url, **settings)
+        try:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 6
+            while loop.time() < end:
+                await asyncio.gather(*(cancelled_at_random() for _ in range(30)))
+            churning = False
+            outcomes = []
+            for _ in range(8):
+                try:
+                    outcomes.append(await adapter.call("charge.commit", CHARGE))
+                except RetryableError as exc:
+                    outcomes.append(exc.code)
+        finally:
+            await adapter.close()
+    # A pool found leaked costs one call (refused as retryable: nothing was sent), then it is replaced.
+    assert outcomes.count("connect_timeout") <= 1, outcomes
+    assert outcomes[-6:] == [{"receipt_no": "SF001"}] * 6, outcomes
