@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from bridge import protocol
-from gateway.store import locks
+from gateway.store import locks, outbox
 from gateway.store import orders as order_store
 from tests.gateway.saga_helpers import deliver_callback
 from tests.support.gateway_rig import eventually, make_due
@@ -125,6 +125,13 @@ async def test_every_example_in_apps_md_runs(
                     )
 
                 await eventually(both_heard, timeout_s=30, what="both payments' notifications handled")
+
+                async def both_recorded() -> bool:
+                    """The app records a notice before it answers; the gateway marks it delivered after."""
+                    waiting = await outbox.for_app(db, keys.app.key_id, undelivered=True)
+                    return not [n for n in waiting if n.event_type == "order.completed"]
+
+                await eventually(both_recorded, timeout_s=30, what="both notifications recorded as delivered")
             elif "/v1/events" in code:
                 assert sum("order.completed delivered" in line for line in out.splitlines()) == 2, out
             elif "get_order(" in code:
