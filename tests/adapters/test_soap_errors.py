@@ -290,7 +290,7 @@ async def test_calls_cancelled_under_load_do_not_wedge_the_connection_pool() -> 
         await reply(writer, request)
 
     async def cancelled_at_random() -> None:
-        with contextlib.suppress(Exception, asyncio.TimeoutError):
+        with contextlib.suppress(Exception):  # refused or cut off: the churn is the point
             await asyncio.wait_for(adapter.call("charge.commit", CHARGE), rng.uniform(0.001, 0.3))
 
     settings = {"soap.max_connections": 2, "soap.connect_timeout_s": 0.5, "soap.operation_timeout_s": 1.0}

@@ -14,7 +14,13 @@ from gateway.recon.normalize import shanghai_today
 from sandbox.channels import start_sandbox_channels
 from sandbox.channels.alipay import AlipayCertificates
 from tests.gateway.saga_helpers import get
-from tests.support.channelrig import ALIPAY_SELLER_ID, alipay_cert_config, alipay_settings, write_alipay_cert_trust
+from tests.support.channelrig import (
+    ALIPAY_SELLER_ID,
+    alipay_cert_config,
+    alipay_settings,
+    first_answers,
+    write_alipay_cert_trust,
+)
 from tests.support.gateway_rig import HOSPITAL, MERCHANT, eventually, order_body
 from tests.support.rig import free_port
 
@@ -70,14 +76,8 @@ async def test_alipay_certificate_mode_day(gateway_factory, api_factory, his_lin
     assert [c.serial for c in kept] == [rotated["alipay_cert_sn"]], "the new certificate, fetched once, shared"
     assert (await get(client, "ACM-1"))["order"]["refunded_fen"] == 5000
 
-    async def delivered() -> bool:
-        # A refund is done by Alipay's synchronous answer; its notification may still be on its way.
-        sent = cert_sandbox.ledger.notifications("alipay")
-        return len(sent) == 3 and all(d["status"] == "delivered" for d in sent)
-
-    await eventually(delivered, what="the payment's and both refunds' notifications delivered")
-    deliveries = cert_sandbox.ledger.notifications("alipay")
-    assert all(d["attempts"] == 1 for d in deliveries), deliveries  # each verified the first time
+    deliveries = await first_answers(cert_sandbox, "alipay", 3)  # the payment's and both refunds'
+    assert all((d["status"], d["attempts"]) == ("delivered", 1) for d in deliveries), deliveries  # verified at once
 
     summary = await run_reconciliation(
         running.svc.db, running.gateway.cfg, HOSPITAL, shanghai_today(), channels=running.svc.channels, his=his_link

@@ -17,7 +17,7 @@ from gateway.store.channel_tables import channel_key_refresh
 from sandbox.channels import start_sandbox_channels
 from sandbox.channels.wechat import WechatPlatform
 from tests.gateway.saga_helpers import get
-from tests.support.channelrig import WECHAT_MCHID, wechat_config, wechat_settings, write_wechat_trust
+from tests.support.channelrig import WECHAT_MCHID, first_answers, wechat_config, wechat_settings, write_wechat_trust
 from tests.support.gateway_rig import MERCHANT, eventually, order_body
 from tests.support.rig import free_port
 
@@ -94,12 +94,6 @@ async def test_platform_certificate_rotated_mid_day(
     await _admin(sandbox, "/wechat/signing", {"mode": "certificate"})
     await paid(first, "ROT-6", 600)
 
-    async def each_answered_once() -> bool:
-        """An order can complete by the gateway's own query before its callback is answered."""
-        deliveries = sandbox.ledger.notifications("wechat")
-        return len(deliveries) == 6 and all(d["attempts"] >= 1 for d in deliveries)
-
-    await eventually(each_answered_once, what="every callback answered")
-    deliveries = sandbox.ledger.notifications("wechat")
+    deliveries = await first_answers(sandbox, "wechat", 6)
     answers = [(s.record_id, s.status, (s.answer or b"")[:120]) for s in sandbox.notifier.sent]
     assert all((d["status"], d["attempts"]) == ("delivered", 1) for d in deliveries), answers

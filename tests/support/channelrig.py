@@ -20,6 +20,7 @@ from sandbox.channels import AlipaySettings, SandboxChannels, UnionPaySettings, 
 from sandbox.channels import crypto as sandbox_crypto
 from sandbox.channels.alipay import AlipayCertificates
 from sandbox.channels.unionpay import UnionPayIdentity, merchant_pfx
+from tests.support.gateway_rig import eventually
 from tests.support.rig import FIXTURES
 
 WECHAT_FIXTURES = FIXTURES / "wechatpay"
@@ -367,3 +368,16 @@ class SandboxAdmin:
                 raise AssertionError(f"the sandbox channel still busy after {timeout_s} s")
             await asyncio.sleep(0.02)
         await asyncio.wait_for(self.sandbox.notifier.idle(), max(0.1, deadline - loop.time()))
+
+
+async def first_answers(sandbox: SandboxChannels, channel: str, count: int) -> list[dict[str, Any]]:
+    """The sandbox's ``count`` callbacks of ``channel`` once each has had its first answer. A payment or refund can
+    be done (by the gateway's own query, or a synchronous refund answer) while its callback is still on its way,
+    so a test that counts attempts waits for this, not for the order."""
+
+    async def answered() -> bool:
+        sent = sandbox.ledger.notifications(channel)
+        return len(sent) == count and all(d["attempts"] >= 1 for d in sent)
+
+    await eventually(answered, what=f"{count} {channel} callbacks answered once")
+    return sandbox.ledger.notifications(channel)
